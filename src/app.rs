@@ -1,0 +1,154 @@
+//! Wiring and lifecycle: builds every component from a [`Config`], binds the listeners, serves
+//! until told to stop, then drains open connections.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::cache::Cache;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::Proxy;
+
+/// How long open connections get to finish after shutdown starts.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// A started cachegate.
+pub struct Running {
+    /// Where the public listener is bound.
+    pub proxy_addr: SocketAddr,
+    /// Where the admin listener is bound.
+    pub admin_addr: SocketAddr,
+    /// The cache, for stats and tests.
+    pub cache: Arc<Cache>,
+    /// The freshness clock (tests advance it).
+    pub clock: Arc<Clock>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Binds both listeners from `config` and starts serving.
+///
+/// # Errors
+/// Binding failures, naming the address.
+pub async fn start(config: Config) -> std::io::Result<Running> {
+    let proxy_listener = bind(config.server.listen, "listen").await?;
+    let admin_listener = bind(config.server.admin_listen, "admin_listen").await?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let config = Arc::new(config);
+    let clock = Arc::new(Clock::default());
+    let cache = Arc::new(Cache::new(&config, clock.clone()));
+    let proxy = Arc::new(Proxy::new(config.clone(), cache.clone()));
+    let admin = Arc::new(Admin::new(config.clone()));
+    let (stop, stop_rx) = watch::channel(false);
+    let tasks = vec![
+        tokio::spawn(serve(proxy_listener, stop_rx.clone(), move |req, peer| {
+            let proxy = proxy.clone();
+            async move { proxy.handle(req, peer).await }
+        })),
+        tokio::spawn(serve(admin_listener, stop_rx.clone(), move |req, _peer| {
+            let admin = admin.clone();
+            async move { admin.handle(req).await }
+        })),
+        tokio::spawn(prune_generations(cache.clone(), stop_rx)),
+    ];
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        cache,
+        clock,
+        stop,
+        tasks,
+    })
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind [server] {key} = {addr}: {e}")))
+}
+
+impl Running {
+    /// Stops accepting, lets open connections finish (up to 30 s), and returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Accept loop for one listener: HTTP/1.1 and HTTP/2 (prior knowledge) on each connection.
+async fn serve<H, F>(listener: TcpListener, mut stop: watch::Receiver<bool>, handler: H)
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(64 * 1024);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let svc = service_fn(move |req| {
+            let fut = handler(req, peer);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after {DRAIN:?}; closing them");
+    }
+}
+
+/// Periodically forgets scope counters nothing refers to any more.
+async fn prune_generations(cache: Arc<Cache>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let n = cache.generations.prune();
+                tracing::trace!(pruned = n, "generation table pruned");
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}

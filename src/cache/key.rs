@@ -1,0 +1,258 @@
+//! Cache keys: path and query normalisation, and the key string itself.
+//!
+//! `{prefix}:{route}:{path}:{query}:{role}:{tenant}:{user}:{vary}`. Every component after the path
+//! is percent-encoded so it cannot contain `:`, which keeps the key unambiguous even though paths
+//! may contain `:`. Keys longer than [`MAX_KEY_LEN`] are replaced by a SHA-256 digest.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use http::{HeaderMap, HeaderName};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use sha2::{Digest, Sha256};
+
+use crate::config::{QueryRule, Vary};
+
+/// Everything but RFC 3986 unreserved characters is encoded in key components.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Keys longer than this are hashed.
+pub const MAX_KEY_LEN: usize = 512;
+
+/// Why a request path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// `..` segments (raw or `%2e%2e`) are refused rather than resolved.
+    #[error("path contains a '..' segment")]
+    DotDot,
+    /// `%` not followed by two hex digits.
+    #[error("path contains an invalid percent-encoding")]
+    BadEscape,
+    /// Not an origin-form path.
+    #[error("path must start with '/'")]
+    NotAbsolute,
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// RFC 3986 normalisation: decode unreserved escapes, upper-case the others, drop `.` segments;
+/// `..` segments are an error. The result is both keyed and forwarded.
+///
+/// # Errors
+/// [`PathError`] for `..`, bad escapes, or a path not starting with `/`.
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    if !raw.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let needs_work = raw.contains('%') || raw.contains("/.");
+    if !needs_work {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let bytes = raw.as_bytes();
+    let mut decoded = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(PathError::BadEscape);
+            };
+            let v = h * 16 + l;
+            if is_unreserved(v) {
+                decoded.push(v as char);
+            } else {
+                let _ = write!(decoded, "%{v:02X}");
+            }
+            i += 3;
+        } else {
+            decoded.push(b as char);
+            i += 1;
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    let segments: Vec<&str> = decoded[1..].split('/').collect();
+    let last = segments.len() - 1;
+    for (n, seg) in segments.iter().enumerate() {
+        match *seg {
+            ".." => return Err(PathError::DotDot),
+            "." => {
+                if n == last {
+                    out.push('/');
+                }
+            }
+            s => {
+                out.push('/');
+                out.push_str(s);
+            }
+        }
+    }
+    Ok(Cow::Owned(out))
+}
+
+fn form_decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['+', '%']) {
+        return Cow::Borrowed(s);
+    }
+    let plus = s.replace('+', " ");
+    Cow::Owned(percent_decode_str(&plus).decode_utf8_lossy().into_owned())
+}
+
+/// The query part of a key: selected parameters decoded (form semantics), re-encoded canonically
+/// and sorted, so `?b=2&a=1` and `?a=%31&b=2` give the same string.
+pub fn normalize_query(raw: Option<&str>, rule: &QueryRule) -> String {
+    let Some(raw) = raw.filter(|q| !q.is_empty()) else {
+        return String::new();
+    };
+    let mut pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> = raw
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((n, v)) => (form_decode(n), form_decode(v)),
+            None => (form_decode(p), Cow::Borrowed("")),
+        })
+        .filter(|(n, _)| rule.keeps(n))
+        .collect();
+    pairs.sort();
+    let mut out = String::with_capacity(raw.len());
+    for (i, (n, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        let _ = write!(out, "{}={}", utf8_percent_encode(n, COMPONENT), utf8_percent_encode(v, COMPONENT));
+    }
+    out
+}
+
+/// The identity parts that go into a key (already filtered by the route's `vary`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyIdentity<'a> {
+    /// Role, when the route varies on it.
+    pub role: Option<&'a str>,
+    /// Tenant, when the route varies on it.
+    pub tenant: Option<&'a str>,
+    /// User, when the route varies on it.
+    pub user: Option<&'a str>,
+}
+
+impl<'a> KeyIdentity<'a> {
+    /// Keeps only the parts `vary` lists.
+    pub fn select(vary: Vary, role: Option<&'a str>, tenant: Option<&'a str>, user: Option<&'a str>) -> Self {
+        KeyIdentity {
+            role: role.filter(|_| vary.role),
+            tenant: tenant.filter(|_| vary.tenant),
+            user: user.filter(|_| vary.user),
+        }
+    }
+}
+
+/// A key without the origin's `Vary` headers; `head` is the length of `{prefix}:{route}:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseKey {
+    /// The key text.
+    pub text: String,
+    head: usize,
+}
+
+/// Builds the base key (without the origin's `Vary` headers).
+pub fn base_key(prefix: &str, route: &str, path: &str, query: &str, id: KeyIdentity<'_>) -> BaseKey {
+    let mut k = String::with_capacity(prefix.len() + route.len() + path.len() + query.len() + 48);
+    let _ = write!(k, "{prefix}:{route}:");
+    let head = k.len();
+    let _ = write!(k, "{path}:{query}:");
+    for part in [id.role, id.tenant, id.user] {
+        if let Some(v) = part {
+            let _ = write!(k, "{}", utf8_percent_encode(v, COMPONENT));
+        }
+        k.push(':');
+    }
+    BaseKey { text: k, head }
+}
+
+/// Appends the request's values of the origin's `Vary` headers and hashes long keys.
+pub fn full_key(base: &BaseKey, vary: &[HeaderName], headers: &HeaderMap) -> String {
+    let head = base.head;
+    let mut base = if vary.is_empty() {
+        base.text.clone()
+    } else {
+        let mut s = String::with_capacity(base.text.len() + 32 * vary.len());
+        s.push_str(&base.text);
+        s
+    };
+    for (i, name) in vary.iter().enumerate() {
+        if i > 0 {
+            base.push('&');
+        }
+        base.push_str(name.as_str());
+        base.push('=');
+        for (j, v) in headers.get_all(name).iter().enumerate() {
+            if j > 0 {
+                base.push(',');
+            }
+            let text = String::from_utf8_lossy(v.as_bytes());
+            let _ = write!(base, "{}", utf8_percent_encode(text.trim(), COMPONENT));
+        }
+    }
+    hash_if_long(base, head)
+}
+
+fn hash_if_long(key: String, head: usize) -> String {
+    if key.len() <= MAX_KEY_LEN {
+        return key;
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    // Keep prefix and route readable so operators can still tell keys apart.
+    let mut out = format!("{}#", &key[..head]);
+    for b in digest {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Percent-encodes a free-form value (tenant, tag) for use inside a scope name.
+pub fn encode_component(v: &str) -> Cow<'_, str> {
+    utf8_percent_encode(v, COMPONENT).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_normalisation() {
+        assert_eq!(normalize_path("/a/b/").unwrap(), "/a/b/");
+        assert_eq!(normalize_path("/%61/%2f/").unwrap(), "/a/%2F/");
+        assert_eq!(normalize_path("/a/./b").unwrap(), "/a/b");
+        assert_eq!(normalize_path("/a/.").unwrap(), "/a/");
+        assert_eq!(normalize_path("/a/%2e%2e/b"), Err(PathError::DotDot));
+        assert_eq!(normalize_path("/../etc"), Err(PathError::DotDot));
+        assert_eq!(normalize_path("/a%zz"), Err(PathError::BadEscape));
+    }
+
+    #[test]
+    fn query_normalisation() {
+        let all = QueryRule::All;
+        assert_eq!(normalize_query(Some("b=2&a=1"), &all), "a=1&b=2");
+        assert_eq!(normalize_query(Some("a=%31&b=2"), &all), "a=1&b=2");
+        assert_eq!(normalize_query(Some("q=a+b"), &all), "q=a%20b");
+        assert_eq!(normalize_query(Some("x=a:b"), &all), "x=a%3Ab");
+        let inc = QueryRule::Include(vec!["page".into()]);
+        assert_eq!(normalize_query(Some("utm=1&page=2"), &inc), "page=2");
+    }
+
+    #[test]
+    fn long_keys_are_hashed() {
+        let long = "x".repeat(2 * MAX_KEY_LEN);
+        let k = full_key(&base_key("p:v1", "r", &format!("/{long}"), "", KeyIdentity::default()), &[], &HeaderMap::new());
+        assert!(k.starts_with("p:v1:r:#"), "{k}");
+        assert_eq!(k.len(), "p:v1:r:#".len() + 64);
+    }
+}

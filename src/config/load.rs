@@ -1,0 +1,470 @@
+//! Turning the spanned TOML document into a [`Config`], one section at a time.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use ipnet::IpNet;
+use toml_span::value::ValueInner;
+
+use super::reader::{parse_duration, Ctx, Section, Spanned};
+use super::*;
+
+/// Parses and validates config text; `file` is used in messages.
+///
+/// # Errors
+/// [`ConfigError`] listing every problem with its line and key.
+pub fn from_str(src: &str, file: &Path) -> Result<Config, ConfigError> {
+    let mut ctx = Ctx::new(src);
+    let config = match toml_span::parse(src) {
+        Ok(root) => read_root(&mut ctx, root, file),
+        Err(e) => {
+            let key = match &e.kind {
+                toml_span::ErrorKind::DuplicateKey { key, .. } => key.clone(),
+                toml_span::ErrorKind::DuplicateTable { name, .. } => name.clone(),
+                _ => "(syntax)".to_string(),
+            };
+            ctx.issue(e.span.start, &key, format!("invalid TOML: {e}"));
+            None
+        }
+    };
+    let mut issues = ctx.issues;
+    issues.sort_by_key(|i| i.line);
+    match config {
+        Some(config) if issues.is_empty() => Ok(config),
+        _ => Err(ConfigError {
+            file: file.to_path_buf(),
+            issues,
+            io: None,
+        }),
+    }
+}
+
+fn read_root(ctx: &mut Ctx<'_>, root: toml_span::Value<'_>, file: &Path) -> Option<Config> {
+    let mut root = Section::open(ctx, String::new(), root)?;
+    let server = section(ctx, &mut root, "server").map(|s| server(ctx, s));
+    let origin = match root.table(ctx, "origin") {
+        Some(s) => origin(ctx, s),
+        None => {
+            ctx.issue(0, "origin", "missing [origin] table (expected at least `url = \"http://127.0.0.1:8000\"`)");
+            None
+        }
+    };
+    let cache = section(ctx, &mut root, "cache").map(|s| cache(ctx, s));
+    let identity = section(ctx, &mut root, "identity").map(|s| identity(ctx, s));
+    let purge = section(ctx, &mut root, "purge").map(|s| purge(ctx, s));
+    let routes: Vec<_> = root
+        .tables(ctx, "route")
+        .into_iter()
+        .filter_map(|s| route(ctx, s))
+        .collect();
+    let invalidations: Vec<_> = root
+        .tables(ctx, "invalidate")
+        .into_iter()
+        .filter_map(|s| invalidate(ctx, s))
+        .collect();
+    root.finish(ctx);
+    check_unique_routes(ctx, &routes);
+    Some(Config {
+        file: file.to_path_buf(),
+        server: server??,
+        origin: origin?,
+        cache: cache??,
+        identity: identity??,
+        purge: purge??,
+        routes: routes.into_iter().map(|(r, _)| r).collect(),
+        invalidations,
+    })
+}
+
+/// An optional top-level table; absent tables read as empty so defaults apply.
+fn section<'de>(ctx: &mut Ctx<'_>, root: &mut Section<'de>, key: &'static str) -> Option<Section<'de>> {
+    let present = root.take(key);
+    match present {
+        Some(f) => Section::open(ctx, f.key, f.value),
+        None => Some(Section::empty(key)),
+    }
+}
+
+fn addr(ctx: &mut Ctx<'_>, s: &mut Section<'_>, key: &'static str, default: &str) -> Option<SocketAddr> {
+    let v = s.parsed::<SocketAddr>(ctx, key, "an address like \"127.0.0.1:8080\"");
+    if v.is_none() && !ctx.issues.iter().any(|i| i.key == s.key_path(key)) {
+        return default.parse().ok();
+    }
+    v
+}
+
+fn server(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<ServerConfig> {
+    let listen = addr(ctx, &mut s, "listen", "0.0.0.0:8080");
+    let admin_listen = addr(ctx, &mut s, "admin_listen", "127.0.0.1:9091");
+    let tls = s.table(ctx, "tls").and_then(|mut t| {
+        let cert = t.string(ctx, "cert");
+        let key = t.string(ctx, "key");
+        let path = t.path.clone();
+        let offset = t.offset();
+        t.finish(ctx);
+        match (cert, key) {
+            (Some(c), Some(k)) => Some(TlsConfig {
+                cert: PathBuf::from(c.value),
+                key: PathBuf::from(k.value),
+            }),
+            _ => {
+                ctx.issue(offset, &path, "expected both `cert` and `key` (PEM file paths)");
+                None
+            }
+        }
+    });
+    let max_body = s.size(ctx, "max_body").unwrap_or(10 * 1024 * 1024);
+    let debug_headers = s.bool(ctx, "debug_headers").unwrap_or(false);
+    s.finish(ctx);
+    Some(ServerConfig {
+        listen: listen?,
+        admin_listen: admin_listen?,
+        tls,
+        max_body,
+        debug_headers,
+    })
+}
+
+fn origin(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<OriginConfig> {
+    let url = match s.string(ctx, "url") {
+        Some(u) => origin_url(ctx, &u),
+        None => {
+            ctx.issue(s.offset(), "origin.url", "missing key (expected a URL like \"http://127.0.0.1:8000\")");
+            None
+        }
+    };
+    let timeout = s.duration(ctx, "timeout").unwrap_or(Duration::from_secs(30));
+    let preserve_host = s.bool(ctx, "preserve_host").unwrap_or(false);
+    s.finish(ctx);
+    let (url, authority) = url?;
+    Some(OriginConfig {
+        url,
+        authority,
+        timeout,
+        preserve_host,
+    })
+}
+
+fn origin_url(ctx: &mut Ctx<'_>, u: &Spanned<String>) -> Option<(http::Uri, http::uri::Authority)> {
+    let parsed: http::Uri = match u.value.parse() {
+        Ok(p) => p,
+        Err(e) => {
+            ctx.issue(u.offset, &u.key, format!("expected a URL like \"http://127.0.0.1:8000\", found {:?} ({e})", u.value));
+            return None;
+        }
+    };
+    if parsed.scheme_str() != Some("http") {
+        ctx.issue(u.offset, &u.key, format!("expected an http:// URL, found {:?} (https origins are not supported yet)", u.value));
+        return None;
+    }
+    if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() {
+        ctx.issue(u.offset, &u.key, "expected scheme, host and port only (a path prefix is not supported)");
+        return None;
+    }
+    let authority = parsed.authority().cloned();
+    match authority {
+        Some(a) => Some((parsed, a)),
+        None => {
+            ctx.issue(u.offset, &u.key, "expected a host in the URL");
+            None
+        }
+    }
+}
+
+fn cache(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<CacheConfig> {
+    let redis_urls = s.take("redis_url").map(|f| redis_urls(ctx, f)).unwrap_or_default();
+    let key_prefix = s.string(ctx, "key_prefix").map(|p| {
+        if p.value.is_empty() || p.value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            ctx.issue(p.offset, &p.key, "expected a non-empty prefix without spaces, e.g. \"myapp:v1\"");
+        }
+        p.value
+    });
+    let memory_capacity = s.size(ctx, "memory_capacity").unwrap_or(256 * 1024 * 1024);
+    let memory_ttl = s.duration(ctx, "memory_ttl").unwrap_or(Duration::from_secs(60));
+    let swr = s.duration(ctx, "stale_while_revalidate").unwrap_or_default();
+    let sie = s.duration(ctx, "stale_if_error").unwrap_or_default();
+    let respect = s.bool(ctx, "respect_origin_cache_control").unwrap_or(true);
+    let statuses = s.take("cacheable_statuses").map(|f| statuses(ctx, f));
+    s.finish(ctx);
+    Some(CacheConfig {
+        redis_urls,
+        key_prefix: key_prefix.unwrap_or_else(|| "cachegate".to_string()),
+        memory_capacity,
+        memory_ttl,
+        stale_while_revalidate: swr,
+        stale_if_error: sie,
+        respect_origin_cache_control: respect,
+        cacheable_statuses: statuses.unwrap_or_else(|| vec![200, 203, 204, 301, 404, 410]),
+    })
+}
+
+fn redis_urls(ctx: &mut Ctx<'_>, f: reader::Field<'_>) -> Vec<String> {
+    let list = if matches!(f.value.as_str(), Some(_)) {
+        f.into_string(ctx).map(|s| vec![s])
+    } else {
+        f.into_strings(ctx)
+    };
+    let list = list.unwrap_or_default();
+    for u in &list {
+        let ok = ["redis://", "rediss://", "redis+cluster://", "rediss+cluster://"]
+            .iter()
+            .any(|p| u.value.starts_with(p));
+        if !ok {
+            ctx.issue(u.offset, &u.key, format!("expected a redis://, rediss:// or redis+cluster:// URL, found {:?}", u.value));
+        }
+    }
+    list.into_iter().map(|s| s.value).collect()
+}
+
+fn statuses(ctx: &mut Ctx<'_>, mut f: reader::Field<'_>) -> Vec<u16> {
+    let ValueInner::Array(items) = f.value.take() else {
+        ctx.issue(f.offset, &f.key, "expected a list of status codes, e.g. [200, 404]");
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for mut item in items {
+        let offset = item.span.start;
+        match item.take() {
+            ValueInner::Integer(n) if (100..=599).contains(&n) => out.push(n as u16),
+            _ => ctx.issue(offset, &f.key, "expected an HTTP status code between 100 and 599"),
+        }
+    }
+    out
+}
+
+fn header_name(ctx: &mut Ctx<'_>, s: &mut Section<'_>, key: &'static str, default: &'static str) -> HeaderName {
+    s.parsed::<HeaderName>(ctx, key, "a header name")
+        .unwrap_or_else(|| HeaderName::from_static(default))
+}
+
+fn identity(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<IdentityConfig> {
+    let role_header = header_name(ctx, &mut s, "role_header", "x-user-role");
+    let tenant_header = header_name(ctx, &mut s, "tenant_header", "x-org-id");
+    let trust = s.strings(ctx, "trust_headers_from").map(|list| {
+        list.iter()
+            .filter_map(|n| parse_net(ctx, n))
+            .collect::<Vec<_>>()
+    });
+    let trust = trust.unwrap_or_else(|| vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
+    let jwt = s.table(ctx, "jwt").and_then(|t| super::load_ident::jwt(ctx, t));
+    let lookup = s.table(ctx, "lookup").and_then(|t| super::load_ident::lookup(ctx, t));
+    let anonymous_role = s.string(ctx, "anonymous_role");
+    if let Some(a) = &anonymous_role {
+        if a.value.is_empty() {
+            ctx.issue(a.offset, &a.key, "expected a non-empty role name");
+        }
+    }
+    let cookies = s.strings(ctx, "credential_cookies").map(|list| {
+        if list.iter().any(|c| c.value == "*") {
+            CredentialCookies::All
+        } else {
+            CredentialCookies::Named(list.into_iter().map(|c| c.value).collect())
+        }
+    });
+    s.finish(ctx);
+    Some(IdentityConfig {
+        role_header,
+        tenant_header,
+        trust_headers_from: trust,
+        jwt,
+        lookup,
+        anonymous_role: anonymous_role.map_or_else(|| "anonymous".to_string(), |a| a.value),
+        credential_cookies: cookies.unwrap_or(CredentialCookies::All),
+    })
+}
+
+fn parse_net(ctx: &mut Ctx<'_>, n: &Spanned<String>) -> Option<IpNet> {
+    if let Ok(net) = n.value.parse::<IpNet>() {
+        return Some(net);
+    }
+    if let Ok(ip) = n.value.parse::<std::net::IpAddr>() {
+        return Some(IpNet::from(ip));
+    }
+    ctx.issue(n.offset, &n.key, format!("expected a CIDR like \"10.0.0.0/8\" or an IP address, found {:?}", n.value));
+    None
+}
+
+fn purge(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<PurgeConfig> {
+    let token_env = s.string(ctx, "token_env").map(|v| v.value);
+    let hmac_secret_env = s.string(ctx, "hmac_secret_env").map(|v| v.value);
+    s.finish(ctx);
+    Some(PurgeConfig {
+        token_env,
+        hmac_secret_env,
+    })
+}
+
+fn pattern(ctx: &mut Ctx<'_>, s: &mut Section<'_>) -> Option<PathPattern> {
+    let Some(p) = s.string(ctx, "path") else {
+        ctx.issue(s.offset(), &s.key_path("path"), "missing key (expected a path pattern like \"/lectures/{id}/\")");
+        return None;
+    };
+    match PathPattern::new(&p.value) {
+        Ok(pat) => Some(pat),
+        Err(e) => {
+            ctx.issue(p.offset, &p.key, format!("invalid path pattern {:?}: {e}", p.value));
+            None
+        }
+    }
+}
+
+fn tags(ctx: &mut Ctx<'_>, s: &mut Section<'_>, path: Option<&PathPattern>) -> Vec<TagTemplate> {
+    let list = s.strings(ctx, "tags").unwrap_or_default();
+    let params = path.map(|p| p.param_names().to_vec()).unwrap_or_default();
+    list.iter()
+        .filter_map(|t| match TagTemplate::new(&t.value, &params) {
+            Ok(tpl) => Some(tpl),
+            Err(e) => {
+                if path.is_some() {
+                    ctx.issue(t.offset, &t.key, e);
+                }
+                None
+            }
+        })
+        .collect()
+}
+
+fn route(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<(RouteConfig, Spanned<String>)> {
+    let offset = s.offset();
+    let name = s.string(ctx, "name");
+    if name.is_none() {
+        ctx.issue(offset, &s.key_path("name"), "missing key (expected a unique route name like \"course_list\")");
+    }
+    if let Some(n) = &name {
+        let valid = !n.value.is_empty()
+            && n.value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !valid {
+            ctx.issue(n.offset, &n.key, format!("expected letters, digits, '_', '-' or '.', found {:?}", n.value));
+        }
+    }
+    let path = pattern(ctx, &mut s);
+    let ttl = s.string(ctx, "ttl").and_then(|t| {
+        if t.value == "origin" {
+            Some(Ttl::Origin)
+        } else {
+            parse_duration(ctx, &t).map(Ttl::Fixed)
+        }
+    });
+    let vary = s.strings(ctx, "vary").map(|v| vary(ctx, &v));
+    let query = s.take("query").and_then(|f| query(ctx, f));
+    let tags = tags(ctx, &mut s, path.as_ref());
+    let public = s.bool(ctx, "public").unwrap_or(false);
+    let swr = s.duration(ctx, "stale_while_revalidate");
+    let sie = s.duration(ctx, "stale_if_error");
+    let strip_set_cookie = s.bool(ctx, "strip_set_cookie").unwrap_or(false);
+    s.finish(ctx);
+    let name = name?;
+    Some((
+        RouteConfig {
+            name: name.value.clone(),
+            path: path?,
+            ttl: ttl.unwrap_or(Ttl::Origin),
+            vary: vary.unwrap_or(Vary {
+                role: true,
+                tenant: true,
+                user: false,
+            }),
+            query: query.unwrap_or(QueryRule::All),
+            tags,
+            public,
+            stale_while_revalidate: swr,
+            stale_if_error: sie,
+            strip_set_cookie,
+        },
+        name,
+    ))
+}
+
+fn vary(ctx: &mut Ctx<'_>, list: &[Spanned<String>]) -> Vary {
+    let mut v = Vary::default();
+    for item in list {
+        let slot = match item.value.as_str() {
+            "role" => &mut v.role,
+            "tenant" => &mut v.tenant,
+            "user" => &mut v.user,
+            other => {
+                ctx.issue(item.offset, &item.key, format!("expected \"role\", \"tenant\" or \"user\", found {other:?}"));
+                continue;
+            }
+        };
+        if *slot {
+            ctx.issue(item.offset, &item.key, format!("{:?} is listed twice", item.value));
+        }
+        *slot = true;
+    }
+    v
+}
+
+fn query(ctx: &mut Ctx<'_>, f: reader::Field<'_>) -> Option<QueryRule> {
+    const WANT: &str = "expected \"all\", { include = [...] } or { ignore = [...] }";
+    if let Some(s) = f.value.as_str() {
+        if s == "all" {
+            return Some(QueryRule::All);
+        }
+        ctx.issue(f.offset, &f.key, format!("{WANT}, found {s:?}"));
+        return None;
+    }
+    let mut t = Section::open(ctx, f.key.clone(), f.value)?;
+    let include = t.strings(ctx, "include");
+    let ignore = t.strings(ctx, "ignore");
+    t.finish(ctx);
+    let names = |l: Vec<Spanned<String>>| l.into_iter().map(|s| s.value).collect();
+    match (include, ignore) {
+        (Some(i), None) => Some(QueryRule::Include(names(i))),
+        (None, Some(i)) => Some(QueryRule::Ignore(names(i))),
+        _ => {
+            ctx.issue(f.offset, &f.key, format!("{WANT} (exactly one of include or ignore)"));
+            None
+        }
+    }
+}
+
+fn invalidate(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<InvalidateConfig> {
+    let methods = s.strings(ctx, "methods").map(|list| {
+        list.iter()
+            .filter_map(|m| match Method::from_bytes(m.value.as_bytes()) {
+                Ok(method) if method.is_safe() => {
+                    ctx.issue(m.offset, &m.key, format!("{} is a safe method and never invalidates; expected POST, PUT, PATCH, DELETE or another unsafe method", m.value));
+                    None
+                }
+                Ok(method) => Some(method),
+                Err(_) => {
+                    ctx.issue(m.offset, &m.key, format!("expected an HTTP method, found {:?}", m.value));
+                    None
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    let path = pattern(ctx, &mut s);
+    let has_tags = s.contains_key("tags");
+    let tags = tags(ctx, &mut s, path.as_ref());
+    if !has_tags {
+        ctx.issue(s.offset(), &s.key_path("tags"), "missing key (expected the tags to purge, e.g. [\"courses\"])");
+    }
+    let scope = s.string(ctx, "scope").and_then(|sc| match sc.value.as_str() {
+        "tenant" => Some(PurgeScope::Tenant),
+        "all" => Some(PurgeScope::All),
+        other => {
+            ctx.issue(sc.offset, &sc.key, format!("expected \"tenant\" or \"all\", found {other:?}"));
+            None
+        }
+    });
+    s.finish(ctx);
+    Some(InvalidateConfig {
+        methods: methods
+            .unwrap_or_else(|| vec![Method::POST, Method::PUT, Method::PATCH, Method::DELETE]),
+        path: path?,
+        tags,
+        scope: scope.unwrap_or(PurgeScope::Tenant),
+    })
+}
+
+fn check_unique_routes(ctx: &mut Ctx<'_>, routes: &[(RouteConfig, Spanned<String>)]) {
+    for (i, (r, name)) in routes.iter().enumerate() {
+        if routes[..i].iter().any(|(o, _)| o.name == r.name) {
+            ctx.issue(name.offset, &name.key, format!("route name {:?} is used twice; names must be unique", r.name));
+        }
+    }
+}

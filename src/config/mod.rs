@@ -1,0 +1,370 @@
+//! `proxy.toml`: the typed, validated configuration.
+//!
+//! Loading is two steps: `toml-span` parses the text keeping positions, then [`load`] walks it with
+//! a [`reader::Section`] per table, collecting every problem (unknown keys, wrong types, bad
+//! durations, bad patterns) as an [`Issue`] with its line and dotted key. Nothing here opens sockets
+//! or reads environment variables: secrets are named by `*_env` keys and read by their owners.
+
+mod load;
+mod load_ident;
+mod reader;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use ipnet::IpNet;
+
+use crate::route::{PathPattern, TagTemplate};
+
+pub use load::from_str;
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from, for messages.
+    pub file: PathBuf,
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[origin]`
+    pub origin: OriginConfig,
+    /// `[cache]`
+    pub cache: CacheConfig,
+    /// `[identity]`
+    pub identity: IdentityConfig,
+    /// `[purge]`
+    pub purge: PurgeConfig,
+    /// `[[route]]`, in file order.
+    pub routes: Vec<RouteConfig>,
+    /// `[[invalidate]]`, in file order.
+    pub invalidations: Vec<InvalidateConfig>,
+}
+
+/// `[server]`: listeners and answer shaping.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Public listener.
+    pub listen: SocketAddr,
+    /// Admin listener (`/healthz`, `/readyz`, later `/metrics` and `/purge`).
+    pub admin_listen: SocketAddr,
+    /// Optional TLS certificate and key (PEM).
+    pub tls: Option<TlsConfig>,
+    /// Largest response body that is cached, in bytes.
+    pub max_body: u64,
+    /// Add `X-Cache-Key` and `X-Cache-Tier` to answers.
+    pub debug_headers: bool,
+}
+
+/// `tls = { cert, key }`.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[origin]`: the application behind us.
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    /// Base URL, `http://host:port` (a path prefix is not supported).
+    pub url: http::Uri,
+    /// `host:port` of the origin, used as `Host` unless `preserve_host`.
+    pub authority: http::uri::Authority,
+    /// Time allowed for the origin's response headers.
+    pub timeout: Duration,
+    /// Forward the client's `Host` instead of the origin's.
+    pub preserve_host: bool,
+}
+
+/// `[cache]`: tiers and storage rules.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Shared Redis tier URLs (one, or several for a cluster); empty = memory tier only.
+    pub redis_urls: Vec<String>,
+    /// Namespace of every key; bump the version to orphan old keys.
+    pub key_prefix: String,
+    /// Memory tier bound, in bytes of stored responses.
+    pub memory_capacity: u64,
+    /// The memory tier never keeps an entry longer than this.
+    pub memory_ttl: Duration,
+    /// Default window for serving stale while one refresh runs.
+    pub stale_while_revalidate: Duration,
+    /// Default window for serving stale when the origin fails.
+    pub stale_if_error: Duration,
+    /// Honour `no-store`, `private` and `Set-Cookie` from the origin.
+    pub respect_origin_cache_control: bool,
+    /// Statuses that may be stored.
+    pub cacheable_statuses: Vec<u16>,
+}
+
+/// Which cookies count as credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialCookies {
+    /// Every cookie (`["*"]`, as Varnish does).
+    All,
+    /// Only these names.
+    Named(Vec<String>),
+}
+
+impl CredentialCookies {
+    /// Whether a cookie with this name is a credential.
+    pub fn is_credential(&self, name: &str) -> bool {
+        match self {
+            CredentialCookies::All => true,
+            CredentialCookies::Named(names) => names.iter().any(|n| n == name),
+        }
+    }
+}
+
+/// `[identity]`: who is asking.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// Trusted header carrying the role.
+    pub role_header: HeaderName,
+    /// Trusted header carrying the tenant.
+    pub tenant_header: HeaderName,
+    /// Peers whose identity headers are trusted; others have them stripped.
+    pub trust_headers_from: Vec<IpNet>,
+    /// JWT verification (parsed and validated; not active yet).
+    pub jwt: Option<JwtConfig>,
+    /// Session lookup against the origin (parsed and validated; not active yet).
+    pub lookup: Option<LookupConfig>,
+    /// Role of requests without any credentials.
+    pub anonymous_role: String,
+    /// Which cookies are credentials.
+    pub credential_cookies: CredentialCookies,
+}
+
+/// `jwt = { ... }`.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// Header carrying `Bearer <token>` (default `Authorization`), unless `cookie` is set.
+    pub header: Option<HeaderName>,
+    /// Cookie carrying the token.
+    pub cookie: Option<String>,
+    /// Environment variable holding the HMAC secret.
+    pub secret_env: Option<String>,
+    /// PEM public key file for RS*/ES*.
+    pub public_key: Option<PathBuf>,
+    /// JWKS file for RS*/ES*.
+    pub jwks_file: Option<PathBuf>,
+    /// Accepted algorithms.
+    pub algorithms: Vec<String>,
+    /// Claim paths (dotted) for role, tenant and user.
+    pub role_claim: String,
+    /// Tenant claim path.
+    pub tenant_claim: Option<String>,
+    /// User claim path.
+    pub user_claim: Option<String>,
+    /// Required issuer.
+    pub issuer: Option<String>,
+    /// Required audience.
+    pub audience: Option<String>,
+}
+
+/// `lookup = { ... }`.
+#[derive(Debug, Clone)]
+pub struct LookupConfig {
+    /// Origin path answering who a session is.
+    pub path: String,
+    /// Session cookie name.
+    pub cookie: String,
+    /// How long an answer is reused.
+    pub ttl: Duration,
+    /// JSON fields.
+    pub role_field: String,
+    /// Tenant field.
+    pub tenant_field: Option<String>,
+    /// User field.
+    pub user_field: Option<String>,
+}
+
+/// `[purge]`: how the purge webhook authenticates.
+#[derive(Debug, Clone, Default)]
+pub struct PurgeConfig {
+    /// Environment variable holding the bearer token.
+    pub token_env: Option<String>,
+    /// Environment variable holding the HMAC secret for signed webhooks.
+    pub hmac_secret_env: Option<String>,
+}
+
+/// How long a route's entries are fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// Freshness from the origin's headers (RFC 9111); nothing stored without them.
+    Origin,
+    /// A fixed lifetime overriding the origin's headers.
+    Fixed(Duration),
+}
+
+/// Identity parts a route's key varies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Vary {
+    /// Role.
+    pub role: bool,
+    /// Tenant.
+    pub tenant: bool,
+    /// User.
+    pub user: bool,
+}
+
+impl Vary {
+    /// Whether the key varies on nobody.
+    pub fn is_empty(&self) -> bool {
+        !(self.role || self.tenant || self.user)
+    }
+}
+
+/// Which query parameters are part of the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryRule {
+    /// Every parameter, sorted.
+    All,
+    /// Only these.
+    Include(Vec<String>),
+    /// All but these.
+    Ignore(Vec<String>),
+}
+
+impl QueryRule {
+    /// Whether a parameter (already decoded) is part of the key.
+    pub fn keeps(&self, name: &str) -> bool {
+        match self {
+            QueryRule::All => true,
+            QueryRule::Include(names) => names.iter().any(|n| n == name),
+            QueryRule::Ignore(names) => !names.iter().any(|n| n == name),
+        }
+    }
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Unique name, used in keys, metrics and purges.
+    pub name: String,
+    /// Compiled path pattern.
+    pub path: PathPattern,
+    /// Freshness.
+    pub ttl: Ttl,
+    /// Identity parts in the key.
+    pub vary: Vary,
+    /// Query parameters in the key.
+    pub query: QueryRule,
+    /// Tags of every entry, with path parameters.
+    pub tags: Vec<TagTemplate>,
+    /// The answer never depends on who asks: credentials are ignored.
+    pub public: bool,
+    /// Route override of `[cache] stale_while_revalidate`.
+    pub stale_while_revalidate: Option<Duration>,
+    /// Route override of `[cache] stale_if_error`.
+    pub stale_if_error: Option<Duration>,
+    /// Store answers carrying `Set-Cookie`, without the cookie.
+    pub strip_set_cookie: bool,
+}
+
+/// Whose entries a write-triggered purge reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeScope {
+    /// The writer's tenant and tenant-less entries (the default).
+    Tenant,
+    /// Every tenant.
+    All,
+}
+
+/// One `[[invalidate]]`.
+#[derive(Debug, Clone)]
+pub struct InvalidateConfig {
+    /// Methods that trigger it.
+    pub methods: Vec<Method>,
+    /// Compiled path pattern.
+    pub path: PathPattern,
+    /// Tags purged, with path parameters.
+    pub tags: Vec<TagTemplate>,
+    /// Tenant reach.
+    pub scope: PurgeScope,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// 1-based line.
+    pub line: usize,
+    /// Dotted key, e.g. `route[1].ttl`.
+    pub key: String,
+    /// What was expected.
+    pub message: String,
+}
+
+/// A config file that cannot be used, with every problem found.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file, as given.
+    pub file: PathBuf,
+    /// Problems, in file order; empty when the file could not be read.
+    pub issues: Vec<Issue>,
+    /// Set when the file could not be read at all.
+    pub io: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        if let Some(io) = &self.io {
+            return write!(f, "{file}: cannot read: {io}");
+        }
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{file}:{}: {}: {}", issue.line, issue.key, issue.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a config file.
+///
+/// # Errors
+/// [`ConfigError`] with every problem found, or the I/O error.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        issues: Vec::new(),
+        io: Some(e.to_string()),
+    })?;
+    from_str(&src, path)
+}
+
+impl Config {
+    /// Features that are configured but not implemented yet, for a start-up warning.
+    pub fn inactive_features(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.cache.redis_urls.is_empty() {
+            out.push("[cache] redis_url (the Redis tier is not implemented yet: memory tier only)");
+        }
+        if self.server.tls.is_some() {
+            out.push("[server] tls (TLS is not implemented yet: the listener speaks plain HTTP)");
+        }
+        if self.identity.jwt.is_some() {
+            out.push("[identity] jwt (JWT identity is not implemented yet: requests with a token bypass the cache)");
+        }
+        if self.identity.lookup.is_some() {
+            out.push("[identity] lookup (session lookup is not implemented yet: requests with the session cookie bypass the cache)");
+        }
+        let stale_defaults = !self.cache.stale_while_revalidate.is_zero() || !self.cache.stale_if_error.is_zero();
+        let stale_routes = self
+            .routes
+            .iter()
+            .any(|r| r.stale_while_revalidate.is_some() || r.stale_if_error.is_some());
+        if stale_defaults || stale_routes {
+            out.push("stale_while_revalidate / stale_if_error (stale serving is not implemented yet: expired entries are refetched)");
+        }
+        if self.purge.token_env.is_some() || self.purge.hmac_secret_env.is_some() {
+            out.push("[purge] (the purge webhook is not implemented yet)");
+        }
+        out
+    }
+}

@@ -1,0 +1,84 @@
+//! Errors that become HTTP answers, and the single place they do.
+//!
+//! Each variant says where it came from ([`ErrorSource`]); its status follows from that: the
+//! client's fault is a 4xx, the origin's a 502/504. Bodies are short and name the cause, never
+//! internal detail.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::cache::key::PathError;
+use crate::proxy::body::ProxyBody;
+
+/// Who caused an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client sent something we refuse.
+    Downstream,
+    /// The origin failed.
+    Upstream,
+}
+
+/// Failures talking to the origin.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No response headers within `[origin] timeout`.
+    #[error("origin timed out after {0:?}")]
+    Timeout(Duration),
+    /// TCP connect failed.
+    #[error("origin connect failed: {0}")]
+    Connect(String),
+    /// The origin broke the exchange.
+    #[error("origin request failed: {0}")]
+    Request(String),
+}
+
+/// Anything that ends a request with a synthetic answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A malformed or refused request.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// A refused path.
+    #[error("bad request: {0}")]
+    BadPath(#[from] PathError),
+    /// The origin failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl ProxyError {
+    /// Who caused it.
+    pub fn source_kind(&self) -> ErrorSource {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::BadPath(_) => ErrorSource::Downstream,
+            ProxyError::Upstream(_) => ErrorSource::Upstream,
+        }
+    }
+
+    /// The status it is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The synthetic answer.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        match self.source_kind() {
+            ErrorSource::Upstream => tracing::warn!(error = %self, "origin failure"),
+            ErrorSource::Downstream => tracing::debug!(error = %self, "refused request"),
+        }
+        let body = Bytes::from(format!("{self}\n"));
+        let mut resp = Response::new(ProxyBody::full(body));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+}

@@ -1,0 +1,28 @@
+//! cachegate: a caching reverse proxy for read-heavy web apps.
+//!
+//! # Layout
+//! * [`config`]: `proxy.toml` → a validated [`config::Config`], every problem with file:line:key
+//! * [`route`]: path patterns and tag templates
+//! * [`identity`]: role, tenant and user of a request; credentials we cannot resolve
+//! * [`cache`]: the cache facade, keys, storage policy and entries
+//! * [`tiers`]: storage tiers (memory)
+//! * [`invalidation`]: scopes and generation counters: O(1) purges, no resurrection
+//! * [`proxy`]: the request flow, origin client, header hygiene
+//! * [`admin`]: the admin listener (`/healthz`, `/readyz`)
+//! * [`error`]: errors that become HTTP answers, in one place
+//! * [`clock`]: the clock freshness is judged by
+//! * [`app`]: wiring, listeners and graceful shutdown
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod cache;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod invalidation;
+pub mod proxy;
+pub mod route;
+pub mod tiers;

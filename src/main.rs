@@ -1,0 +1,131 @@
+//! The `cachegate` binary: CLI, logging, exit codes. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit code for a configuration that cannot be used (sysexits EX_USAGE... EX_CONFIG would be 78;
+/// 64 is what linkerd and most proxies use for "bad usage/config").
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "cachegate", version, about = "A caching reverse proxy for read-heavy web apps")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (for the default `run` verb).
+    #[arg(long, short, global = true, default_value = "proxy.toml")]
+    config: PathBuf,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the config file and exit: 0 when valid, 64 with every problem otherwise.
+    Check,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let config = match cachegate::config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            println!(
+                "{}: ok ({} routes, {} invalidation rules)",
+                cli.config.display(),
+                config.routes.len(),
+                config.invalidations.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Run => run(config),
+    }
+}
+
+fn run(config: cachegate::config::Config) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        for feature in config.inactive_features() {
+            tracing::warn!("configured but not active yet: {feature}");
+        }
+        if config.cache.redis_urls.is_empty() {
+            tracing::info!("no [cache] redis_url: memory tier only (entries are not shared between instances)");
+        }
+        let origin = config.origin.url.clone();
+        let file = config.file.clone();
+        let running = match cachegate::app::start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(
+            config = %file.display(),
+            listen = %running.proxy_addr,
+            admin = %running.admin_addr,
+            origin = %origin,
+            "cachegate started"
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining open connections");
+        running.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,199 @@
+//! GET/HEAD on a cached route: key, lookup, and on a miss one origin fetch that may fill the cache.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::body::ProxyBody;
+use super::{headers, mark_bypass, Ctx, Proxy};
+use crate::cache::entry::CachedResponse;
+use crate::cache::key::{self, BaseKey, KeyIdentity};
+use crate::cache::policy::{self, BypassReason};
+use crate::cache::{vary_names, Tier};
+use crate::config::RouteConfig;
+use crate::error::{ProxyError, UpstreamError};
+use crate::identity::Identity;
+use crate::invalidation;
+
+impl Proxy {
+    pub(super) async fn read(&self, req: Request<Incoming>, idx: usize, ctx: Ctx<'_>, id: Identity) -> Result<Response<ProxyBody>, ProxyError> {
+        let route = &self.config.routes[idx];
+        if let Some(reason) = bypass_reason(route, &id, &req) {
+            return self.pass(req, ctx, Some(reason)).await;
+        }
+        let query = key::normalize_query(ctx.query, &route.query);
+        let who = KeyIdentity::select(route.vary, id.role.as_deref(), id.tenant.as_deref(), id.user.as_deref());
+        let base = key::base_key(&self.config.cache.key_prefix, &route.name, ctx.path, &query, who);
+        let full = self.cache.key_for(idx, &base, req.headers()).await;
+        if let Some((entry, tier)) = self.cache.get(&full).await {
+            return Ok(self.hit(&req, &entry, tier, &full));
+        }
+        let tenant = who.tenant;
+        self.fill(req, idx, ctx, base, &query, tenant).await
+    }
+
+    fn hit(&self, req: &Request<Incoming>, entry: &CachedResponse, tier: Tier, key: &str) -> Response<ProxyBody> {
+        let now = self.cache.clock.now();
+        let (status, mut headers, body) = if headers::not_modified(req.headers(), &entry.headers) {
+            (StatusCode::NOT_MODIFIED, headers::not_modified_headers(&entry.headers), ProxyBody::Empty)
+        } else if req.method() == Method::HEAD {
+            (entry.status, entry.headers.clone(), ProxyBody::Empty)
+        } else {
+            (entry.status, entry.headers.clone(), ProxyBody::Full(Some(entry.body.clone())))
+        };
+        headers.insert(header::AGE, HeaderValue::from(entry.age_secs(now)));
+        headers.insert(headers::X_CACHE, HeaderValue::from_static("HIT"));
+        headers.insert(headers::CACHE_STATUS, HeaderValue::from_static("cachegate; hit"));
+        if self.config.server.debug_headers {
+            add_debug(&mut headers, key, Some(tier));
+        }
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp
+    }
+
+    /// A miss: one unconditional GET to the origin; the answer is stored when policy allows and no
+    /// purge landed meanwhile, then served.
+    async fn fill(&self, req: Request<Incoming>, idx: usize, ctx: Ctx<'_>, base: BaseKey, query: &str, tenant: Option<&str>) -> Result<Response<ProxyBody>, ProxyError> {
+        let route = &self.config.routes[idx];
+        let gens = &self.cache.generations;
+        let params = route.path.params(ctx.path).unwrap_or_default();
+        let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
+        let url = invalidation::url_scope(&route.name, ctx.path, query);
+        // Captured before the fetch: a purge from now on makes this fill unstorable.
+        let mut stamps = gens.stamp(&invalidation::entry_scopes(&route.name, url, &tags, tenant));
+        let epoch = gens.epoch();
+        let head = req.method() == Method::HEAD;
+        let (parts, _body) = req.into_parts();
+        let req_headers = parts.headers.clone();
+        let up = self.upstream_request(parts, ProxyBody::Empty, &ctx, true);
+        let (mut parts, body) = self.origin.send(up).await?.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let surrogate = headers::take_surrogate_tags(&mut parts.headers);
+        headers::add_via(&mut parts.headers);
+        let now = self.cache.clock.system_now();
+        let fresh = match policy::storable(parts.status, &parts.headers, route, &self.config.cache, now) {
+            Ok(f) => f,
+            Err(reason) => return Ok(bypass_response(parts, body, head, reason)),
+        };
+        let max = self.config.server.max_body;
+        if content_length(&parts.headers).is_some_and(|n| n > max) {
+            return Ok(bypass_response(parts, body, head, BypassReason::TooLarge));
+        }
+        let timeout = self.config.origin.timeout;
+        let collected = tokio::time::timeout(timeout, read_limited(body, max)).await;
+        let body = match collected {
+            Err(_) => return Err(UpstreamError::Timeout(timeout).into()),
+            Ok(Err(e)) => return Err(UpstreamError::Request(super::forward::root_cause(&e)).into()),
+            Ok(Ok(Limited::TooLarge(prefix, rest))) => {
+                let body = ProxyBody::Prefixed { prefix: Some(prefix), rest };
+                return Ok(bypass_response_body(parts, body, head, BypassReason::TooLarge));
+            }
+            Ok(Ok(Limited::Complete(b))) => b,
+        };
+        if !surrogate.is_empty() {
+            let scopes: Vec<String> = surrogate
+                .iter()
+                .flat_map(|t| [invalidation::tag_scope(t), invalidation::tenant_tag_scope(t, tenant)])
+                .collect();
+            stamps.extend(gens.stamp(&scopes));
+            if gens.epoch() != epoch {
+                // Some purge ran during the fetch and we cannot tell whether it named these tags.
+                stamps.extend(invalidation::Stamps::expired());
+            }
+        }
+        let set_cookies: Vec<HeaderValue> = parts.headers.get_all(header::SET_COOKIE).iter().cloned().collect();
+        let mut stored_headers = parts.headers.clone();
+        stored_headers.remove(header::SET_COOKIE);
+        stored_headers.remove(header::AGE);
+        let entry = CachedResponse {
+            status: parts.status,
+            headers: stored_headers,
+            body: body.clone(),
+            stored_at: self.cache.clock.now(),
+            initial_age: fresh.initial_age,
+            fresh_for: fresh.remaining(),
+            stamps,
+        };
+        let vary = vary_names(&parts.headers);
+        let key_text = self.config.server.debug_headers.then(|| key::full_key(&base, &vary, &req_headers));
+        let stored = self.cache.put(idx, base, vary, &req_headers, entry).await;
+        let h = &mut parts.headers;
+        h.insert(header::AGE, HeaderValue::from(fresh.initial_age.as_secs()));
+        h.insert(headers::X_CACHE, HeaderValue::from_static("MISS"));
+        let status = if stored { "cachegate; fwd=miss; stored" } else { "cachegate; fwd=miss; detail=purged" };
+        h.insert(headers::CACHE_STATUS, HeaderValue::from_static(status));
+        if let Some(k) = key_text {
+            add_debug(h, &k, None);
+        }
+        for c in set_cookies {
+            h.append(header::SET_COOKIE, c);
+        }
+        let body = if head { ProxyBody::Empty } else { ProxyBody::full(body) };
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// Why a request on a cached route must not use the cache.
+fn bypass_reason(route: &RouteConfig, id: &Identity, req: &Request<Incoming>) -> Option<BypassReason> {
+    if id.unresolved_credentials && !route.public {
+        return Some(BypassReason::Credentials);
+    }
+    if route.vary.user && id.user.is_none() {
+        return Some(BypassReason::NoUser);
+    }
+    if req.headers().contains_key(header::RANGE) {
+        return Some(BypassReason::Range);
+    }
+    None
+}
+
+fn bypass_response(parts: http::response::Parts, body: Incoming, head: bool, reason: BypassReason) -> Response<ProxyBody> {
+    bypass_response_body(parts, ProxyBody::Stream(body), head, reason)
+}
+
+fn bypass_response_body(mut parts: http::response::Parts, body: ProxyBody, head: bool, reason: BypassReason) -> Response<ProxyBody> {
+    mark_bypass(&mut parts.headers, reason);
+    // A HEAD was fetched as GET: drop the body, keep the headers.
+    let body = if head { ProxyBody::Empty } else { body };
+    Response::from_parts(parts, body)
+}
+
+fn add_debug(headers: &mut http::HeaderMap, key: &str, tier: Option<Tier>) {
+    if let Ok(v) = HeaderValue::from_str(key) {
+        headers.insert(headers::X_CACHE_KEY, v);
+    }
+    if let Some(t) = tier {
+        headers.insert(headers::X_CACHE_TIER, HeaderValue::from_static(t.as_str()));
+    }
+}
+
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+enum Limited {
+    Complete(Bytes),
+    /// Over the limit: what was read so far, and the rest of the stream.
+    TooLarge(Bytes, Incoming),
+}
+
+/// Reads a body into memory unless it grows past `max` bytes.
+async fn read_limited(mut body: Incoming, max: u64) -> Result<Limited, hyper::Error> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        if (buf.len() + data.len()) as u64 > max {
+            buf.extend_from_slice(&data);
+            return Ok(Limited::TooLarge(buf.freeze(), body));
+        }
+        if buf.is_empty() {
+            buf.reserve(data.len());
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(Limited::Complete(buf.freeze()))
+}

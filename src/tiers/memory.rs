@@ -1,0 +1,68 @@
+//! The in-process tier: moka, bounded by bytes, each entry living at most `memory_ttl`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::Expiry;
+
+use crate::cache::entry::CachedResponse;
+
+/// The memory tier. Stores opaque entries; freshness and purges are decided by the caller.
+#[derive(Clone)]
+pub struct MemoryTier {
+    cache: Cache<Arc<str>, Arc<CachedResponse>>,
+}
+
+struct EntryExpiry {
+    max_ttl: Duration,
+}
+
+impl Expiry<Arc<str>, Arc<CachedResponse>> for EntryExpiry {
+    fn expire_after_create(&self, _k: &Arc<str>, v: &Arc<CachedResponse>, _at: Instant) -> Option<Duration> {
+        // moka's own clock only bounds memory use; freshness is judged by our clock on read.
+        Some(v.fresh_for.min(self.max_ttl))
+    }
+}
+
+impl MemoryTier {
+    /// A tier holding at most `capacity` bytes, each entry at most `max_ttl`.
+    pub fn new(capacity: u64, max_ttl: Duration) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(capacity)
+            .weigher(|k: &Arc<str>, v: &Arc<CachedResponse>| v.weight().saturating_add(k.len() as u32))
+            .expire_after(EntryExpiry { max_ttl })
+            .build();
+        MemoryTier { cache }
+    }
+
+    /// The entry under `key`, if any (fresh or not).
+    pub async fn get(&self, key: &str) -> Option<Arc<CachedResponse>> {
+        self.cache.get(key).await
+    }
+
+    /// Stores an entry.
+    pub async fn put(&self, key: Arc<str>, entry: Arc<CachedResponse>) {
+        self.cache.insert(key, entry).await;
+    }
+
+    /// Removes an entry (found stale or purged on read).
+    pub async fn remove(&self, key: &str) {
+        self.cache.invalidate(key).await;
+    }
+
+    /// Entry count (approximate, as moka reports it).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Stored bytes (approximate).
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
+    /// Applies pending evictions now (tests and stats).
+    pub async fn sync(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+}

@@ -1,0 +1,3 @@
+//! Storage tiers. Today the memory tier; the shared Redis tier joins it behind the same facade.
+
+pub mod memory;
