@@ -156,7 +156,8 @@ fn origin_url(ctx: &mut Ctx<'_>, u: &Spanned<String>) -> Option<(http::Uri, http
         }
     };
     if parsed.scheme_str() != Some("http") {
-        ctx.issue(u.offset, &u.key, format!("expected an http:// URL, found {:?} (https origins are not supported yet)", u.value));
+        let note = if parsed.scheme_str() == Some("https") { " (https origins are not supported yet)" } else { "" };
+        ctx.issue(u.offset, &u.key, format!("expected an http:// URL, found {:?}{note}", u.value));
         return None;
     }
     if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() {
