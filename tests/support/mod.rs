@@ -1,0 +1,324 @@
+//! Test harness: a real counting origin, cachegate started in-process, and a client, all on
+//! 127.0.0.1 ephemeral ports.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// What the origin saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> Response<BoxBody> + Send + Sync>;
+
+/// An in-process hyper origin on port 0 that counts its hits.
+pub struct Origin {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    per_path: Arc<Mutex<HashMap<String, usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Origin {
+    /// Starts an origin answering with `handler`.
+    pub async fn start(handler: impl Fn(&Seen) -> Response<BoxBody> + Send + Sync + 'static) -> Origin {
+        let handler: Handler = Arc::new(handler);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let per_path = Arc::new(Mutex::new(HashMap::new()));
+        let (h, s, p) = (hits.clone(), seen.clone(), per_path.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (handler, h, s, p) = (handler.clone(), h.clone(), s.clone(), p.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (handler, h, s, p) = (handler.clone(), h.clone(), s.clone(), p.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let seen = Seen {
+                                method: parts.method,
+                                path: parts.uri.path().to_string(),
+                                query: parts.uri.query().map(str::to_owned),
+                                headers: parts.headers,
+                                body,
+                            };
+                            h.fetch_add(1, Ordering::SeqCst);
+                            *p.lock().unwrap().entry(seen.path.clone()).or_insert(0) += 1;
+                            let resp = handler(&seen);
+                            s.lock().unwrap().push(seen);
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Origin { addr, hits, seen, per_path, task }
+    }
+
+    /// An origin whose every answer is `200` with a body naming the path, query, role, tenant
+    /// and the hit number, so two answers are equal only when one was cached.
+    pub async fn echo() -> Origin {
+        let n = Arc::new(AtomicUsize::new(0));
+        Origin::start(move |r| {
+            let i = n.fetch_add(1, Ordering::SeqCst);
+            let role = header(&r.headers, "x-user-role");
+            let tenant = header(&r.headers, "x-org-id");
+            let body = format!("path={} query={:?} role={role} tenant={tenant} n={i}", r.path, r.query);
+            respond(200, &[], body)
+        })
+        .await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Total requests served.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Requests served for one path.
+    pub fn hits_for(&self, path: &str) -> usize {
+        self.per_path.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    /// Every request seen, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the origin saw no request")
+    }
+}
+
+pub fn header(h: &HeaderMap, name: &str) -> String {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string()
+}
+
+/// A complete response.
+pub fn respond(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response<BoxBody> {
+    let mut resp = Response::new(Full::new(body.into()).boxed());
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+    for (k, v) in headers {
+        resp.headers_mut().append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+    }
+    resp
+}
+
+/// A streamed response produced chunk by chunk from a channel; it ends when the sender drops.
+pub fn stream_response(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<BoxBody> {
+    Response::new(ChannelBody(rx).boxed())
+}
+
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A cachegate started in-process.
+pub struct Proxy {
+    pub running: Option<cachegate::app::Running>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            // Best effort: stop accepting; connections die with the runtime.
+            tokio::spawn(r.shutdown());
+        }
+    }
+}
+
+/// A config for `origin` with test listeners, followed by `rest` (routes, rules, sections).
+pub fn config_text(origin: &Origin, rest: &str) -> String {
+    let server = if rest.contains("[server]") {
+        String::new()
+    } else {
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n".to_string()
+    };
+    let origin_section = if rest.contains("[origin]") {
+        String::new()
+    } else {
+        format!("[origin]\nurl = \"{}\"\ntimeout = \"5s\"\n", origin.url())
+    };
+    format!("{server}{origin_section}{rest}")
+}
+
+impl Proxy {
+    /// Starts cachegate in front of `origin` with `rest` appended to a test config.
+    pub async fn start(origin: &Origin, rest: &str) -> Proxy {
+        Proxy::from_text(&config_text(origin, rest)).await
+    }
+
+    /// Starts cachegate from a complete config text.
+    pub async fn from_text(text: &str) -> Proxy {
+        let config = match cachegate::config::from_str(text, Path::new("test.toml")) {
+            Ok(c) => c,
+            Err(e) => panic!("test config is invalid:\n{e}\n---\n{text}"),
+        };
+        let running = cachegate::app::start(config).await.expect("cachegate starts");
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Proxy {
+            addr: running.proxy_addr,
+            admin: running.admin_addr,
+            running: Some(running),
+            client,
+        }
+    }
+
+    pub fn running(&self) -> &cachegate::app::Running {
+        self.running.as_ref().unwrap()
+    }
+
+    /// Moves the freshness clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.running().clock.advance(by);
+    }
+
+    pub fn get(&self, path: &str) -> Req<'_> {
+        self.req(Method::GET, path)
+    }
+
+    pub fn req(&self, method: Method, path: &str) -> Req<'_> {
+        Req {
+            proxy: self,
+            method,
+            path: path.to_string(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+            admin: false,
+        }
+    }
+
+    pub fn admin_get(&self, path: &str) -> Req<'_> {
+        let mut r = self.req(Method::GET, path);
+        r.admin = true;
+        r
+    }
+}
+
+/// A request being built.
+pub struct Req<'a> {
+    proxy: &'a Proxy,
+    method: Method,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+    admin: bool,
+}
+
+/// A response, fully read.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> String {
+        header(&self.headers, name)
+    }
+    pub fn x_cache(&self) -> String {
+        self.header("x-cache")
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl<'a> Req<'a> {
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.to_string(), v.to_string()));
+        self
+    }
+    pub fn role(self, r: &str) -> Self {
+        self.header("x-user-role", r)
+    }
+    pub fn tenant(self, t: &str) -> Self {
+        self.header("x-org-id", t)
+    }
+    pub fn body(mut self, b: impl Into<Bytes>) -> Self {
+        self.body = b.into();
+        self
+    }
+    pub async fn send(self) -> Resp {
+        let addr = if self.admin { self.proxy.admin } else { self.proxy.addr };
+        let mut req = Request::builder()
+            .method(self.method)
+            .uri(format!("http://{addr}{}", self.path));
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
+        let req = req.body(Full::new(self.body)).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(30), self.proxy.client.request(req))
+            .await
+            .expect("answer within 30s")
+            .expect("request succeeds");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body reads").to_bytes();
+        Resp { status: parts.status, headers: parts.headers, body }
+    }
+}
+
+/// Polls `f` until it returns true or `deadline` passes.
+pub async fn eventually(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + deadline;
+    while tokio::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f()
+}
