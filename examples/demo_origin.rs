@@ -25,12 +25,25 @@ const USAGE: &str = "usage: demo_origin [--listen ADDR] [--delay-ms N]
   --listen ADDR   address to listen on (default: $DEMO_LISTEN or 127.0.0.1:8000)
   --delay-ms N    time each view takes, simulating a slow app (default: 100)";
 
+const JSON: &str = "application/json";
+const TEXT: &str = "text/plain; charset=utf-8";
+const LOGO: &str = "  _  _  _\n ( cachegate )\n  ~~~~~~~~~~\n";
+
 /// Resource families; each has its own version counter, bumped by writes.
 const FAMILIES: [&str; 4] = ["courses", "students", "lectures", "blockchain"];
 
 struct State {
     delay: Duration,
     versions: [AtomicU64; 4],
+}
+
+impl State {
+    /// The simulated view time (skipped entirely at 0, so benchmarks measure only the server).
+    async fn view_delay(&self) {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+    }
 }
 
 #[tokio::main]
@@ -117,72 +130,55 @@ async fn handle(
         *req.method(),
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
-    // Which family a path belongs to, and whether it names a readable resource.
-    let family = match segments.as_slice() {
-        ["courses", ..] => Some(0),
-        ["students", ..] => Some(1),
-        ["lectures", id] if !id.is_empty() => Some(2),
-        ["blockchain", "statistics"] => Some(3),
-        _ => None,
+    // Which family a path belongs to (writes bump it), and whether a GET of it is a view.
+    let (family, readable) = match segments.as_slice() {
+        ["courses"] => (Some(0), true),
+        ["courses", ..] => (Some(0), false),
+        ["students"] => (Some(1), true),
+        ["students", ..] => (Some(1), false),
+        ["lectures", id] if !id.is_empty() => (Some(2), true),
+        ["blockchain", "statistics"] => (Some(3), true),
+        _ => (None, false),
     };
-    let readable = matches!(
-        segments.as_slice(),
-        ["courses"] | ["students"] | ["lectures", _] | ["blockchain", _]
-    );
+    let page = query_param(req.uri().query(), "page").unwrap_or(1);
+    let json = |status, body: String| (status, JSON, None, body);
     let (status, content_type, cache_control, body) = match (family, segments.as_slice()) {
         (Some(f), _) if read && readable => {
-            tokio::time::sleep(state.delay).await;
-            let version = state.versions[f].load(Ordering::SeqCst);
-            let mut extra = String::new();
-            if f == 0 {
-                extra = format!(
-                    r#","page":{}"#,
-                    query_param(req.uri().query(), "page").unwrap_or(1)
-                );
-            } else if f == 2 {
-                extra = format!(r#","lecture":"{}""#, json_escape(segments[1]));
-            }
+            state.view_delay().await;
+            let extra = match f {
+                0 => format!(r#","page":{page}"#),
+                2 => format!(r#","lecture":"{}""#, json_escape(segments[1])),
+                _ => String::new(),
+            };
+            let tenant = tenant
+                .as_deref()
+                .map_or("null".into(), |t| format!(r#""{}""#, json_escape(t)));
             let body = format!(
-                r#"{{"resource":"{}"{extra},"role":"{}","tenant":{},"version":{version},"served_at":"{}"}}"#,
+                r#"{{"resource":"{}"{extra},"role":"{}","tenant":{tenant},"version":{},"served_at":"{}"}}"#,
                 FAMILIES[f],
                 json_escape(&role),
-                tenant
-                    .as_deref()
-                    .map_or("null".to_string(), |t| format!("\"{}\"", json_escape(t))),
+                state.versions[f].load(Ordering::SeqCst),
                 humantime::format_rfc3339_millis(SystemTime::now()),
             );
-            (StatusCode::OK, "application/json", None, body)
+            json(StatusCode::OK, body)
         }
         (Some(f), _) if write && f != 3 => {
-            tokio::time::sleep(state.delay).await;
+            state.view_delay().await;
             state.versions[f].fetch_add(1, Ordering::SeqCst);
-            (
-                StatusCode::OK,
-                "application/json",
-                None,
-                r#"{"ok":true}"#.to_string(),
-            )
+            json(StatusCode::OK, r#"{"ok":true}"#.into())
         }
-        (None, ["static", "logo.txt"]) if read => {
-            let logo = "  _  _  _\n ( cachegate )\n  ~~~~~~~~~~\n".to_string();
-            (
-                StatusCode::OK,
-                "text/plain; charset=utf-8",
-                Some("public, max-age=60"),
-                logo,
-            )
-        }
-        (None, ["private"]) if read => {
-            tokio::time::sleep(state.delay).await;
-            let body = format!(r#"{{"private":true,"role":"{}"}}"#, json_escape(&role));
-            (StatusCode::OK, "application/json", Some("private"), body)
-        }
-        _ => (
-            StatusCode::NOT_FOUND,
-            "application/json",
-            None,
-            r#"{"error":"not found"}"#.to_string(),
+        (None, ["static", "logo.txt"]) if read => (
+            StatusCode::OK,
+            TEXT,
+            Some("public, max-age=60"),
+            LOGO.into(),
         ),
+        (None, ["private"]) if read => {
+            state.view_delay().await;
+            let body = format!(r#"{{"private":true,"role":"{}"}}"#, json_escape(&role));
+            (StatusCode::OK, JSON, Some("private"), body)
+        }
+        _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
     };
     eprintln!(
         "{} {} {} -> {} role={role} tenant={} {:.1}ms",

@@ -1,0 +1,291 @@
+#!/usr/bin/env bash
+# Loopback benchmark of cachegate with wrk, all scenarios in one run:
+#   (a) the demo origin directly (no proxy, no artificial delay)
+#   (b) a memory-tier hit through cachegate
+#   (c) the miss path through cachegate (a unique URL per request: forward + store)
+#   (d) a Redis-tier hit (not available yet: there is no Redis tier)
+#
+# Usage:  scripts/bench.sh
+# Env:    BENCH_DURATION (default 10s)   wrk duration per measurement ("10s", "1m", or seconds)
+#         BENCH_THREADS (default 2)      wrk threads
+#         BENCH_CONNECTIONS (default 64) wrk connections
+#         BENCH_WARMUP (default 2s)      unmeasured warm-up before each measurement ("0" = none)
+#         BENCH_BUILD_TIMEOUT (default 1800) seconds allowed for the release build
+#
+# Everything runs on 127.0.0.1 on free ephemeral ports; every process started here is
+# stopped on exit. Client, proxy and origin share the machine's cores, so absolute numbers
+# depend heavily on the machine: compare the ratios.
+set -euo pipefail
+
+DURATION="${BENCH_DURATION:-10s}"
+THREADS="${BENCH_THREADS:-2}"
+CONNECTIONS="${BENCH_CONNECTIONS:-64}"
+WARMUP="${BENCH_WARMUP:-2s}"
+BUILD_TIMEOUT="${BENCH_BUILD_TIMEOUT:-1800}"
+
+cd "$(dirname "$0")/.."
+
+die() {
+    echo "bench: $*" >&2
+    exit 1
+}
+
+# "10s" / "2m" / "1h" / "10" -> whole seconds.
+to_seconds() {
+    local v="$1"
+    case "$v" in
+        *s) v="${v%s}" ;;
+        *m) v="$(( ${v%m} * 60 ))" ;;
+        *h) v="$(( ${v%h} * 3600 ))" ;;
+    esac
+    [[ "$v" =~ ^[0-9]+$ ]] || die "cannot read duration '$1' (expected e.g. 10s, 1m)"
+    echo "$v"
+}
+DURATION_S="$(to_seconds "$DURATION")"
+WARMUP_S="$(to_seconds "$WARMUP")"
+(( DURATION_S > 0 )) || die "BENCH_DURATION must be positive"
+[[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_THREADS must be a positive integer"
+[[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_CONNECTIONS must be a positive integer"
+(( CONNECTIONS >= THREADS )) || die "BENCH_CONNECTIONS must be >= BENCH_THREADS"
+
+# --- tools ------------------------------------------------------------------------------
+for tool in curl python3 cargo timeout; do
+    command -v "$tool" >/dev/null || die "'$tool' is required but not installed"
+done
+if ! command -v wrk >/dev/null; then
+    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
+        echo "bench: installing wrk" >&2
+        timeout 600 bash -c 'DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk' >&2 \
+            || die "installing wrk with apt-get failed"
+    else
+        die "wrk is not installed; install it (e.g. 'sudo apt-get install -y wrk') or run as root with apt-get"
+    fi
+fi
+
+# --- processes and cleanup --------------------------------------------------------------
+WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/cachegate-bench.XXXXXX")"
+PIDS=()
+CHILD=""
+cleanup() {
+    local pid
+    if [[ -n "$CHILD" ]]; then
+        kill "$CHILD" 2>/dev/null || true
+        wait "$CHILD" 2>/dev/null || true
+    fi
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        # Give each process up to 5 s to exit, then force it.
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORKDIR"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# bounded SECONDS CMD...: runs CMD under a time limit, in the background so that a signal
+# sent to this script interrupts the wait (and the cleanup then stops CMD).
+bounded() {
+    local rc=0
+    timeout "$1" "${@:2}" &
+    CHILD=$!
+    wait "$CHILD" || rc=$?
+    CHILD=""
+    return "$rc"
+}
+
+echo "bench: building (release)" >&2
+bounded "$BUILD_TIMEOUT" cargo build --release --example demo_origin --bin cachegate >&2 \
+    || die "release build failed or timed out"
+ORIGIN_BIN=target/release/examples/demo_origin
+CACHEGATE_BIN=target/release/cachegate
+
+# Three distinct free loopback ports (all held open together so they differ).
+read -r ORIGIN_PORT PROXY_PORT ADMIN_PORT < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
+')
+[[ "$ORIGIN_PORT" =~ ^[0-9]+$ && "$PROXY_PORT" =~ ^[0-9]+$ && "$ADMIN_PORT" =~ ^[0-9]+$ ]] \
+    || die "could not find free loopback ports"
+ORIGIN="http://127.0.0.1:$ORIGIN_PORT"
+PROXY="http://127.0.0.1:$PROXY_PORT"
+
+CONFIG="$WORKDIR/bench-proxy.toml"
+cat >"$CONFIG" <<EOF
+[server]
+listen = "127.0.0.1:$PROXY_PORT"
+admin_listen = "127.0.0.1:$ADMIN_PORT"
+
+[origin]
+url = "$ORIGIN"
+timeout = "10s"
+
+[cache]
+memory_capacity = "512MiB"
+memory_ttl = "10m"
+
+# Hit test: one URL, always served from the memory tier once warm.
+[[route]]
+name = "course_list"
+path = "/courses/"
+ttl = "10m"
+query = { include = ["page"] }
+tags = ["courses"]
+
+# Miss test: every query parameter is part of the key (the default), so a unique
+# query string per request makes every request a miss that is forwarded and stored.
+[[route]]
+name = "lecture_detail"
+path = "/lectures/{id}/"
+ttl = "10m"
+tags = ["lectures", "lecture:{id}"]
+EOF
+"$CACHEGATE_BIN" check --config "$CONFIG" >&2 || die "cachegate rejected the bench config"
+
+# The origin's one-line-per-request log would only measure the terminal or disk: discard it.
+"$ORIGIN_BIN" --listen "127.0.0.1:$ORIGIN_PORT" --delay-ms 0 2>/dev/null &
+PIDS+=("$!")
+RUST_LOG=warn "$CACHEGATE_BIN" run --config "$CONFIG" 2>"$WORKDIR/cachegate.log" &
+PIDS+=("$!")
+
+wait_ready() { # name url
+    for _ in $(seq 100); do
+        if curl -fs -o /dev/null --max-time 1 "$2"; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    cat "$WORKDIR/cachegate.log" >&2 || true
+    die "$1 did not become ready at $2 within 10 s"
+}
+wait_ready "demo origin" "$ORIGIN/courses/"
+wait_ready "cachegate" "http://127.0.0.1:$ADMIN_PORT/healthz"
+
+x_cache() { # url -> value of X-Cache
+    { curl -s --max-time 5 -D - -o /dev/null "$1" || true; } | tr -d '\r' | awk -F': *' 'tolower($1) == "x-cache" { print $2 }'
+}
+HIT_URL="$PROXY/courses/"
+first="$(x_cache "$HIT_URL")"
+second="$(x_cache "$HIT_URL")"
+[[ "$second" == "HIT" ]] || die "expected X-Cache: HIT on the second request to $HIT_URL, got '$second' (first: '$first')"
+probe="$PROXY/lectures/1/?probe=$RANDOM"
+[[ "$(x_cache "$probe")" == "MISS" && "$(x_cache "$probe")" == "HIT" ]] \
+    || die "the miss route does not key on the query string as expected ($probe)"
+
+# Each request gets its own query string: <nonce>-<thread>-<counter>. The nonce (a script
+# argument) differs per wrk invocation, so the warm-up does not pre-fill the measured URLs.
+cat >"$WORKDIR/miss.lua" <<'EOF'
+local thread_count = 0
+function setup(thread)
+    thread_count = thread_count + 1
+    thread:set("tid", thread_count)
+end
+function init(args)
+    nonce = args[1] or "run"
+    counter = 0
+end
+function request()
+    counter = counter + 1
+    return wrk.format(nil, "/lectures/1/?bench=" .. nonce .. "-" .. tid .. "-" .. counter)
+end
+EOF
+
+# run_wrk name url [lua-script]: warm up, measure, write "rps p50_ms p99_ms requests errors non2xx".
+run_wrk() {
+    local name="$1" url="$2" script="${3:-}" args=() limit
+    if [[ -n "$script" ]]; then
+        args=(-s "$script")
+    fi
+    limit=$(( DURATION_S + WARMUP_S + 60 ))
+    if (( WARMUP_S > 0 )); then
+        echo "bench: warming up '$name' for ${WARMUP_S}s" >&2
+        bounded "$limit" wrk -t "$THREADS" -c "$CONNECTIONS" -d "${WARMUP_S}s" --timeout 5s \
+            "${args[@]}" "$url" -- "warm$RANDOM" >/dev/null || die "wrk warm-up failed for $name"
+    fi
+    echo "bench: measuring '$name' for ${DURATION_S}s: $url" >&2
+    bounded "$limit" wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION_S}s" --timeout 5s --latency \
+        "${args[@]}" "$url" -- "$name" >"$WORKDIR/$name.txt" || die "wrk failed for $name"
+    python3 - "$WORKDIR/$name.txt" >"$WORKDIR/$name.res" <<'EOF'
+import re, sys
+text = open(sys.argv[1]).read()
+units = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+def latency(pct):
+    m = re.search(r"^\s*%s%%\s+([\d.]+)(us|ms|s|m|h)\s*$" % pct, text, re.M)
+    if not m:
+        sys.exit("no %s%% latency in wrk output:\n%s" % (pct, text))
+    return float(m.group(1)) * units[m.group(2)]
+rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+total = re.search(r"^\s*(\d+) requests in", text, re.M)
+if not rps or not total:
+    sys.exit("cannot read wrk output:\n" + text)
+err = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+errors = sum(int(g) for g in err.groups()) if err else 0
+non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+print(float(rps.group(1)), latency(50), latency(99), total.group(1), errors,
+      non2xx.group(1) if non2xx else 0)
+EOF
+}
+
+run_wrk origin_direct "$ORIGIN/courses/"
+run_wrk memory_hit "$HIT_URL"
+run_wrk miss "$PROXY/lectures/1/" "$WORKDIR/miss.lua"
+
+# A URL from the miss run must now be stored: proof that the misses were stored. (Not the
+# first one: wrk calls request() once per thread before sending anything.)
+stored="$(x_cache "$PROXY/lectures/1/?bench=miss-1-10")"
+[[ "$stored" == "HIT" ]] || echo "bench: warning: a URL from the miss run was not stored (X-Cache: '$stored')" >&2
+
+python3 - "$WORKDIR" "$DURATION_S" "$THREADS" "$CONNECTIONS" <<'EOF'
+import sys
+workdir, duration, threads, conns = sys.argv[1:5]
+res = {}
+for name in ("origin_direct", "memory_hit", "miss"):
+    rps, p50, p99, total, errors, non2xx = open(f"{workdir}/{name}.res").read().split()
+    res[name] = dict(rps=float(rps), p50=float(p50), p99=float(p99), total=int(total),
+                     errors=int(errors), non2xx=int(non2xx))
+labels = {
+    "origin_direct": "(a) origin direct (no proxy)",
+    "memory_hit": "(b) cachegate, memory-tier hit",
+    "miss": "(c) cachegate, miss + store",
+}
+print()
+print(f"wrk: {threads} threads, {conns} connections, {duration}s per measurement")
+print()
+print(f"| {'scenario':<32} | {'req/s':>10} | {'p50 ms':>8} | {'p99 ms':>8} | {'requests':>9} | {'errors':>6} | {'non-2xx':>7} |")
+print(f"|{'-' * 34}|{'-' * 11}:|{'-' * 9}:|{'-' * 9}:|{'-' * 10}:|{'-' * 7}:|{'-' * 8}:|")
+for name, label in labels.items():
+    r = res[name]
+    print(f"| {label:<32} | {r['rps']:>10.0f} | {r['p50']:>8.3f} | {r['p99']:>8.3f} | {r['total']:>9} | {r['errors']:>6} | {r['non2xx']:>7} |")
+print(f"| {'(d) cachegate, Redis-tier hit':<32} | {'not available yet (no Redis tier)':<63} |")
+print()
+o, h, m = res["origin_direct"], res["memory_hit"], res["miss"]
+def ratio(a, b):
+    return a / b if b else float("nan")
+print("Ratios (req/s: higher is better; latency: lower is better)")
+print(f"  hit req/s / origin-direct req/s : {ratio(h['rps'], o['rps']):.2f}x")
+print(f"  hit req/s / miss req/s          : {ratio(h['rps'], m['rps']):.2f}x")
+print(f"  hit p50 / origin-direct p50     : {ratio(h['p50'], o['p50']):.2f}   ({h['p50']:.3f} ms vs {o['p50']:.3f} ms)")
+print(f"  hit p99 / origin-direct p99     : {ratio(h['p99'], o['p99']):.2f}   ({h['p99']:.3f} ms vs {o['p99']:.3f} ms)")
+print(f"  hit p50 / miss p50              : {ratio(h['p50'], m['p50']):.2f}   ({h['p50']:.3f} ms vs {m['p50']:.3f} ms)")
+print(f"  hit p99 / miss p99              : {ratio(h['p99'], m['p99']):.2f}   ({h['p99']:.3f} ms vs {m['p99']:.3f} ms)")
+bad = [labels[n] for n, r in res.items() if r["errors"] or r["non2xx"]]
+if bad:
+    print("\nwarning: socket errors or non-2xx answers in: " + ", ".join(bad))
+EOF
+echo
+echo "cores (nproc): $(nproc)"
+echo "date: $(date -u '+%F %T') UTC"
+echo "cachegate commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src/ has uncommitted changes)')"
