@@ -202,7 +202,7 @@ fn cache(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<CacheConfig> {
 }
 
 fn redis_urls(ctx: &mut Ctx<'_>, f: reader::Field<'_>) -> Vec<String> {
-    let list = if matches!(f.value.as_str(), Some(_)) {
+    let list = if f.value.as_str().is_some() {
         f.into_string(ctx).map(|s| vec![s])
     } else {
         f.into_strings(ctx)

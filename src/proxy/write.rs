@@ -7,6 +7,7 @@ use hyper::body::Incoming;
 use super::body::ProxyBody;
 use super::{headers, Ctx, Proxy};
 use crate::cache::key;
+use crate::config::Ttl;
 use crate::error::ProxyError;
 use crate::identity::Identity;
 use crate::invalidation::{self, purge_tag_scopes};
@@ -43,7 +44,9 @@ impl Proxy {
         scopes
     }
 
-    /// RFC 9111 §4.4: the request URI, `Location` and `Content-Location` (same host only).
+    /// RFC 9111 §4.4 on `ttl = "origin"` routes: the request URI, `Location` and
+    /// `Content-Location` (same host only). Fixed-TTL routes are purged by their rules alone, so
+    /// a tenant-scoped rule is not widened to every tenant by the URI.
     fn uri_scopes(&self, ctx: Ctx<'_>, resp: &HeaderMap, host: Option<&str>) -> Vec<String> {
         let mut targets: Vec<(String, Option<String>)> = vec![(ctx.path.to_string(), ctx.query.map(str::to_owned))];
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
@@ -54,7 +57,8 @@ impl Proxy {
         let mut scopes = Vec::new();
         for (path, query) in targets {
             let Ok(path) = key::normalize_path(&path) else { continue };
-            if let Some(route) = self.config.routes.iter().find(|r| r.path.matches(&path)) {
+            let route = self.config.routes.iter().find(|r| r.path.matches(&path));
+            if let Some(route) = route.filter(|r| r.ttl == Ttl::Origin) {
                 let q = key::normalize_query(query.as_deref(), &route.query);
                 scopes.push(invalidation::url_scope(&route.name, &path, &q));
             }

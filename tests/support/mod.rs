@@ -32,7 +32,8 @@ pub struct Seen {
     pub body: Bytes,
 }
 
-type Handler = Arc<dyn Fn(&Seen) -> Response<BoxBody> + Send + Sync>;
+type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Response<BoxBody>> + Send>>;
+type Handler = Arc<dyn Fn(Seen) -> BoxFuture + Send + Sync>;
 
 /// An in-process hyper origin on port 0 that counts its hits.
 pub struct Origin {
@@ -52,7 +53,19 @@ impl Drop for Origin {
 impl Origin {
     /// Starts an origin answering with `handler`.
     pub async fn start(handler: impl Fn(&Seen) -> Response<BoxBody> + Send + Sync + 'static) -> Origin {
-        let handler: Handler = Arc::new(handler);
+        Origin::start_async(move |seen| {
+            let resp = handler(&seen);
+            async move { resp }
+        })
+        .await
+    }
+
+    /// Starts an origin whose handler may wait (for a gate, a delay) before answering.
+    pub async fn start_async<F>(handler: impl Fn(Seen) -> F + Send + Sync + 'static) -> Origin
+    where
+        F: std::future::Future<Output = Response<BoxBody>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |seen| Box::pin(handler(seen)));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -78,9 +91,8 @@ impl Origin {
                             };
                             h.fetch_add(1, Ordering::SeqCst);
                             *p.lock().unwrap().entry(seen.path.clone()).or_insert(0) += 1;
-                            let resp = handler(&seen);
-                            s.lock().unwrap().push(seen);
-                            Ok::<_, Infallible>(resp)
+                            s.lock().unwrap().push(seen.clone());
+                            Ok::<_, Infallible>(handler(seen).await)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
