@@ -52,12 +52,10 @@ async fn main() {
         eprintln!("{msg}\n{USAGE}");
         std::process::exit(2);
     });
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .unwrap_or_else(|e| {
-            eprintln!("cannot listen on {listen}: {e}");
-            std::process::exit(1);
-        });
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap_or_else(|e| {
+        eprintln!("cannot listen on {listen}: {e}");
+        std::process::exit(1);
+    });
     eprintln!(
         "demo origin listening on http://{listen} (view delay {} ms)",
         delay.as_millis()
@@ -73,8 +71,7 @@ async fn main() {
         let state = state.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             let _ = conn.await;
         });
     }
@@ -105,16 +102,11 @@ fn parse_args() -> Result<(SocketAddr, Duration), String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    let addr = listen
-        .parse()
-        .map_err(|e| format!("--listen {listen:?}: {e}"))?;
+    let addr = listen.parse().map_err(|e| format!("--listen {listen:?}: {e}"))?;
     Ok((addr, Duration::from_millis(delay_ms)))
 }
 
-async fn handle(
-    state: Arc<State>,
-    req: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
     let header = |name: &str| {
         req.headers()
@@ -167,12 +159,7 @@ async fn handle(
             state.versions[f].fetch_add(1, Ordering::SeqCst);
             json(StatusCode::OK, r#"{"ok":true}"#.into())
         }
-        (None, ["static", "logo.txt"]) if read => (
-            StatusCode::OK,
-            TEXT,
-            Some("public, max-age=60"),
-            LOGO.into(),
-        ),
+        (None, ["static", "logo.txt"]) if read => (StatusCode::OK, TEXT, Some("public, max-age=60"), LOGO.into()),
         (None, ["private"]) if read => {
             state.view_delay().await;
             let body = format!(r#"{{"private":true,"role":"{}"}}"#, json_escape(&role));
@@ -194,8 +181,7 @@ async fn handle(
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Some(cc) = cache_control {
-        resp.headers_mut()
-            .insert(CACHE_CONTROL, HeaderValue::from_static(cc));
+        resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static(cc));
     }
     Ok(resp)
 }

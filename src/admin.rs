@@ -27,7 +27,10 @@ impl Admin {
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
             "/readyz" => self.ready().await,
-            _ => text(StatusCode::NOT_FOUND, "not found: the admin listener serves /healthz and /readyz\n".into()),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: the admin listener serves /healthz and /readyz\n".into(),
+            ),
         }
     }
 
@@ -42,8 +45,14 @@ impl Admin {
         let probe = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr)).await;
         match probe {
             Ok(Ok(_)) => text(StatusCode::OK, format!("ready: origin {addr} reachable\n")),
-            Ok(Err(e)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: origin {addr}: {e}\n")),
-            Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: origin {addr}: connect timed out\n")),
+            Ok(Err(e)) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: origin {addr}: {e}\n"),
+            ),
+            Err(_) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: origin {addr}: connect timed out\n"),
+            ),
         }
     }
 }
@@ -51,6 +60,9 @@ impl Admin {
 fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }

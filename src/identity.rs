@@ -30,7 +30,10 @@ pub struct Identity {
 pub fn resolve(cfg: &IdentityConfig, peer: IpAddr, headers: &mut HeaderMap) -> Identity {
     let trusted = cfg.trust_headers_from.iter().any(|n| n.contains(&peer));
     let (role, tenant) = if trusted {
-        (header_text(headers, &cfg.role_header), header_text(headers, &cfg.tenant_header))
+        (
+            header_text(headers, &cfg.role_header),
+            header_text(headers, &cfg.tenant_header),
+        )
     } else {
         headers.remove(&cfg.role_header);
         headers.remove(&cfg.tenant_header);

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "cachegate", version, about = "A caching reverse proxy for read-heavy web apps")]
+#[command(
+    name = "cachegate",
+    version,
+    about = "A caching reverse proxy for read-heavy web apps"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -75,7 +79,7 @@ fn run(config: cachegate::config::Config) -> ExitCode {
         if config.cache.redis_urls.is_empty() {
             tracing::info!("no [cache] redis_url: memory tier only (entries are not shared between instances)");
         }
-        let origin = config.origin.url.clone();
+        let origin = format!("http://{}", config.origin.authority);
         let file = config.file.clone();
         let running = match cachegate::app::start(config).await {
             Ok(r) => r,
@@ -123,7 +127,11 @@ async fn wait_for_signal() {
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -36,9 +36,7 @@ impl PathPattern {
         // `{*rest}` also matches an empty remainder: `/courses/{*rest}` matches `/courses/`.
         if let Some(start) = source.rfind("{*") {
             if source.ends_with('}') {
-                router
-                    .insert(&source[..start], ())
-                    .map_err(|e| e.to_string())?;
+                router.insert(&source[..start], ()).map_err(|e| e.to_string())?;
             }
         }
         let params = param_names(source);
@@ -67,12 +65,7 @@ impl PathPattern {
     /// Captured parameters, or `None` when `path` does not match.
     pub fn params(&self, path: &str) -> Option<Params> {
         let m = self.router.at(path).ok()?;
-        Some(
-            m.params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        Some(m.params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
     }
 }
 

@@ -44,7 +44,13 @@ async fn miss_then_hit_returns_identical_body() {
 async fn roles_and_tenants_never_share_entries_under_interleaving() {
     let origin = Origin::echo().await;
     let proxy = Proxy::start(&origin, COURSES).await;
-    let who = [("admin", "1"), ("teacher", "1"), ("student", "1"), ("teacher", "2"), ("student", "2")];
+    let who = [
+        ("admin", "1"),
+        ("teacher", "1"),
+        ("student", "1"),
+        ("teacher", "2"),
+        ("student", "2"),
+    ];
     let mut tasks = Vec::new();
     for round in 0..8 {
         for (role, tenant) in who {
@@ -59,7 +65,10 @@ async fn roles_and_tenants_never_share_entries_under_interleaving() {
     for (_, role, tenant, r) in &results {
         assert_eq!(r.status, 200);
         let body = r.text();
-        assert!(body.contains(&format!("role={role} tenant={tenant}")), "{role}/{tenant} got {body}");
+        assert!(
+            body.contains(&format!("role={role} tenant={tenant}")),
+            "{role}/{tenant} got {body}"
+        );
     }
     // Once warmed, every identity reads back its own entry.
     for (role, tenant) in who {
@@ -86,7 +95,11 @@ async fn query_order_and_encoding_share_one_key() {
     let proxy = Proxy::start(&origin, COURSES).await;
     let first = proxy.get("/courses/?page=2&department=math").send().await;
     assert_eq!(first.x_cache(), "MISS");
-    for variant in ["/courses/?department=math&page=2", "/courses/?page=%32&department=m%61th", "/courses/?department=math&utm_source=x&page=2"] {
+    for variant in [
+        "/courses/?department=math&page=2",
+        "/courses/?page=%32&department=m%61th",
+        "/courses/?department=math&utm_source=x&page=2",
+    ] {
         let r = proxy.get(variant).send().await;
         assert_eq!(r.x_cache(), "HIT", "{variant}");
         assert_eq!(r.body, first.body);
@@ -181,11 +194,19 @@ async fn origin_ttl_uses_s_maxage_then_max_age_and_age() {
     let aged = proxy.get("/aged").send().await;
     assert_eq!(aged.header("age"), "20");
     proxy.advance(Duration::from_secs(11));
-    assert_eq!(proxy.get("/aged").send().await.x_cache(), "MISS", "20s old + 11s > max-age=30");
+    assert_eq!(
+        proxy.get("/aged").send().await.x_cache(),
+        "MISS",
+        "20s old + 11s > max-age=30"
+    );
     assert_eq!(proxy.get("/max").send().await.x_cache(), "HIT");
     proxy.advance(Duration::from_secs(20));
     assert_eq!(proxy.get("/max").send().await.x_cache(), "MISS");
-    assert_eq!(proxy.get("/smax").send().await.x_cache(), "HIT", "s-maxage wins over max-age");
+    assert_eq!(
+        proxy.get("/smax").send().await.x_cache(),
+        "HIT",
+        "s-maxage wins over max-age"
+    );
 }
 
 #[tokio::test]
@@ -218,7 +239,15 @@ async fn origin_ttl_without_freshness_stores_nothing() {
 #[tokio::test]
 async fn conditional_requests_get_304_from_cache() {
     let origin = Origin::start(|_| {
-        respond(200, &[("cache-control", "max-age=60"), ("etag", "\"v1\""), ("last-modified", "Mon, 02 Nov 2026 10:00:00 GMT")], "body")
+        respond(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("etag", "\"v1\""),
+                ("last-modified", "Mon, 02 Nov 2026 10:00:00 GMT"),
+            ],
+            "body",
+        )
     })
     .await;
     let proxy = Proxy::start(&origin, ORIGIN_TTL).await;
@@ -229,10 +258,17 @@ async fn conditional_requests_get_304_from_cache() {
     assert_eq!(r.header("etag"), "\"v1\"");
     let r = proxy.get("/doc").header("if-none-match", "\"v0\"").send().await;
     assert_eq!(r.status, 200);
-    let r = proxy.get("/doc").header("if-modified-since", "Tue, 03 Nov 2026 10:00:00 GMT").send().await;
+    let r = proxy
+        .get("/doc")
+        .header("if-modified-since", "Tue, 03 Nov 2026 10:00:00 GMT")
+        .send()
+        .await;
     assert_eq!(r.status, 304);
     assert_eq!(origin.hits(), 1);
-    assert!(origin.seen().iter().all(|s| !s.headers.contains_key("if-none-match")), "fills are unconditional");
+    assert!(
+        origin.seen().iter().all(|s| !s.headers.contains_key("if-none-match")),
+        "fills are unconditional"
+    );
 }
 
 #[tokio::test]
@@ -258,7 +294,10 @@ async fn debug_headers_show_key_and_tier() {
     let rest = format!("[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndebug_headers = true\n[cache]\nkey_prefix = \"t:v1\"\n{COURSES}");
     let proxy = Proxy::start(&origin, &rest).await;
     let miss = proxy.get("/courses/?page=1").role("teacher").tenant("9").send().await;
-    assert_eq!(miss.header("x-cache-key"), "t:v1:course_list:/courses/:page=1:teacher:9::");
+    assert_eq!(
+        miss.header("x-cache-key"),
+        "t:v1:course_list:/courses/:page=1:teacher:9::"
+    );
     let hit = proxy.get("/courses/?page=1").role("teacher").tenant("9").send().await;
     assert_eq!(hit.header("x-cache-tier"), "memory");
     assert_eq!(hit.header("x-cache-key"), miss.header("x-cache-key"));
@@ -270,7 +309,11 @@ async fn identity_headers_from_untrusted_peers_are_stripped() {
     let rest = format!("[identity]\ntrust_headers_from = [\"10.0.0.0/8\"]\n{COURSES}");
     let proxy = Proxy::start(&origin, &rest).await;
     let r = proxy.get("/courses/").role("admin").tenant("1").send().await;
-    assert!(r.text().contains("role=- tenant=-"), "origin must not see forged headers: {}", r.text());
+    assert!(
+        r.text().contains("role=- tenant=-"),
+        "origin must not see forged headers: {}",
+        r.text()
+    );
     assert_eq!(origin.last().headers.get("x-user-role"), None);
     // Keyed as anonymous, so a forged admin header cannot read or poison the admin entry.
     let anon = proxy.get("/courses/").send().await;

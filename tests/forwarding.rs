@@ -43,8 +43,12 @@ async fn uncached_responses_stream_chunk_by_chunk() {
     })
     .await;
     let proxy = Proxy::start(&origin, ROUTES).await;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let resp = client.get(format!("http://{}/stream", proxy.addr).parse().unwrap()).await.unwrap();
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let resp = client
+        .get(format!("http://{}/stream", proxy.addr).parse().unwrap())
+        .await
+        .unwrap();
     let mut body = resp.into_body();
     let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
         .await
@@ -92,7 +96,18 @@ async fn request_bodies_reach_the_origin_intact() {
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
-    let origin = Origin::start(|_| respond(200, &[("connection", "x-internal"), ("x-internal", "secret"), ("keep-alive", "timeout=5")], "ok")).await;
+    let origin = Origin::start(|_| {
+        respond(
+            200,
+            &[
+                ("connection", "x-internal"),
+                ("x-internal", "secret"),
+                ("keep-alive", "timeout=5"),
+            ],
+            "ok",
+        )
+    })
+    .await;
     let proxy = Proxy::start(&origin, ROUTES).await;
     let r = proxy
         .get("/headers")
@@ -108,7 +123,10 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
     for h in ["x-drop-me", "proxy-authorization", "te", "connection"] {
         assert!(seen.headers.get(h).is_none(), "{h} must not reach the origin");
     }
-    assert_eq!(support::header(&seen.headers, "x-forwarded-for"), "203.0.113.9, 127.0.0.1");
+    assert_eq!(
+        support::header(&seen.headers, "x-forwarded-for"),
+        "203.0.113.9, 127.0.0.1"
+    );
     assert_eq!(support::header(&seen.headers, "x-forwarded-proto"), "http");
     assert_eq!(support::header(&seen.headers, "x-forwarded-host"), "public.example");
     assert_eq!(support::header(&seen.headers, "host"), origin.addr.to_string());
@@ -206,7 +224,11 @@ async fn ambiguous_framing_is_refused() {
     ];
     for a in attempts {
         let answer = raw(&proxy, a).await;
-        assert!(answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.0 400"), "{}: {answer}", String::from_utf8_lossy(a));
+        assert!(
+            answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.0 400"),
+            "{}: {answer}",
+            String::from_utf8_lossy(a)
+        );
     }
     assert_eq!(origin.hits(), 0);
 }
@@ -229,9 +251,16 @@ async fn content_length_with_chunked_is_reframed_not_smuggled() {
 async fn oversized_headers_are_refused_with_4xx() {
     let origin = Origin::echo().await;
     let proxy = Proxy::start(&origin, ROUTES).await;
-    let big = format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "a".repeat(200 * 1024));
+    let big = format!(
+        "GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200 * 1024)
+    );
     let answer = raw(&proxy, big.as_bytes()).await;
-    assert!(answer.starts_with("HTTP/1.1 431"), "{}", &answer[..answer.len().min(80)]);
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        &answer[..answer.len().min(80)]
+    );
     assert_eq!(origin.hits(), 0);
 }
 
@@ -243,7 +272,10 @@ async fn http2_prior_knowledge_is_served() {
         .http2_only(true)
         .build_http::<Full<Bytes>>();
     for expected in ["MISS", "HIT"] {
-        let resp = client.get(format!("http://{}/cached/h2", proxy.addr).parse().unwrap()).await.unwrap();
+        let resp = client
+            .get(format!("http://{}/cached/h2", proxy.addr).parse().unwrap())
+            .await
+            .unwrap();
         assert_eq!(resp.version(), http::Version::HTTP_2);
         assert_eq!(resp.status(), 200);
         assert_eq!(support::header(resp.headers(), "x-cache"), expected);

@@ -85,7 +85,13 @@ async fn state(proxy: &Proxy, path: &str, role: &str, tenant: &str) -> String {
 async fn write_purges_its_tags_before_answering() {
     let (_o, p) = setup().await;
     warm(&p, "/courses/", "teacher", "1").await;
-    let w = p.req(Method::POST, "/courses/").role("teacher").tenant("1").body("{}").send().await;
+    let w = p
+        .req(Method::POST, "/courses/")
+        .role("teacher")
+        .tenant("1")
+        .body("{}")
+        .send()
+        .await;
     assert_eq!(w.status, 200);
     // The very next read, sent only after the write was answered, is fresh.
     assert_eq!(state(&p, "/courses/", "teacher", "1").await, "MISS");
@@ -95,7 +101,11 @@ async fn write_purges_its_tags_before_answering() {
 async fn related_tags_go_too() {
     let (_o, p) = setup().await;
     warm(&p, "/students/", "teacher", "1").await;
-    p.req(Method::PUT, "/courses/5/").role("teacher").tenant("1").send().await;
+    p.req(Method::PUT, "/courses/5/")
+        .role("teacher")
+        .tenant("1")
+        .send()
+        .await;
     assert_eq!(state(&p, "/students/", "teacher", "1").await, "MISS");
 }
 
@@ -103,10 +113,26 @@ async fn related_tags_go_too() {
 async fn every_matching_rule_applies() {
     let (_o, p) = setup().await;
     warm(&p, "/lectures/3/", "student", "1").await;
-    p.req(Method::PATCH, "/courses/5/").role("teacher").tenant("1").send().await;
-    assert_eq!(state(&p, "/lectures/3/", "student", "1").await, "HIT", "PATCH does not match the DELETE rule");
-    p.req(Method::DELETE, "/courses/5/").role("teacher").tenant("1").send().await;
-    assert_eq!(state(&p, "/lectures/3/", "student", "1").await, "MISS", "DELETE adds the lectures tag");
+    p.req(Method::PATCH, "/courses/5/")
+        .role("teacher")
+        .tenant("1")
+        .send()
+        .await;
+    assert_eq!(
+        state(&p, "/lectures/3/", "student", "1").await,
+        "HIT",
+        "PATCH does not match the DELETE rule"
+    );
+    p.req(Method::DELETE, "/courses/5/")
+        .role("teacher")
+        .tenant("1")
+        .send()
+        .await;
+    assert_eq!(
+        state(&p, "/lectures/3/", "student", "1").await,
+        "MISS",
+        "DELETE adds the lectures tag"
+    );
 }
 
 #[tokio::test]
@@ -115,7 +141,11 @@ async fn tenant_scope_spares_other_tenants_but_not_tenantless_entries() {
     warm(&p, "/courses/", "teacher", "1").await;
     warm(&p, "/courses/", "teacher", "2").await;
     warm(&p, "/catalogue/", "teacher", "1").await; // keyed without tenant
-    p.req(Method::POST, "/courses/").role("teacher").tenant("1").send().await;
+    p.req(Method::POST, "/courses/")
+        .role("teacher")
+        .tenant("1")
+        .send()
+        .await;
     assert_eq!(state(&p, "/courses/", "teacher", "1").await, "MISS");
     assert_eq!(state(&p, "/courses/", "teacher", "2").await, "HIT");
     assert_eq!(state(&p, "/catalogue/", "teacher", "1").await, "MISS");
@@ -136,7 +166,11 @@ async fn scope_all_purges_every_tenant() {
     let (_o, p) = setup().await;
     warm(&p, "/courses/", "teacher", "1").await;
     warm(&p, "/courses/", "teacher", "2").await;
-    p.req(Method::POST, "/global/courses/").role("admin").tenant("1").send().await;
+    p.req(Method::POST, "/global/courses/")
+        .role("admin")
+        .tenant("1")
+        .send()
+        .await;
     assert_eq!(state(&p, "/courses/", "teacher", "2").await, "MISS");
 }
 
@@ -145,7 +179,11 @@ async fn path_parameters_select_the_tag() {
     let (_o, p) = setup().await;
     warm(&p, "/lectures/1/", "student", "1").await;
     warm(&p, "/lectures/2/", "student", "1").await;
-    p.req(Method::PUT, "/lectures/1/").role("teacher").tenant("1").send().await;
+    p.req(Method::PUT, "/lectures/1/")
+        .role("teacher")
+        .tenant("1")
+        .send()
+        .await;
     assert_eq!(state(&p, "/lectures/1/", "student", "1").await, "MISS");
     assert_eq!(state(&p, "/lectures/2/", "student", "1").await, "HIT");
 }
@@ -162,7 +200,12 @@ async fn failed_write_purges_nothing() {
     .await;
     let p = Proxy::start(&origin, CONFIG).await;
     warm(&p, "/courses/", "student", "1").await;
-    let w = p.req(Method::POST, "/courses/").role("student").tenant("1").send().await;
+    let w = p
+        .req(Method::POST, "/courses/")
+        .role("student")
+        .tenant("1")
+        .send()
+        .await;
     assert_eq!(w.status, 403);
     assert_eq!(state(&p, "/courses/", "student", "1").await, "HIT");
 }
@@ -171,7 +214,14 @@ async fn failed_write_purges_nothing() {
 async fn unsafe_method_invalidates_request_uri_and_location_on_origin_ttl_routes() {
     let origin = Origin::start(|r| {
         if r.method == Method::POST {
-            respond(201, &[("location", "/articles/9"), ("content-location", "http://elsewhere.example/articles/8")], "")
+            respond(
+                201,
+                &[
+                    ("location", "/articles/9"),
+                    ("content-location", "http://elsewhere.example/articles/8"),
+                ],
+                "",
+            )
         } else {
             respond(200, &[("cache-control", "max-age=600")], r.path.clone())
         }
@@ -184,14 +234,22 @@ async fn unsafe_method_invalidates_request_uri_and_location_on_origin_ttl_routes
     p.req(Method::POST, "/articles/").tenant("1").send().await;
     assert_eq!(state(&p, "/articles/", "anonymous", "1").await, "MISS", "request URI");
     assert_eq!(state(&p, "/articles/9", "anonymous", "1").await, "MISS", "Location");
-    assert_eq!(state(&p, "/articles/8", "anonymous", "1").await, "HIT", "another host's Content-Location");
+    assert_eq!(
+        state(&p, "/articles/8", "anonymous", "1").await,
+        "HIT",
+        "another host's Content-Location"
+    );
 }
 
 #[tokio::test]
 async fn surrogate_keys_tag_entries_and_are_stripped() {
     let origin = Origin::start(|r| {
         if r.method == Method::GET {
-            respond(200, &[("surrogate-key", "course:7 extra"), ("cache-tag", "other")], "with tags")
+            respond(
+                200,
+                &[("surrogate-key", "course:7 extra"), ("cache-tag", "other")],
+                "with tags",
+            )
         } else {
             respond(200, &[], "")
         }

@@ -52,7 +52,11 @@ async fn origin() -> Origin {
         "/missing" => respond(404, &[], "nope"),
         "/big" => respond(200, &[], vec![b'a'; 4096]),
         "/vary-star" => respond(200, &[("vary", "*")], "x"),
-        _ => respond(200, &[], format!("{} {}", r.path, support::header(&r.headers, "cookie"))),
+        _ => respond(
+            200,
+            &[],
+            format!("{} {}", r.path, support::header(&r.headers, "cookie")),
+        ),
     })
     .await
 }
@@ -67,9 +71,17 @@ async fn assert_never_stored(proxy: &Proxy, origin: &Origin, path: &str, reason:
         }
         let r = req.send().await;
         assert_eq!(r.x_cache(), "BYPASS", "{path}");
-        assert_eq!(r.header("cache-status"), format!("cachegate; fwd=bypass; detail={reason}"), "{path}");
+        assert_eq!(
+            r.header("cache-status"),
+            format!("cachegate; fwd=bypass; detail={reason}"),
+            "{path}"
+        );
     }
-    assert_eq!(origin.hits_for(path.split('?').next().unwrap()) - before, 2, "{path} reached the origin twice");
+    assert_eq!(
+        origin.hits_for(path.split('?').next().unwrap()) - before,
+        2,
+        "{path} reached the origin twice"
+    );
 }
 
 #[tokio::test]
@@ -99,10 +111,17 @@ async fn strip_set_cookie_route_stores_without_the_cookie() {
     let p = Proxy::start(&o, ROUTES).await;
     let first = p.get("/strip/").send().await;
     assert_eq!(first.x_cache(), "MISS");
-    assert_eq!(first.header("set-cookie"), "sid=abc; HttpOnly", "the requester still gets its cookie");
+    assert_eq!(
+        first.header("set-cookie"),
+        "sid=abc; HttpOnly",
+        "the requester still gets its cookie"
+    );
     let second = p.get("/strip/").send().await;
     assert_eq!(second.x_cache(), "HIT");
-    assert!(second.headers.get("set-cookie").is_none(), "a stored cookie must never reach another client");
+    assert!(
+        second.headers.get("set-cookie").is_none(),
+        "a stored cookie must never reach another client"
+    );
 }
 
 #[tokio::test]
@@ -160,7 +179,14 @@ async fn any_cookie_bypasses_by_default() {
 async fn trusted_role_header_plus_unresolved_authorization_bypasses() {
     let o = origin().await;
     let p = Proxy::start(&o, ROUTES).await;
-    assert_never_stored(&p, &o, "/page", "credentials", &[("x-user-role", "teacher"), ("authorization", "Basic eDp5")]).await;
+    assert_never_stored(
+        &p,
+        &o,
+        "/page",
+        "credentials",
+        &[("x-user-role", "teacher"), ("authorization", "Basic eDp5")],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -180,7 +206,12 @@ async fn public_route_ignores_credentials() {
     let o = origin().await;
     let p = Proxy::start(&o, ROUTES).await;
     p.get("/shared/").send().await;
-    let r = p.get("/shared/").header("cookie", "sessionid=x").header("authorization", "Bearer t").send().await;
+    let r = p
+        .get("/shared/")
+        .header("cookie", "sessionid=x")
+        .header("authorization", "Bearer t")
+        .send()
+        .await;
     assert_eq!(r.x_cache(), "HIT");
 }
 
@@ -189,7 +220,11 @@ async fn empty_vary_without_public_still_bypasses_credentials() {
     let o = origin().await;
     let p = Proxy::start(&o, ROUTES).await;
     p.get("/anyone/").send().await;
-    assert_eq!(p.get("/anyone/").role("admin").send().await.x_cache(), "HIT", "one entry for everyone");
+    assert_eq!(
+        p.get("/anyone/").role("admin").send().await.x_cache(),
+        "HIT",
+        "one entry for everyone"
+    );
     assert_never_stored(&p, &o, "/anyone/", "credentials", &[("cookie", "sessionid=x")]).await;
 }
 

@@ -45,11 +45,7 @@ impl CachedResponse {
 
     /// Approximate memory cost, for the tier's byte bound.
     pub fn weight(&self) -> u32 {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 32)
-            .sum();
+        let headers: usize = self.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
         u32::try_from(self.body.len() + headers + 128).unwrap_or(u32::MAX)
     }
 }

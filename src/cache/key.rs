@@ -127,7 +127,12 @@ pub fn normalize_query(raw: Option<&str>, rule: &QueryRule) -> String {
         if i > 0 {
             out.push('&');
         }
-        let _ = write!(out, "{}={}", utf8_percent_encode(n, COMPONENT), utf8_percent_encode(v, COMPONENT));
+        let _ = write!(
+            out,
+            "{}={}",
+            utf8_percent_encode(n, COMPONENT),
+            utf8_percent_encode(v, COMPONENT)
+        );
     }
     out
 }
@@ -251,7 +256,11 @@ mod tests {
     #[test]
     fn long_keys_are_hashed() {
         let long = "x".repeat(2 * MAX_KEY_LEN);
-        let k = full_key(&base_key("p:v1", "r", &format!("/{long}"), "", KeyIdentity::default()), &[], &HeaderMap::new());
+        let k = full_key(
+            &base_key("p:v1", "r", &format!("/{long}"), "", KeyIdentity::default()),
+            &[],
+            &HeaderMap::new(),
+        );
         assert!(k.starts_with("p:v1:r:#"), "{k}");
         assert_eq!(k.len(), "p:v1:r:#".len() + 64);
     }

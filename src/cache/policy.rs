@@ -160,7 +160,12 @@ pub fn storable(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map_or(Duration::ZERO, Duration::from_secs);
     let lifetime = match route.ttl {
-        Ttl::Fixed(d) => return Ok(Freshness { lifetime: d, initial_age: Duration::ZERO }),
+        Ttl::Fixed(d) => {
+            return Ok(Freshness {
+                lifetime: d,
+                initial_age: Duration::ZERO,
+            })
+        }
         Ttl::Origin => {
             if cc.no_cache {
                 return Err(BypassReason::NoCache);
@@ -216,7 +221,10 @@ mod tests {
 
     #[test]
     fn parses_cache_control() {
-        let cc = CacheControl::parse(&h(&[("cache-control", "public, Max-Age=60, s-maxage=\"120\""), ("cache-control", "no-store")]));
+        let cc = CacheControl::parse(&h(&[
+            ("cache-control", "public, Max-Age=60, s-maxage=\"120\""),
+            ("cache-control", "no-store"),
+        ]));
         assert_eq!(cc.max_age, Some(60));
         assert_eq!(cc.s_maxage, Some(120));
         assert!(cc.no_store);

@@ -47,7 +47,11 @@ fn read_root(ctx: &mut Ctx<'_>, root: toml_span::Value<'_>, file: &Path) -> Opti
     let origin = match root.table(ctx, "origin") {
         Some(s) => origin(ctx, s),
         None => {
-            ctx.issue(0, "origin", "missing [origin] table (expected at least `url = \"http://127.0.0.1:8000\"`)");
+            ctx.issue(
+                0,
+                "origin",
+                "missing [origin] table (expected at least `url = \"http://127.0.0.1:8000\"`)",
+            );
             None
         }
     };
@@ -131,7 +135,11 @@ fn origin(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<OriginConfig> {
     let url = match s.string(ctx, "url") {
         Some(u) => origin_url(ctx, &u),
         None => {
-            ctx.issue(s.offset(), "origin.url", "missing key (expected a URL like \"http://127.0.0.1:8000\")");
+            ctx.issue(
+                s.offset(),
+                "origin.url",
+                "missing key (expected a URL like \"http://127.0.0.1:8000\")",
+            );
             None
         }
     };
@@ -151,17 +159,36 @@ fn origin_url(ctx: &mut Ctx<'_>, u: &Spanned<String>) -> Option<(http::Uri, http
     let parsed: http::Uri = match u.value.parse() {
         Ok(p) => p,
         Err(e) => {
-            ctx.issue(u.offset, &u.key, format!("expected a URL like \"http://127.0.0.1:8000\", found {:?} ({e})", u.value));
+            ctx.issue(
+                u.offset,
+                &u.key,
+                format!(
+                    "expected a URL like \"http://127.0.0.1:8000\", found {:?} ({e})",
+                    u.value
+                ),
+            );
             return None;
         }
     };
     if parsed.scheme_str() != Some("http") {
-        let note = if parsed.scheme_str() == Some("https") { " (https origins are not supported yet)" } else { "" };
-        ctx.issue(u.offset, &u.key, format!("expected an http:// URL, found {:?}{note}", u.value));
+        let note = if parsed.scheme_str() == Some("https") {
+            " (https origins are not supported yet)"
+        } else {
+            ""
+        };
+        ctx.issue(
+            u.offset,
+            &u.key,
+            format!("expected an http:// URL, found {:?}{note}", u.value),
+        );
         return None;
     }
     if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() {
-        ctx.issue(u.offset, &u.key, "expected scheme, host and port only (a path prefix is not supported)");
+        ctx.issue(
+            u.offset,
+            &u.key,
+            "expected scheme, host and port only (a path prefix is not supported)",
+        );
         return None;
     }
     let authority = parsed.authority().cloned();
@@ -178,7 +205,11 @@ fn cache(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<CacheConfig> {
     let redis_urls = s.take("redis_url").map(|f| redis_urls(ctx, f)).unwrap_or_default();
     let key_prefix = s.string(ctx, "key_prefix").map(|p| {
         if p.value.is_empty() || p.value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            ctx.issue(p.offset, &p.key, "expected a non-empty prefix without spaces, e.g. \"myapp:v1\"");
+            ctx.issue(
+                p.offset,
+                &p.key,
+                "expected a non-empty prefix without spaces, e.g. \"myapp:v1\"",
+            );
         }
         p.value
     });
@@ -213,7 +244,14 @@ fn redis_urls(ctx: &mut Ctx<'_>, f: reader::Field<'_>) -> Vec<String> {
             .iter()
             .any(|p| u.value.starts_with(p));
         if !ok {
-            ctx.issue(u.offset, &u.key, format!("expected a redis://, rediss:// or redis+cluster:// URL, found {:?}", u.value));
+            ctx.issue(
+                u.offset,
+                &u.key,
+                format!(
+                    "expected a redis://, rediss:// or redis+cluster:// URL, found {:?}",
+                    u.value
+                ),
+            );
         }
     }
     list.into_iter().map(|s| s.value).collect()
@@ -243,11 +281,9 @@ fn header_name(ctx: &mut Ctx<'_>, s: &mut Section<'_>, key: &'static str, defaul
 fn identity(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<IdentityConfig> {
     let role_header = header_name(ctx, &mut s, "role_header", "x-user-role");
     let tenant_header = header_name(ctx, &mut s, "tenant_header", "x-org-id");
-    let trust = s.strings(ctx, "trust_headers_from").map(|list| {
-        list.iter()
-            .filter_map(|n| parse_net(ctx, n))
-            .collect::<Vec<_>>()
-    });
+    let trust = s
+        .strings(ctx, "trust_headers_from")
+        .map(|list| list.iter().filter_map(|n| parse_net(ctx, n)).collect::<Vec<_>>());
     let trust = trust.unwrap_or_else(|| vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
     let jwt = s.table(ctx, "jwt").and_then(|t| super::load_ident::jwt(ctx, t));
     let lookup = s.table(ctx, "lookup").and_then(|t| super::load_ident::lookup(ctx, t));
@@ -283,7 +319,14 @@ fn parse_net(ctx: &mut Ctx<'_>, n: &Spanned<String>) -> Option<IpNet> {
     if let Ok(ip) = n.value.parse::<std::net::IpAddr>() {
         return Some(IpNet::from(ip));
     }
-    ctx.issue(n.offset, &n.key, format!("expected a CIDR like \"10.0.0.0/8\" or an IP address, found {:?}", n.value));
+    ctx.issue(
+        n.offset,
+        &n.key,
+        format!(
+            "expected a CIDR like \"10.0.0.0/8\" or an IP address, found {:?}",
+            n.value
+        ),
+    );
     None
 }
 
@@ -299,7 +342,11 @@ fn purge(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<PurgeConfig> {
 
 fn pattern(ctx: &mut Ctx<'_>, s: &mut Section<'_>) -> Option<PathPattern> {
     let Some(p) = s.string(ctx, "path") else {
-        ctx.issue(s.offset(), &s.key_path("path"), "missing key (expected a path pattern like \"/lectures/{id}/\")");
+        ctx.issue(
+            s.offset(),
+            &s.key_path("path"),
+            "missing key (expected a path pattern like \"/lectures/{id}/\")",
+        );
         return None;
     };
     match PathPattern::new(&p.value) {
@@ -331,13 +378,23 @@ fn route(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<(RouteConfig, Spanned<
     let offset = s.offset();
     let name = s.string(ctx, "name");
     if name.is_none() {
-        ctx.issue(offset, &s.key_path("name"), "missing key (expected a unique route name like \"course_list\")");
+        ctx.issue(
+            offset,
+            &s.key_path("name"),
+            "missing key (expected a unique route name like \"course_list\")",
+        );
     }
     if let Some(n) = &name {
         let valid = !n.value.is_empty()
-            && n.value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            && n.value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
         if !valid {
-            ctx.issue(n.offset, &n.key, format!("expected letters, digits, '_', '-' or '.', found {:?}", n.value));
+            ctx.issue(
+                n.offset,
+                &n.key,
+                format!("expected letters, digits, '_', '-' or '.', found {:?}", n.value),
+            );
         }
     }
     let path = pattern(ctx, &mut s);
@@ -386,7 +443,11 @@ fn vary(ctx: &mut Ctx<'_>, list: &[Spanned<String>]) -> Vary {
             "tenant" => &mut v.tenant,
             "user" => &mut v.user,
             other => {
-                ctx.issue(item.offset, &item.key, format!("expected \"role\", \"tenant\" or \"user\", found {other:?}"));
+                ctx.issue(
+                    item.offset,
+                    &item.key,
+                    format!("expected \"role\", \"tenant\" or \"user\", found {other:?}"),
+                );
                 continue;
             }
         };
@@ -442,20 +503,27 @@ fn invalidate(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<InvalidateConfig>
     let has_tags = s.contains_key("tags");
     let tags = tags(ctx, &mut s, path.as_ref());
     if !has_tags {
-        ctx.issue(s.offset(), &s.key_path("tags"), "missing key (expected the tags to purge, e.g. [\"courses\"])");
+        ctx.issue(
+            s.offset(),
+            &s.key_path("tags"),
+            "missing key (expected the tags to purge, e.g. [\"courses\"])",
+        );
     }
     let scope = s.string(ctx, "scope").and_then(|sc| match sc.value.as_str() {
         "tenant" => Some(PurgeScope::Tenant),
         "all" => Some(PurgeScope::All),
         other => {
-            ctx.issue(sc.offset, &sc.key, format!("expected \"tenant\" or \"all\", found {other:?}"));
+            ctx.issue(
+                sc.offset,
+                &sc.key,
+                format!("expected \"tenant\" or \"all\", found {other:?}"),
+            );
             None
         }
     });
     s.finish(ctx);
     Some(InvalidateConfig {
-        methods: methods
-            .unwrap_or_else(|| vec![Method::POST, Method::PUT, Method::PATCH, Method::DELETE]),
+        methods: methods.unwrap_or_else(|| vec![Method::POST, Method::PUT, Method::PATCH, Method::DELETE]),
         path: path?,
         tags,
         scope: scope.unwrap_or(PurgeScope::Tenant),
@@ -465,7 +533,11 @@ fn invalidate(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<InvalidateConfig>
 fn check_unique_routes(ctx: &mut Ctx<'_>, routes: &[(RouteConfig, Spanned<String>)]) {
     for (i, (r, name)) in routes.iter().enumerate() {
         if routes[..i].iter().any(|(o, _)| o.name == r.name) {
-            ctx.issue(name.offset, &name.key, format!("route name {:?} is used twice; names must be unique", r.name));
+            ctx.issue(
+                name.offset,
+                &name.key,
+                format!("route name {:?} is used twice; names must be unique", r.name),
+            );
         }
     }
 }

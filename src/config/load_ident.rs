@@ -33,18 +33,39 @@ pub(super) fn jwt(ctx: &mut Ctx<'_>, mut t: Section<'_>) -> Option<JwtConfig> {
         ctx.issue(offset, &path, "expected either `header` or `cookie`, not both");
     }
     if algorithms.is_empty() {
-        ctx.issue(offset, &format!("{path}.algorithms"), "missing key (expected e.g. [\"HS256\"])");
+        ctx.issue(
+            offset,
+            &format!("{path}.algorithms"),
+            "missing key (expected e.g. [\"HS256\"])",
+        );
     }
     for a in &algorithms {
         let hmac = HMAC_ALGS.contains(&a.value.as_str());
         if hmac && secret_env.is_none() {
-            ctx.issue(a.offset, &a.key, format!("{} needs `secret_env` (the variable holding the secret)", a.value));
+            ctx.issue(
+                a.offset,
+                &a.key,
+                format!("{} needs `secret_env` (the variable holding the secret)", a.value),
+            );
         } else if KEY_ALGS.contains(&a.value.as_str()) {
             if public_key.is_none() && jwks_file.is_none() {
-                ctx.issue(a.offset, &a.key, format!("{} needs `public_key` (PEM file) or `jwks_file`", a.value));
+                ctx.issue(
+                    a.offset,
+                    &a.key,
+                    format!("{} needs `public_key` (PEM file) or `jwks_file`", a.value),
+                );
             }
         } else if !hmac {
-            ctx.issue(a.offset, &a.key, format!("expected one of {}, {}, found {:?}", HMAC_ALGS.join(", "), KEY_ALGS.join(", "), a.value));
+            ctx.issue(
+                a.offset,
+                &a.key,
+                format!(
+                    "expected one of {}, {}, found {:?}",
+                    HMAC_ALGS.join(", "),
+                    KEY_ALGS.join(", "),
+                    a.value
+                ),
+            );
         }
     }
     Some(JwtConfig {
@@ -74,13 +95,25 @@ pub(super) fn lookup(ctx: &mut Ctx<'_>, mut t: Section<'_>) -> Option<LookupConf
     t.finish(ctx);
     if let Some(p) = &path {
         if !p.value.starts_with('/') {
-            ctx.issue(p.offset, &p.key, format!("expected an origin path starting with '/', found {:?}", p.value));
+            ctx.issue(
+                p.offset,
+                &p.key,
+                format!("expected an origin path starting with '/', found {:?}", p.value),
+            );
         }
     } else {
-        ctx.issue(offset, &format!("{key}.path"), "missing key (expected the origin's whoami path, e.g. \"/api/whoami/\")");
+        ctx.issue(
+            offset,
+            &format!("{key}.path"),
+            "missing key (expected the origin's whoami path, e.g. \"/api/whoami/\")",
+        );
     }
     if cookie.is_none() {
-        ctx.issue(offset, &format!("{key}.cookie"), "missing key (expected the session cookie name, e.g. \"sessionid\")");
+        ctx.issue(
+            offset,
+            &format!("{key}.cookie"),
+            "missing key (expected the session cookie name, e.g. \"sessionid\")",
+        );
     }
     Some(LookupConfig {
         path: path?.value,

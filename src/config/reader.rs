@@ -121,11 +121,7 @@ impl<'de> Section<'de> {
         let expected = self.known.join(", ");
         for k in self.table.keys() {
             let key = self.key_path(&k.name);
-            ctx.issue(
-                k.span.start,
-                &key,
-                format!("unknown key (expected one of: {expected})"),
-            );
+            ctx.issue(k.span.start, &key, format!("unknown key (expected one of: {expected})"));
         }
     }
 
@@ -139,7 +135,11 @@ impl<'de> Section<'de> {
         match f.value.take() {
             ValueInner::Boolean(b) => Some(b),
             other => {
-                ctx.issue(f.offset, &f.key, format!("expected true or false, found a {}", other.type_str()));
+                ctx.issue(
+                    f.offset,
+                    &f.key,
+                    format!("expected true or false, found a {}", other.type_str()),
+                );
                 None
             }
         }
@@ -151,12 +151,7 @@ impl<'de> Section<'de> {
     }
 
     /// A string parsed with `FromStr`; `what` says what was expected.
-    pub(crate) fn parsed<T: FromStr>(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        key: &'static str,
-        what: &str,
-    ) -> Option<T>
+    pub(crate) fn parsed<T: FromStr>(&mut self, ctx: &mut Ctx<'_>, key: &'static str, what: &str) -> Option<T>
     where
         T::Err: std::fmt::Display,
     {
@@ -226,7 +221,10 @@ pub(crate) fn parse_duration(ctx: &mut Ctx<'_>, s: &Spanned<String>) -> Option<D
             ctx.issue(
                 s.offset,
                 &s.key,
-                format!("expected a duration like \"90s\", \"10m\" or \"1h\", found {:?} ({e})", s.value),
+                format!(
+                    "expected a duration like \"90s\", \"10m\" or \"1h\", found {:?} ({e})",
+                    s.value
+                ),
             );
             None
         }
@@ -282,7 +280,11 @@ impl<'de> Field<'de> {
             }
             other => {
                 let found = other.type_str();
-                ctx.issue(self.offset, &self.key, format!("expected a list of strings, found a {found}"));
+                ctx.issue(
+                    self.offset,
+                    &self.key,
+                    format!("expected a list of strings, found a {found}"),
+                );
                 None
             }
         }

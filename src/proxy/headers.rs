@@ -75,7 +75,12 @@ pub fn take_surrogate_tags(headers: &mut HeaderMap) -> Vec<String> {
     let mut tags = Vec::new();
     for name in [SURROGATE_KEY, CACHE_TAG] {
         for v in headers.get_all(&name).iter().filter_map(|v| v.to_str().ok()) {
-            tags.extend(v.split([' ', ',']).map(str::trim).filter(|t| !t.is_empty()).map(String::from));
+            tags.extend(
+                v.split([' ', ','])
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(String::from),
+            );
         }
         headers.remove(&name);
     }

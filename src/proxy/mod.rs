@@ -59,7 +59,11 @@ impl Proxy {
         let path = key::normalize_path(uri.path())?;
         let id = identity::resolve(&self.config.identity, peer.ip(), req.headers_mut());
         let method = req.method().clone();
-        let ctx = Ctx { path: &path, query: uri.query(), peer };
+        let ctx = Ctx {
+            path: &path,
+            query: uri.query(),
+            peer,
+        };
         if method == Method::GET || method == Method::HEAD {
             return match self.config.routes.iter().position(|r| r.path.matches(&path)) {
                 Some(route) => self.read(req, route, ctx, id).await,
@@ -73,7 +77,12 @@ impl Proxy {
     }
 
     /// Forwards a request and streams the answer back, marking it `BYPASS` when `reason` is set.
-    async fn pass(&self, req: Request<Incoming>, ctx: Ctx<'_>, reason: Option<BypassReason>) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn pass(
+        &self,
+        req: Request<Incoming>,
+        ctx: Ctx<'_>,
+        reason: Option<BypassReason>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let (parts, body) = req.into_parts();
         let up = self.upstream_request(parts, ProxyBody::Stream(body), &ctx, false);
         let resp = self.origin.send(up).await?;
@@ -89,7 +98,13 @@ impl Proxy {
 
     /// The request sent to the origin: the normalised path, hop-by-hop headers removed,
     /// forwarding headers added. A cache fill (`fill`) is always an unconditional GET.
-    fn upstream_request(&self, parts: http::request::Parts, body: ProxyBody, ctx: &Ctx<'_>, fill: bool) -> Request<ProxyBody> {
+    fn upstream_request(
+        &self,
+        parts: http::request::Parts,
+        body: ProxyBody,
+        ctx: &Ctx<'_>,
+        fill: bool,
+    ) -> Request<ProxyBody> {
         let origin = self.origin.config();
         let pq = match ctx.query {
             Some(q) => format!("{}?{q}", ctx.path),
@@ -102,10 +117,12 @@ impl Proxy {
             .build()
             .unwrap_or_else(|_| Uri::from_static("/"));
         let mut headers = parts.headers;
-        let client_host = headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let client_host = headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         headers::strip_hop_by_hop(&mut headers);
         headers::add_forwarded(&mut headers, ctx.peer.ip(), client_host.as_ref());
         headers::add_via(&mut headers);

@@ -18,7 +18,13 @@ use crate::identity::Identity;
 use crate::invalidation;
 
 impl Proxy {
-    pub(super) async fn read(&self, req: Request<Incoming>, idx: usize, ctx: Ctx<'_>, id: Identity) -> Result<Response<ProxyBody>, ProxyError> {
+    pub(super) async fn read(
+        &self,
+        req: Request<Incoming>,
+        idx: usize,
+        ctx: Ctx<'_>,
+        id: Identity,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let route = &self.config.routes[idx];
         if let Some(reason) = bypass_reason(route, &id, &req) {
             return self.pass(req, ctx, Some(reason)).await;
@@ -37,11 +43,19 @@ impl Proxy {
     fn hit(&self, req: &Request<Incoming>, entry: &CachedResponse, tier: Tier, key: &str) -> Response<ProxyBody> {
         let now = self.cache.clock.now();
         let (status, mut headers, body) = if headers::not_modified(req.headers(), &entry.headers) {
-            (StatusCode::NOT_MODIFIED, headers::not_modified_headers(&entry.headers), ProxyBody::Empty)
+            (
+                StatusCode::NOT_MODIFIED,
+                headers::not_modified_headers(&entry.headers),
+                ProxyBody::Empty,
+            )
         } else if req.method() == Method::HEAD {
             (entry.status, entry.headers.clone(), ProxyBody::Empty)
         } else {
-            (entry.status, entry.headers.clone(), ProxyBody::Full(Some(entry.body.clone())))
+            (
+                entry.status,
+                entry.headers.clone(),
+                ProxyBody::Full(Some(entry.body.clone())),
+            )
         };
         headers.insert(header::AGE, HeaderValue::from(entry.age_secs(now)));
         headers.insert(headers::X_CACHE, HeaderValue::from_static("HIT"));
@@ -57,7 +71,15 @@ impl Proxy {
 
     /// A miss: one unconditional GET to the origin; the answer is stored when policy allows and no
     /// purge landed meanwhile, then served.
-    async fn fill(&self, req: Request<Incoming>, idx: usize, ctx: Ctx<'_>, base: BaseKey, query: &str, tenant: Option<&str>) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn fill(
+        &self,
+        req: Request<Incoming>,
+        idx: usize,
+        ctx: Ctx<'_>,
+        base: BaseKey,
+        query: &str,
+        tenant: Option<&str>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let route = &self.config.routes[idx];
         let gens = &self.cache.generations;
         let params = route.path.params(ctx.path).unwrap_or_default();
@@ -89,7 +111,10 @@ impl Proxy {
             Err(_) => return Err(UpstreamError::Timeout(timeout).into()),
             Ok(Err(e)) => return Err(UpstreamError::Request(super::forward::root_cause(&e)).into()),
             Ok(Ok(Limited::TooLarge(prefix, rest))) => {
-                let body = ProxyBody::Prefixed { prefix: Some(prefix), rest };
+                let body = ProxyBody::Prefixed {
+                    prefix: Some(prefix),
+                    rest,
+                };
                 return Ok(bypass_response_body(parts, body, head, BypassReason::TooLarge));
             }
             Ok(Ok(Limited::Complete(b))) => b,
@@ -119,12 +144,20 @@ impl Proxy {
             stamps,
         };
         let vary = vary_names(&parts.headers);
-        let key_text = self.config.server.debug_headers.then(|| key::full_key(&base, &vary, &req_headers));
+        let key_text = self
+            .config
+            .server
+            .debug_headers
+            .then(|| key::full_key(&base, &vary, &req_headers));
         let stored = self.cache.put(idx, base, vary, &req_headers, entry).await;
         let h = &mut parts.headers;
         h.insert(header::AGE, HeaderValue::from(fresh.initial_age.as_secs()));
         h.insert(headers::X_CACHE, HeaderValue::from_static("MISS"));
-        let status = if stored { "cachegate; fwd=miss; stored" } else { "cachegate; fwd=miss; detail=purged" };
+        let status = if stored {
+            "cachegate; fwd=miss; stored"
+        } else {
+            "cachegate; fwd=miss; detail=purged"
+        };
         h.insert(headers::CACHE_STATUS, HeaderValue::from_static(status));
         if let Some(k) = key_text {
             add_debug(h, &k, None);
@@ -151,11 +184,21 @@ fn bypass_reason(route: &RouteConfig, id: &Identity, req: &Request<Incoming>) ->
     None
 }
 
-fn bypass_response(parts: http::response::Parts, body: Incoming, head: bool, reason: BypassReason) -> Response<ProxyBody> {
+fn bypass_response(
+    parts: http::response::Parts,
+    body: Incoming,
+    head: bool,
+    reason: BypassReason,
+) -> Response<ProxyBody> {
     bypass_response_body(parts, ProxyBody::Stream(body), head, reason)
 }
 
-fn bypass_response_body(mut parts: http::response::Parts, body: ProxyBody, head: bool, reason: BypassReason) -> Response<ProxyBody> {
+fn bypass_response_body(
+    mut parts: http::response::Parts,
+    body: ProxyBody,
+    head: bool,
+    reason: BypassReason,
+) -> Response<ProxyBody> {
     mark_bypass(&mut parts.headers, reason);
     // A HEAD was fetched as GET: drop the body, keep the headers.
     let body = if head { ProxyBody::Empty } else { body };

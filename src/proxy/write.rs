@@ -13,9 +13,18 @@ use crate::identity::Identity;
 use crate::invalidation::{self, purge_tag_scopes};
 
 impl Proxy {
-    pub(super) async fn write(&self, req: Request<Incoming>, ctx: Ctx<'_>, id: Identity) -> Result<Response<ProxyBody>, ProxyError> {
+    pub(super) async fn write(
+        &self,
+        req: Request<Incoming>,
+        ctx: Ctx<'_>,
+        id: Identity,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let method = req.method().clone();
-        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned);
         let (parts, body) = req.into_parts();
         let up = self.upstream_request(parts, ProxyBody::Stream(body), &ctx, false);
         let resp = self.origin.send(up).await?;
@@ -50,7 +59,11 @@ impl Proxy {
     fn uri_scopes(&self, ctx: Ctx<'_>, resp: &HeaderMap, host: Option<&str>) -> Vec<String> {
         let mut targets: Vec<(String, Option<String>)> = vec![(ctx.path.to_string(), ctx.query.map(str::to_owned))];
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
-            if let Some(t) = resp.get(name).and_then(|v| v.to_str().ok()).and_then(|v| same_origin_target(v, host)) {
+            if let Some(t) = resp
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| same_origin_target(v, host))
+            {
                 targets.push(t);
             }
         }

@@ -74,7 +74,9 @@ impl Origin {
         let (h, s, p) = (hits.clone(), seen.clone(), per_path.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (handler, h, s, p) = (handler.clone(), h.clone(), s.clone(), p.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
@@ -101,7 +103,13 @@ impl Origin {
                 });
             }
         });
-        Origin { addr, hits, seen, per_path, task }
+        Origin {
+            addr,
+            hits,
+            seen,
+            per_path,
+            task,
+        }
     }
 
     /// An origin whose every answer is `200` with a body naming the path, query, role, tenant
@@ -151,7 +159,10 @@ pub fn respond(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) ->
     let mut resp = Response::new(Full::new(body.into()).boxed());
     *resp.status_mut() = StatusCode::from_u16(status).unwrap();
     for (k, v) in headers {
-        resp.headers_mut().append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        resp.headers_mut().append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
     }
     resp
 }
@@ -319,7 +330,11 @@ impl<'a> Req<'a> {
             .expect("request succeeds");
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.expect("body reads").to_bytes();
-        Resp { status: parts.status, headers: parts.headers, body }
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
     }
 }
 
