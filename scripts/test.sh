@@ -20,4 +20,10 @@ if [ "${#need[@]}" -gt 0 ]; then
   fi
 fi
 
-cargo test --all-targets "$@"
+# Examples are built (so they never rot) but hold no tests.
+cargo build --examples
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --lib --bins --tests "$@" 2>&1 | tee "$log"
+# One closing line over every test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"

@@ -78,6 +78,7 @@ fn run(config: cachegate::config::Config) -> ExitCode {
         }
         if config.cache.redis_urls.is_empty() {
             tracing::info!("no [cache] redis_url: memory tier only (entries are not shared between instances)");
+            warn_memory_ttl(&config);
         }
         let origin = format!("http://{}", config.origin.authority);
         let file = config.file.clone();
@@ -100,6 +101,24 @@ fn run(config: cachegate::config::Config) -> ExitCode {
         running.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Without Redis the memory tier is the only tier, and `memory_ttl` caps every route's TTL.
+fn warn_memory_ttl(config: &cachegate::config::Config) {
+    let cap = config.cache.memory_ttl;
+    for r in &config.routes {
+        if let cachegate::config::Ttl::Fixed(ttl) = r.ttl {
+            if ttl > cap {
+                tracing::warn!(
+                    route = %r.name,
+                    "ttl {} exceeds [cache] memory_ttl {} and there is no Redis tier: entries are refetched after {}",
+                    humantime::format_duration(ttl),
+                    humantime::format_duration(cap),
+                    humantime::format_duration(cap),
+                );
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {
