@@ -20,9 +20,12 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::cache::Cache;
 use crate::clock::Clock;
+use crate::coherence::Coherence;
 use crate::config::Config;
+use crate::invalidation::{Generations, Purger};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::Proxy;
+use crate::tiers::redis::RedisTier;
 
 /// How long open connections get to finish after shutdown starts.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -52,11 +55,22 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
     let admin_addr = admin_listener.local_addr()?;
     let config = Arc::new(config);
     let clock = Arc::new(Clock::default());
-    let cache = Arc::new(Cache::new(&config, clock.clone()));
-    let proxy = Arc::new(Proxy::new(config.clone(), cache.clone()));
-    let admin = Arc::new(Admin::new(config.clone()));
+    let generations = Arc::new(Generations::default());
+    let shared = match config.cache.redis_urls.first() {
+        Some(url) => {
+            let redis = RedisTier::new(url, &config.cache.key_prefix, config.cache.redis_timeout)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let coherence = Coherence::new(redis.clone(), generations.clone());
+            Some((redis, coherence))
+        }
+        None => None,
+    };
+    let cache = Arc::new(Cache::new(&config, clock.clone(), generations.clone(), shared.clone()));
+    let purger = Arc::new(Purger::new(generations, shared.as_ref().map(|(_, c)| c.clone())));
+    let proxy = Arc::new(Proxy::new(config.clone(), cache.clone(), purger.clone()));
+    let admin = Arc::new(Admin::new(config.clone(), cache.clone(), purger));
     let (stop, stop_rx) = watch::channel(false);
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(serve(proxy_listener, stop_rx.clone(), move |req, peer| {
             let proxy = proxy.clone();
             async move { proxy.handle(req, peer).await }
@@ -65,8 +79,12 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
             let admin = admin.clone();
             async move { admin.handle(req).await }
         })),
-        tokio::spawn(prune_generations(cache.clone(), stop_rx)),
+        tokio::spawn(prune_generations(cache.clone(), stop_rx.clone())),
     ];
+    if let Some((redis, coherence)) = shared {
+        tasks.push(tokio::spawn(redis.connect(stop_rx.clone())));
+        tasks.push(tokio::spawn(coherence.run(stop_rx)));
+    }
     Ok(Running {
         proxy_addr,
         admin_addr,

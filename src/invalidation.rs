@@ -138,12 +138,20 @@ pub fn tenant_tag_scope(tag: &str, tenant: Option<&str>) -> String {
     format!("tag:{}@{t}", encode_component(tag))
 }
 
+/// Scope of every entry keyed with one tenant.
+pub fn tenant_scope(tenant: &str) -> String {
+    format!("tenant:{}", encode_component(tenant))
+}
+
 /// The scopes of an entry of `route` with `tags`, keyed with `tenant`.
 pub fn entry_scopes(route: &str, url: String, tags: &[String], tenant: Option<&str>) -> Vec<String> {
-    let mut scopes = Vec::with_capacity(3 + 2 * tags.len());
+    let mut scopes = Vec::with_capacity(4 + 2 * tags.len());
     scopes.push(ALL.to_string());
     scopes.push(route_scope(route));
     scopes.push(url);
+    if let Some(t) = tenant {
+        scopes.push(tenant_scope(t));
+    }
     for t in tags {
         scopes.push(tag_scope(t));
         scopes.push(tenant_tag_scope(t, tenant));
@@ -158,6 +166,56 @@ pub fn purge_tag_scopes(tag: &str, scope: PurgeScope, tenant: Option<&str>) -> V
     match (scope, tenant) {
         (PurgeScope::Tenant, Some(t)) => vec![tenant_tag_scope(tag, Some(t)), tenant_tag_scope(tag, None)],
         _ => vec![tag_scope(tag)],
+    }
+}
+
+// === purging ===
+
+/// What a purge reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeOutcome {
+    /// Scopes invalidated.
+    pub scopes: usize,
+    /// Whether Redis recorded it (so every instance sharing it is covered).
+    pub shared: bool,
+    /// Other instances that acknowledged it.
+    pub acks: usize,
+}
+
+/// Applies purges locally and, with Redis, everywhere.
+pub struct Purger {
+    generations: Arc<Generations>,
+    coherence: Option<Arc<crate::coherence::Coherence>>,
+}
+
+impl Purger {
+    /// A purger over the local table, publishing through `coherence` when Redis is configured.
+    pub fn new(generations: Arc<Generations>, coherence: Option<Arc<crate::coherence::Coherence>>) -> Self {
+        Purger { generations, coherence }
+    }
+
+    /// Invalidates `scopes` here at once, then in Redis and on every other instance; returns
+    /// once they have all been told (or the lease time has passed). A soft purge marks Redis
+    /// entries stale instead of invalid; memory copies are always dropped.
+    pub async fn purge(&self, scopes: &[String], soft: bool) -> PurgeOutcome {
+        for s in scopes {
+            self.generations.bump(s);
+        }
+        let (shared, acks) = match &self.coherence {
+            None => (false, 0),
+            Some(c) => match c.publish_purge(scopes, soft).await {
+                Ok(acks) => (true, acks),
+                Err(e) => {
+                    tracing::warn!(error = %e, "purge applied to this instance only: redis did not record it");
+                    (false, 0)
+                }
+            },
+        };
+        PurgeOutcome {
+            scopes: scopes.len(),
+            shared,
+            acks,
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod admin;
 pub mod app;
 pub mod cache;
 pub mod clock;
+pub mod coherence;
 pub mod config;
 pub mod error;
 pub mod identity;

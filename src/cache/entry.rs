@@ -49,3 +49,176 @@ impl CachedResponse {
         u32::try_from(self.body.len() + headers + 128).unwrap_or(u32::MAX)
     }
 }
+
+// === wire format (Redis tier) ===
+
+/// Format version of the encoded entry.
+const WIRE_VERSION: u8 = 1;
+/// Bodies at least this large are lz4-compressed when that saves space.
+const COMPRESS_AT: usize = 1024;
+const FLAG_LZ4: u8 = 1;
+
+/// Why an encoded entry could not be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable cache entry: {0}")]
+pub struct DecodeError(&'static str);
+
+/// The parts of an entry that travel through Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireEntry {
+    /// Status.
+    pub status: StatusCode,
+    /// Prepared headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+    /// Fill time, milliseconds since the Unix epoch.
+    pub stored_at_ms: u64,
+    /// Age at receipt.
+    pub initial_age: Duration,
+    /// Freshness left when stored.
+    pub fresh_for: Duration,
+}
+
+impl WireEntry {
+    /// Binary encoding: version, flags, status, times, headers, then the (maybe compressed) body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let compressed = (self.body.len() >= COMPRESS_AT)
+            .then(|| lz4_flex::compress_prepend_size(&self.body))
+            .filter(|c| c.len() < self.body.len());
+        out.push(WIRE_VERSION);
+        out.push(if compressed.is_some() { FLAG_LZ4 } else { 0 });
+        out.extend_from_slice(&self.status.as_u16().to_be_bytes());
+        out.extend_from_slice(&self.stored_at_ms.to_be_bytes());
+        out.extend_from_slice(&(self.initial_age.as_millis() as u64).to_be_bytes());
+        out.extend_from_slice(&(self.fresh_for.as_millis() as u64).to_be_bytes());
+        out.extend_from_slice(&(self.headers.len() as u32).to_be_bytes());
+        for (k, v) in &self.headers {
+            out.extend_from_slice(&(k.as_str().len() as u32).to_be_bytes());
+            out.extend_from_slice(k.as_str().as_bytes());
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(v.as_bytes());
+        }
+        match compressed {
+            Some(c) => out.extend_from_slice(&c),
+            None => out.extend_from_slice(&self.body),
+        }
+    }
+
+    /// Reads an encoding made by [`WireEntry::encode`].
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated buffer, an unknown version or bad headers.
+    pub fn decode(buf: &Bytes) -> Result<WireEntry, DecodeError> {
+        let mut r = Reader { buf, pos: 0 };
+        if r.u8()? != WIRE_VERSION {
+            return Err(DecodeError("unknown format version"));
+        }
+        let flags = r.u8()?;
+        let status = StatusCode::from_u16(r.u16()?).map_err(|_| DecodeError("bad status"))?;
+        let stored_at_ms = r.u64()?;
+        let initial_age = Duration::from_millis(r.u64()?);
+        let fresh_for = Duration::from_millis(r.u64()?);
+        let n = r.u32()? as usize;
+        let mut headers = HeaderMap::with_capacity(n);
+        for _ in 0..n {
+            let k = r.slice()?;
+            let v = r.slice()?;
+            let name = http::HeaderName::from_bytes(&k).map_err(|_| DecodeError("bad header name"))?;
+            let value = http::HeaderValue::from_maybe_shared(v).map_err(|_| DecodeError("bad header value"))?;
+            headers.append(name, value);
+        }
+        let rest = buf.slice(r.pos..);
+        let body = if flags & FLAG_LZ4 != 0 {
+            Bytes::from(lz4_flex::decompress_size_prepended(&rest).map_err(|_| DecodeError("bad lz4 body"))?)
+        } else {
+            rest
+        };
+        Ok(WireEntry {
+            status,
+            headers,
+            body,
+            stored_at_ms,
+            initial_age,
+            fresh_for,
+        })
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a Bytes,
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or(DecodeError("truncated"))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.take(2)?.try_into().unwrap_or_default()))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().unwrap_or_default()))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().unwrap_or_default()))
+    }
+    fn slice(&mut self) -> Result<Bytes, DecodeError> {
+        let n = self.u32()? as usize;
+        let start = self.pos;
+        self.take(n)?;
+        Ok(self.buf.slice(start..start + n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(body: Vec<u8>) -> WireEntry {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().unwrap());
+        headers.append("x-multi", "a".parse().unwrap());
+        headers.append("x-multi", "b".parse().unwrap());
+        WireEntry {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from(body),
+            stored_at_ms: 1_764_000_000_000,
+            initial_age: Duration::from_secs(3),
+            fresh_for: Duration::from_secs(600),
+        }
+    }
+
+    #[test]
+    fn round_trips_small_and_compressible_bodies() {
+        for body in [b"tiny".to_vec(), vec![b'a'; 64 * 1024]] {
+            let e = sample(body);
+            let mut buf = Vec::new();
+            e.encode(&mut buf);
+            if e.body.len() > COMPRESS_AT {
+                assert!(buf.len() < e.body.len() / 4, "compressible bodies are compressed");
+            }
+            assert_eq!(WireEntry::decode(&Bytes::from(buf)).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn truncated_or_unknown_encodings_are_errors() {
+        let mut buf = Vec::new();
+        sample(b"x".to_vec()).encode(&mut buf);
+        assert!(WireEntry::decode(&Bytes::from(buf[..10].to_vec())).is_err());
+        buf[0] = 99;
+        assert!(WireEntry::decode(&Bytes::from(buf)).is_err());
+    }
+}

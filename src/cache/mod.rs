@@ -12,15 +12,18 @@ pub mod policy;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{AUTHORIZATION, COOKIE, VARY};
 use http::{HeaderMap, HeaderName};
 
 use crate::clock::Clock;
+use crate::coherence::Coherence;
 use crate::config::Config;
-use crate::invalidation::Generations;
+use crate::invalidation::{Generations, Stamps};
 use crate::tiers::memory::MemoryTier;
-use entry::CachedResponse;
+use crate::tiers::redis::{Gens, Lookup, RedisTier};
+use entry::{CachedResponse, WireEntry};
 use key::BaseKey;
 
 /// Where a hit came from.
@@ -28,6 +31,8 @@ use key::BaseKey;
 pub enum Tier {
     /// This process.
     Memory,
+    /// The shared Redis tier.
+    Redis,
 }
 
 impl Tier {
@@ -35,8 +40,29 @@ impl Tier {
     pub fn as_str(self) -> &'static str {
         match self {
             Tier::Memory => "memory",
+            Tier::Redis => "redis",
         }
     }
+}
+
+/// What the shared tier said about a key the memory tier could not answer.
+pub enum Shared {
+    /// A valid entry, already promoted to memory.
+    Hit(Arc<CachedResponse>),
+    /// Nothing usable: fill from the origin, recording these generations.
+    Miss(Fill),
+}
+
+/// Everything a fill must record, captured before the origin fetch.
+pub struct Fill {
+    /// Local counters, guarding the memory copy.
+    pub stamps: Stamps,
+    /// Local purge count at capture (for scopes learnt from the response).
+    pub local_epoch: u64,
+    /// Redis generations of `scopes`, when the shared tier answered.
+    pub gens: Option<Gens>,
+    /// The entry's scopes.
+    pub scopes: Vec<String>,
 }
 
 /// Cache tiers plus the generation table.
@@ -46,16 +72,25 @@ pub struct Cache {
     vary_index: moka::future::Cache<Arc<str>, Arc<[HeaderName]>>,
     /// Per route: has its origin ever answered with `Vary`? Saves an index lookup per hit.
     seen_vary: Vec<AtomicBool>,
-    /// Scope generations.
+    /// Scope generations of this instance.
     pub generations: Arc<Generations>,
     /// Freshness clock.
     pub clock: Arc<Clock>,
+    redis: Option<Arc<RedisTier>>,
+    coherence: Option<Arc<Coherence>>,
+    degraded_ttl: Duration,
 }
 
 impl Cache {
-    /// Builds the tiers from config.
-    pub fn new(config: &Config, clock: Arc<Clock>) -> Self {
+    /// Builds the tiers from config; `redis` and `coherence` come together or not at all.
+    pub fn new(
+        config: &Config,
+        clock: Arc<Clock>,
+        generations: Arc<Generations>,
+        redis: Option<(Arc<RedisTier>, Arc<Coherence>)>,
+    ) -> Self {
         let ttl = config.cache.memory_ttl;
+        let (redis, coherence) = redis.map_or((None, None), |(r, c)| (Some(r), Some(c)));
         Cache {
             memory: MemoryTier::new(config.cache.memory_capacity, ttl),
             vary_index: moka::future::Cache::builder()
@@ -63,9 +98,17 @@ impl Cache {
                 .time_to_live(ttl)
                 .build(),
             seen_vary: config.routes.iter().map(|_| AtomicBool::new(false)).collect(),
-            generations: Arc::new(Generations::default()),
+            generations,
             clock,
+            redis,
+            coherence,
+            degraded_ttl: config.cache.degraded_memory_ttl,
         }
+    }
+
+    /// The Redis tier, when configured.
+    pub fn redis(&self) -> Option<&Arc<RedisTier>> {
+        self.redis.as_ref()
     }
 
     /// The full key for a request: the base key plus the values of the headers the origin's
@@ -79,43 +122,163 @@ impl Cache {
         key::full_key(base, &[], headers)
     }
 
-    /// A usable (fresh, unpurged) entry, from the fastest tier that has one.
-    pub async fn get(&self, key: &str) -> Option<(Arc<CachedResponse>, Tier)> {
+    /// A usable memory entry: fresh, unpurged, and trusted (see [`Cache::memory_trusted`]).
+    pub async fn memory_hit(&self, key: &str) -> Option<Arc<CachedResponse>> {
         let entry = self.memory.get(key).await?;
-        if entry.is_usable(self.clock.now()) {
-            return Some((entry, Tier::Memory));
+        let now = self.clock.now();
+        if !entry.is_usable(now) {
+            self.memory.remove(key).await;
+            return None;
         }
-        self.memory.remove(key).await;
-        None
+        self.memory_trusted(&entry, now).then_some(entry)
     }
 
-    /// Stores an entry unless a purge landed since its fetch began; returns whether it was stored.
-    /// `vary` is the origin's `Vary` list, already reduced by [`vary_names`].
-    pub async fn put(
+    /// Memory-only: always. With Redis: while this instance's lease says it has heard every
+    /// purge; when Redis is unreachable, only entries younger than `degraded_memory_ttl`.
+    fn memory_trusted(&self, entry: &CachedResponse, now: std::time::Instant) -> bool {
+        let (Some(c), Some(r)) = (&self.coherence, &self.redis) else {
+            return true;
+        };
+        if c.lease_valid() {
+            return true;
+        }
+        !r.is_up() && now.saturating_duration_since(entry.stored_at) < self.degraded_ttl
+    }
+
+    /// Asks the shared tier (if any). `scopes` are the entry's scopes known from the request;
+    /// local counters are captured before Redis is read, so a purge heard meanwhile still
+    /// invalidates a promoted copy.
+    pub async fn shared(&self, key: &str, scopes: Vec<String>) -> Shared {
+        let stamps = self.generations.stamp(&scopes);
+        let local_epoch = self.generations.epoch();
+        let mut fill = Fill {
+            stamps,
+            local_epoch,
+            gens: None,
+            scopes,
+        };
+        let Some(redis) = &self.redis else {
+            return Shared::Miss(fill);
+        };
+        match redis.lookup(key, &fill.scopes).await {
+            Ok(Lookup::Hit(payload, recorded)) => match self
+                .promote(key, &payload, recorded, fill.stamps.clone(), local_epoch)
+                .await
+            {
+                Some(entry) => return Shared::Hit(entry),
+                None => {
+                    // Undecodable or expired: refill, reading fresh generations.
+                    fill.gens = redis.gens(&fill.scopes).await.ok();
+                }
+            },
+            Ok(Lookup::Miss(g)) | Ok(Lookup::Stale(_, g)) => fill.gens = Some(g),
+            Err(e) => tracing::debug!(error = %e, "redis lookup skipped"),
+        }
+        Shared::Miss(fill)
+    }
+
+    async fn promote(
         &self,
-        route: usize,
-        base: BaseKey,
-        vary: Vec<HeaderName>,
-        headers: &HeaderMap,
-        entry: CachedResponse,
-    ) -> bool {
+        key: &str,
+        payload: &bytes::Bytes,
+        recorded: Vec<String>,
+        mut stamps: Stamps,
+        local_epoch: u64,
+    ) -> Option<Arc<CachedResponse>> {
+        let wire = WireEntry::decode(payload).ok()?;
+        let now_ms = unix_ms(self.clock.system_now());
+        let age = Duration::from_millis(now_ms.saturating_sub(wire.stored_at_ms));
+        let fresh_for = wire.fresh_for.checked_sub(age).filter(|d| !d.is_zero())?;
+        // Scopes recorded in the entry but not derivable from the request (surrogate keys).
+        stamps.extend(self.generations.stamp(&recorded));
+        let trusted_stamps = self.generations.epoch() == local_epoch;
+        let entry = Arc::new(CachedResponse {
+            status: wire.status,
+            headers: wire.headers,
+            body: wire.body,
+            stored_at: self.clock.now(),
+            initial_age: wire.initial_age + age,
+            fresh_for,
+            stamps,
+        });
+        if trusted_stamps {
+            self.memory.put(Arc::from(key), entry.clone()).await;
+        }
+        Some(entry)
+    }
+
+    /// Stores a filled entry in every tier, unless a purge landed since its fetch began.
+    /// Returns whether it was stored. `vary` is the origin's `Vary` list, reduced by
+    /// [`vary_names`]; `surrogate` the scopes learnt from the response.
+    pub async fn put(&self, fill: Fill, target: Target<'_>, surrogate: Vec<String>, entry: CachedResponse) -> bool {
+        let Fill {
+            mut stamps,
+            local_epoch,
+            gens,
+            mut scopes,
+        } = fill;
+        if !surrogate.is_empty() {
+            stamps.extend(self.generations.stamp(&surrogate));
+            if self.generations.epoch() != local_epoch {
+                // Some purge ran during the fetch and we cannot tell whether it named these tags.
+                return false;
+            }
+        }
+        if !stamps.valid() {
+            return false;
+        }
+        let key = self.full_key(&target);
+        if let (Some(redis), Some(mut gens)) = (&self.redis, gens) {
+            let check_epoch = !surrogate.is_empty();
+            if check_epoch {
+                match redis.gens(&surrogate).await {
+                    Ok(g) => gens.scopes.extend(g.scopes),
+                    Err(_) => return self.put_memory(key, &target, stamps, entry).await,
+                }
+                scopes.extend(surrogate);
+            }
+            let wire = WireEntry {
+                status: entry.status,
+                headers: entry.headers.clone(),
+                body: entry.body.clone(),
+                stored_at_ms: unix_ms(self.clock.system_now()),
+                initial_age: entry.initial_age,
+                fresh_for: entry.fresh_for,
+            };
+            let mut payload = Vec::with_capacity(entry.body.len() + 256);
+            wire.encode(&mut payload);
+            match redis
+                .store(&key, &scopes, &gens, check_epoch, &payload, entry.fresh_for)
+                .await
+            {
+                Ok(false) => return false,
+                Ok(true) | Err(_) => {}
+            }
+        }
+        self.put_memory(key, &target, stamps, entry).await
+    }
+
+    async fn put_memory(&self, key: String, target: &Target<'_>, stamps: Stamps, mut entry: CachedResponse) -> bool {
+        entry.stamps = stamps;
         if !entry.stamps.valid() {
             return false;
         }
-        let base_text: Arc<str> = Arc::from(base.text.as_str());
-        let key = if vary.is_empty() {
-            if self.seen_vary[route].load(Ordering::Relaxed) {
+        let base_text: Arc<str> = Arc::from(target.base.text.as_str());
+        if target.vary.is_empty() {
+            if self.seen_vary[target.route].load(Ordering::Relaxed) {
                 self.vary_index.invalidate(&base_text).await;
             }
-            key::full_key(&base, &[], headers)
         } else {
-            let key = key::full_key(&base, &vary, headers);
-            self.seen_vary[route].store(true, Ordering::Relaxed);
-            self.vary_index.insert(base_text, vary.into()).await;
-            key
-        };
+            self.seen_vary[target.route].store(true, Ordering::Relaxed);
+            self.vary_index.insert(base_text, target.vary.clone().into()).await;
+        }
         self.memory.put(Arc::from(key), Arc::new(entry)).await;
         true
+    }
+
+    /// The key an entry is stored under.
+    pub fn full_key(&self, target: &Target<'_>) -> String {
+        key::full_key(target.base, &target.vary, target.headers)
     }
 
     /// Memory tier entry count and bytes (after applying pending maintenance).
@@ -123,6 +286,23 @@ impl Cache {
         self.memory.sync().await;
         (self.memory.entry_count(), self.memory.weighted_size())
     }
+}
+
+/// Where a filled entry goes.
+pub struct Target<'a> {
+    /// Route index.
+    pub route: usize,
+    /// Key without `Vary` headers.
+    pub base: &'a BaseKey,
+    /// The origin's `Vary` names.
+    pub vary: Vec<HeaderName>,
+    /// The request's headers (for the `Vary` values).
+    pub headers: &'a HeaderMap,
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The origin's `Vary` names that go into the key: lower-cased, sorted, deduplicated, without

@@ -213,6 +213,8 @@ fn cache(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<CacheConfig> {
         }
         p.value
     });
+    let redis_timeout = s.duration(ctx, "redis_timeout").unwrap_or(Duration::from_millis(250));
+    let degraded_memory_ttl = s.duration(ctx, "degraded_memory_ttl").unwrap_or(Duration::from_secs(5));
     let memory_capacity = s.size(ctx, "memory_capacity").unwrap_or(256 * 1024 * 1024);
     let memory_ttl = s.duration(ctx, "memory_ttl").unwrap_or(Duration::from_secs(60));
     let swr = s.duration(ctx, "stale_while_revalidate").unwrap_or_default();
@@ -222,6 +224,8 @@ fn cache(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<CacheConfig> {
     s.finish(ctx);
     Some(CacheConfig {
         redis_urls,
+        redis_timeout,
+        degraded_memory_ttl,
         key_prefix: key_prefix.unwrap_or_else(|| "cachegate".to_string()),
         memory_capacity,
         memory_ttl,
@@ -393,7 +397,10 @@ fn route(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<(RouteConfig, Spanned<
             ctx.issue(
                 n.offset,
                 &n.key,
-                format!("expected letters, digits, '_', '-' or '.', found {:?}", n.value),
+                format!(
+                    "expected letters, digits, '_', '-' or '.' (starting with a letter or digit), found {:?}",
+                    n.value
+                ),
             );
         }
     }

@@ -84,6 +84,11 @@ pub struct OriginConfig {
 pub struct CacheConfig {
     /// Shared Redis tier URLs (one, or several for a cluster); empty = memory tier only.
     pub redis_urls: Vec<String>,
+    /// Time allowed for one Redis command before it counts as a failure.
+    pub redis_timeout: Duration,
+    /// While Redis is unreachable, memory entries younger than this are still served (other
+    /// instances' purges cannot reach us then); `0s` = origin only.
+    pub degraded_memory_ttl: Duration,
     /// Namespace of every key; bump the version to orphan old keys.
     pub key_prefix: String,
     /// Memory tier bound, in bytes of stored responses.
@@ -342,8 +347,8 @@ impl Config {
     /// Features that are configured but not implemented yet, for a start-up warning.
     pub fn inactive_features(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if !self.cache.redis_urls.is_empty() {
-            out.push("[cache] redis_url (the Redis tier is not implemented yet: memory tier only)");
+        if self.cache.redis_urls.len() > 1 || self.cache.redis_urls.iter().any(|u| u.contains("+cluster")) {
+            out.push("[cache] redis_url as a cluster (Redis Cluster is not supported yet: the first URL is used as a single node)");
         }
         if self.server.tls.is_some() {
             out.push("[server] tls (TLS is not implemented yet: the listener speaks plain HTTP)");
@@ -361,9 +366,6 @@ impl Config {
             .any(|r| r.stale_while_revalidate.is_some() || r.stale_if_error.is_some());
         if stale_defaults || stale_routes {
             out.push("stale_while_revalidate / stale_if_error (stale serving is not implemented yet: expired entries are refetched)");
-        }
-        if self.purge.token_env.is_some() || self.purge.hmac_secret_env.is_some() {
-            out.push("[purge] (the purge webhook is not implemented yet)");
         }
         out
     }

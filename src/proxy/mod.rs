@@ -26,6 +26,7 @@ use crate::cache::{key, Cache};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::identity;
+use crate::invalidation::Purger;
 use body::ProxyBody;
 use forward::Origin;
 
@@ -33,14 +34,20 @@ use forward::Origin;
 pub struct Proxy {
     config: Arc<Config>,
     cache: Arc<Cache>,
+    purger: Arc<Purger>,
     origin: Origin,
 }
 
 impl Proxy {
     /// Builds the proxy from its parts.
-    pub fn new(config: Arc<Config>, cache: Arc<Cache>) -> Self {
+    pub fn new(config: Arc<Config>, cache: Arc<Cache>, purger: Arc<Purger>) -> Self {
         let origin = Origin::new(&config.origin);
-        Proxy { config, cache, origin }
+        Proxy {
+            config,
+            cache,
+            purger,
+            origin,
+        }
     }
 
     /// Handles one request; every error becomes its answer here.

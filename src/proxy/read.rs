@@ -11,11 +11,11 @@ use super::{headers, mark_bypass, Ctx, Proxy};
 use crate::cache::entry::CachedResponse;
 use crate::cache::key::{self, BaseKey, KeyIdentity};
 use crate::cache::policy::{self, BypassReason};
-use crate::cache::{vary_names, Tier};
+use crate::cache::{vary_names, Fill, Shared, Target, Tier};
 use crate::config::RouteConfig;
 use crate::error::{ProxyError, UpstreamError};
 use crate::identity::Identity;
-use crate::invalidation;
+use crate::invalidation::{self, Stamps};
 
 impl Proxy {
     pub(super) async fn read(
@@ -33,11 +33,17 @@ impl Proxy {
         let who = KeyIdentity::select(route.vary, id.role.as_deref(), id.tenant.as_deref(), id.user.as_deref());
         let base = key::base_key(&self.config.cache.key_prefix, &route.name, ctx.path, &query, who);
         let full = self.cache.key_for(idx, &base, req.headers()).await;
-        if let Some((entry, tier)) = self.cache.get(&full).await {
-            return Ok(self.hit(&req, &entry, tier, &full));
+        if let Some(entry) = self.cache.memory_hit(&full).await {
+            return Ok(self.hit(&req, &entry, Tier::Memory, &full));
         }
-        let tenant = who.tenant;
-        self.fill(req, idx, ctx, base, &query, tenant).await
+        let params = route.path.params(ctx.path).unwrap_or_default();
+        let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
+        let url = invalidation::url_scope(&route.name, ctx.path, &query);
+        let scopes = invalidation::entry_scopes(&route.name, url, &tags, who.tenant);
+        match self.cache.shared(&full, scopes).await {
+            Shared::Hit(entry) => Ok(self.hit(&req, &entry, Tier::Redis, &full)),
+            Shared::Miss(fill) => self.fill(req, idx, ctx, &base, who.tenant, fill).await,
+        }
     }
 
     fn hit(&self, req: &Request<Incoming>, entry: &CachedResponse, tier: Tier, key: &str) -> Response<ProxyBody> {
@@ -70,24 +76,17 @@ impl Proxy {
     }
 
     /// A miss: one unconditional GET to the origin; the answer is stored when policy allows and no
-    /// purge landed meanwhile, then served.
+    /// purge landed since `fill` was captured, then served.
     async fn fill(
         &self,
         req: Request<Incoming>,
         idx: usize,
         ctx: Ctx<'_>,
-        base: BaseKey,
-        query: &str,
+        base: &BaseKey,
         tenant: Option<&str>,
+        fill: Fill,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let route = &self.config.routes[idx];
-        let gens = &self.cache.generations;
-        let params = route.path.params(ctx.path).unwrap_or_default();
-        let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
-        let url = invalidation::url_scope(&route.name, ctx.path, query);
-        // Captured before the fetch: a purge from now on makes this fill unstorable.
-        let mut stamps = gens.stamp(&invalidation::entry_scopes(&route.name, url, &tags, tenant));
-        let epoch = gens.epoch();
         let head = req.method() == Method::HEAD;
         let (parts, _body) = req.into_parts();
         let req_headers = parts.headers.clone();
@@ -106,8 +105,7 @@ impl Proxy {
             return Ok(bypass_response(parts, body, head, BypassReason::TooLarge));
         }
         let timeout = self.config.origin.timeout;
-        let collected = tokio::time::timeout(timeout, read_limited(body, max)).await;
-        let body = match collected {
+        let body = match tokio::time::timeout(timeout, read_limited(body, max)).await {
             Err(_) => return Err(UpstreamError::Timeout(timeout).into()),
             Ok(Err(e)) => return Err(UpstreamError::Request(super::forward::root_cause(&e)).into()),
             Ok(Ok(Limited::TooLarge(prefix, rest))) => {
@@ -119,17 +117,10 @@ impl Proxy {
             }
             Ok(Ok(Limited::Complete(b))) => b,
         };
-        if !surrogate.is_empty() {
-            let scopes: Vec<String> = surrogate
-                .iter()
-                .flat_map(|t| [invalidation::tag_scope(t), invalidation::tenant_tag_scope(t, tenant)])
-                .collect();
-            stamps.extend(gens.stamp(&scopes));
-            if gens.epoch() != epoch {
-                // Some purge ran during the fetch and we cannot tell whether it named these tags.
-                stamps.extend(invalidation::Stamps::expired());
-            }
-        }
+        let surrogate_scopes: Vec<String> = surrogate
+            .iter()
+            .flat_map(|t| [invalidation::tag_scope(t), invalidation::tenant_tag_scope(t, tenant)])
+            .collect();
         let set_cookies: Vec<HeaderValue> = parts.headers.get_all(header::SET_COOKIE).iter().cloned().collect();
         let mut stored_headers = parts.headers.clone();
         stored_headers.remove(header::SET_COOKIE);
@@ -141,15 +132,16 @@ impl Proxy {
             stored_at: self.cache.clock.now(),
             initial_age: fresh.initial_age,
             fresh_for: fresh.remaining(),
-            stamps,
+            stamps: Stamps::default(),
         };
-        let vary = vary_names(&parts.headers);
-        let key_text = self
-            .config
-            .server
-            .debug_headers
-            .then(|| key::full_key(&base, &vary, &req_headers));
-        let stored = self.cache.put(idx, base, vary, &req_headers, entry).await;
+        let target = Target {
+            route: idx,
+            base,
+            vary: vary_names(&parts.headers),
+            headers: &req_headers,
+        };
+        let key_text = self.config.server.debug_headers.then(|| self.cache.full_key(&target));
+        let stored = self.cache.put(fill, target, surrogate_scopes, entry).await;
         let h = &mut parts.headers;
         h.insert(header::AGE, HeaderValue::from(fresh.initial_age.as_secs()));
         h.insert(headers::X_CACHE, HeaderValue::from_static("MISS"));

@@ -35,8 +35,8 @@ impl Proxy {
         if parts.status.is_success() || parts.status.is_redirection() {
             let mut scopes = self.rule_scopes(&method, ctx.path, id.tenant.as_deref());
             scopes.extend(self.uri_scopes(ctx, &parts.headers, host.as_deref()));
-            let bumped = scopes.iter().filter(|s| self.cache.generations.bump(s)).count();
-            tracing::debug!(path = ctx.path, %method, scopes = scopes.len(), bumped, "write purge");
+            let outcome = self.purger.purge(&scopes, false).await;
+            tracing::debug!(path = ctx.path, %method, scopes = outcome.scopes, shared = outcome.shared, acks = outcome.acks, "write purge");
         }
         Ok(Response::from_parts(parts, ProxyBody::Stream(body)))
     }

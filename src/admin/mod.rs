@@ -1,0 +1,136 @@
+//! The admin listener: health, readiness and the purge webhook (metrics join it later).
+//! It binds 127.0.0.1 by default and is separate from the public listener.
+
+pub mod purge;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::invalidation::Purger;
+use crate::proxy::body::ProxyBody;
+use purge::PurgeAuth;
+
+/// Largest purge body accepted.
+const MAX_PURGE_BODY: usize = 1024 * 1024;
+
+/// Admin endpoints.
+pub struct Admin {
+    config: Arc<Config>,
+    cache: Arc<Cache>,
+    purger: Arc<Purger>,
+    auth: PurgeAuth,
+}
+
+impl Admin {
+    /// Builds the admin handler; purge secrets are read from the environment here.
+    pub fn new(config: Arc<Config>, cache: Arc<Cache>, purger: Arc<Purger>) -> Self {
+        let auth = PurgeAuth::from_config(&config);
+        Admin {
+            config,
+            cache,
+            purger,
+            auth,
+        }
+    }
+
+    /// Routes one admin request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        match (req.method(), req.uri().path()) {
+            (_, "/healthz") => text(StatusCode::OK, "ok\n".into()),
+            (_, "/readyz") => self.ready().await,
+            (&Method::POST, "/purge") => self.purge(req).await,
+            (_, "/purge") => text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use POST /purge with a JSON body\n".into(),
+            ),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: the admin listener serves /healthz, /readyz and POST /purge\n".into(),
+            ),
+        }
+    }
+
+    async fn purge(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        if !self.auth.enabled() {
+            let msg =
+                "purge endpoint disabled: set [purge] token_env or hmac_secret_env to a variable holding a secret";
+            return json(StatusCode::FORBIDDEN, &serde_json::json!({ "error": msg }));
+        }
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_PURGE_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                let msg = "purge body over 1 MiB or unreadable";
+                return json(StatusCode::PAYLOAD_TOO_LARGE, &serde_json::json!({ "error": msg }));
+            }
+        };
+        let redis = self.cache.redis().map(|r| r.as_ref());
+        let checked = match self.auth.check(&parts.headers, &body, redis).await {
+            Ok(()) => purge::scopes_for(&self.config, &body),
+            Err(r) => Err(r),
+        };
+        let (scopes, soft) = match checked {
+            Ok(s) => s,
+            Err(purge::Refusal(status, msg)) => return json(status, &serde_json::json!({ "error": msg })),
+        };
+        let outcome = self.purger.purge(&scopes, soft).await;
+        tracing::info!(scopes = ?scopes, soft, shared = outcome.shared, acks = outcome.acks, "purge webhook");
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "purged": outcome.scopes,
+                "scopes": scopes,
+                "soft": soft,
+                "shared": outcome.shared,
+                "instances_acked": outcome.acks,
+            }),
+        )
+    }
+
+    /// Ready when the origin accepts a TCP connection.
+    async fn ready(&self) -> Response<ProxyBody> {
+        let authority = self.config.origin.authority.as_str();
+        let addr = if self.config.origin.authority.port().is_some() {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        let probe = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr)).await;
+        match probe {
+            Ok(Ok(_)) => text(StatusCode::OK, format!("ready: origin {addr} reachable\n")),
+            Ok(Err(e)) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: origin {addr}: {e}\n"),
+            ),
+            Err(_) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: origin {addr}: connect timed out\n"),
+            ),
+        }
+    }
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(format!("{v}\n"))));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

@@ -1,0 +1,216 @@
+//! `POST /purge`: authenticate, parse, translate to scopes, purge everywhere, answer.
+//!
+//! Authentication is a bearer token (constant-time compare) or an HMAC-SHA256 signature over
+//! `"{t}.{body}"` in `X-Cachegate-Signature: t=<unix>,v1=<hex>`, refused when older than five
+//! minutes or seen before. Every check runs before anything is purged.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::cache::key;
+use crate::config::{Config, PurgeScope};
+use crate::invalidation::{self, ALL};
+use crate::tiers::redis::RedisTier;
+
+/// Signatures older than this are refused, and seen ones remembered this long.
+const MAX_SKEW: Duration = Duration::from_secs(300);
+
+/// Header carrying a signed webhook's signature.
+pub const SIGNATURE_HEADER: &str = "x-cachegate-signature";
+
+/// A purge request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// Tags to purge.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Route names to purge entirely.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Paths (with query) whose every identity variant goes.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Restrict tag purges to this tenant (and tenant-less entries); alone, purge the tenant.
+    pub tenant: Option<String>,
+    /// Purge everything.
+    #[serde(default)]
+    pub all: bool,
+    /// Mark stale instead of deleting.
+    #[serde(default)]
+    pub soft: bool,
+}
+
+/// A refused purge: status and message.
+#[derive(Debug)]
+pub struct Refusal(pub StatusCode, pub String);
+
+fn refuse(status: StatusCode, msg: impl Into<String>) -> Refusal {
+    Refusal(status, msg.into())
+}
+
+/// Secrets read once at start-up from the variables `[purge]` names.
+pub struct PurgeAuth {
+    token: Option<Vec<u8>>,
+    hmac: Option<Vec<u8>>,
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+fn secret(var: Option<&String>) -> Option<Vec<u8>> {
+    let v = std::env::var(var?).ok()?;
+    (!v.is_empty()).then(|| v.into_bytes())
+}
+
+impl PurgeAuth {
+    /// Reads the secrets named in config.
+    pub fn from_config(config: &Config) -> Self {
+        PurgeAuth {
+            token: secret(config.purge.token_env.as_ref()),
+            hmac: secret(config.purge.hmac_secret_env.as_ref()),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether any secret is configured (without one the endpoint is disabled).
+    pub fn enabled(&self) -> bool {
+        self.token.is_some() || self.hmac.is_some()
+    }
+
+    /// Checks the bearer token or the signature.
+    ///
+    /// # Errors
+    /// 401 with what was wrong.
+    pub async fn check(&self, headers: &HeaderMap, body: &[u8], redis: Option<&RedisTier>) -> Result<(), Refusal> {
+        let unauthorized = |m: &str| refuse(StatusCode::UNAUTHORIZED, m);
+        if let Some(auth) = headers.get(http::header::AUTHORIZATION) {
+            let Some(token) = &self.token else {
+                return Err(unauthorized(
+                    "bearer tokens are not accepted: no [purge] token_env secret is set",
+                ));
+            };
+            let given = auth.as_bytes().strip_prefix(b"Bearer ").unwrap_or_default();
+            return if bool::from(given.ct_eq(token)) {
+                Ok(())
+            } else {
+                Err(unauthorized("wrong bearer token"))
+            };
+        }
+        if let Some(sig) = headers.get(SIGNATURE_HEADER) {
+            let Some(secret) = &self.hmac else {
+                return Err(unauthorized(
+                    "signatures are not accepted: no [purge] hmac_secret_env secret is set",
+                ));
+            };
+            let sig = sig.to_str().map_err(|_| unauthorized("unreadable signature header"))?;
+            return self.check_signature(secret, sig, body, redis).await;
+        }
+        Err(unauthorized(
+            "missing credentials: send Authorization: Bearer <token> or X-Cachegate-Signature: t=<unix>,v1=<hex>",
+        ))
+    }
+
+    async fn check_signature(
+        &self,
+        secret: &[u8],
+        sig: &str,
+        body: &[u8],
+        redis: Option<&RedisTier>,
+    ) -> Result<(), Refusal> {
+        let unauthorized = |m: &str| refuse(StatusCode::UNAUTHORIZED, m);
+        let mut t = None;
+        let mut v1 = None;
+        for part in sig.split(',') {
+            match part.trim().split_once('=') {
+                Some(("t", v)) => t = v.parse::<u64>().ok(),
+                Some(("v1", v)) => v1 = hex::decode(v).ok(),
+                _ => {}
+            }
+        }
+        let (Some(t), Some(v1)) = (t, v1) else {
+            return Err(unauthorized(
+                "malformed signature: expected t=<unix seconds>,v1=<hex hmac-sha256>",
+            ));
+        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if now.abs_diff(t) > MAX_SKEW.as_secs() {
+            return Err(unauthorized("signature timestamp is more than 5 minutes away from now"));
+        }
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| unauthorized("unusable hmac secret"))?;
+        mac.update(t.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        if mac.verify_slice(&v1).is_err() {
+            return Err(unauthorized("signature does not match the body"));
+        }
+        self.remember(&hex::encode(&v1), redis).await
+    }
+
+    /// Refuses a signature seen before, here or (through Redis) on any instance.
+    async fn remember(&self, sig: &str, redis: Option<&RedisTier>) -> Result<(), Refusal> {
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.retain(|_, at| at.elapsed() < MAX_SKEW * 2);
+            if seen.insert(sig.to_string(), Instant::now()).is_some() {
+                return Err(refuse(StatusCode::UNAUTHORIZED, "signature replayed"));
+            }
+        }
+        if let Some(r) = redis {
+            if let Ok(false) = r.set_once(&format!("_replay:{sig}"), MAX_SKEW * 2).await {
+                return Err(refuse(StatusCode::UNAUTHORIZED, "signature replayed"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a body and turns it into scopes, validating everything first.
+///
+/// # Errors
+/// 400 with what is wrong; nothing has been purged.
+pub fn scopes_for(config: &Config, body: &[u8]) -> Result<(Vec<String>, bool), Refusal> {
+    let req: PurgeRequest = serde_json::from_slice(body)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("invalid purge body: {e}")))?;
+    let bad = |m: String| refuse(StatusCode::BAD_REQUEST, m);
+    let mut scopes = Vec::new();
+    if req.all {
+        scopes.push(ALL.to_string());
+    }
+    let tenant = req.tenant.as_deref();
+    for tag in &req.tags {
+        if tag.is_empty() {
+            return Err(bad("tags must not be empty strings".into()));
+        }
+        scopes.extend(invalidation::purge_tag_scopes(tag, PurgeScope::Tenant, tenant));
+    }
+    if let (Some(t), true) = (tenant, req.tags.is_empty()) {
+        scopes.push(invalidation::tenant_scope(t));
+    }
+    for name in &req.routes {
+        if !config.routes.iter().any(|r| &r.name == name) {
+            return Err(bad(format!("unknown route {name:?}")));
+        }
+        scopes.push(invalidation::route_scope(name));
+    }
+    for p in &req.paths {
+        let (path, query) = p.split_once('?').map_or((p.as_str(), None), |(a, b)| (a, Some(b)));
+        let path = key::normalize_path(path).map_err(|e| bad(format!("path {p:?}: {e}")))?;
+        let route = config.routes.iter().find(|r| r.path.matches(&path)).ok_or_else(|| {
+            bad(format!(
+                "path {p:?}: no [[route]] matches it, so nothing of it is cached"
+            ))
+        })?;
+        let q = key::normalize_query(query, &route.query);
+        scopes.push(invalidation::url_scope(&route.name, &path, &q));
+    }
+    if scopes.is_empty() {
+        return Err(bad("nothing to purge: give tags, routes, paths, tenant or all".into()));
+    }
+    Ok((scopes, req.soft))
+}

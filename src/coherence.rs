@@ -1,0 +1,191 @@
+//! Keeping every instance's memory tier as fresh as Redis, without a Redis round trip per hit.
+//!
+//! * Every purge is published on `{prefix}:_purge`; each instance bumps its local scope counters
+//!   when it hears one and acknowledges it on the purger's `{prefix}:_ack:{id}` channel.
+//! * Each instance publishes a heartbeat to its own `{prefix}:_hb:{id}` channel every 100 ms,
+//!   stamped with its own monotonic send time. Pub/sub delivers in Redis order, so hearing a
+//!   heartbeat sent at `S` means every purge published before `S` has been heard too: memory
+//!   hits are trusted until `S + LEASE`. A paused or partitioned instance stops trusting its
+//!   memory tier by itself, and old buffered heartbeats cannot extend the lease past their send
+//!   time.
+//! * A purge waits for every other subscriber's ack, or at most `LEASE`, after which any instance
+//!   that did not ack has stopped trusting its memory.
+//! * After a subscription drop, the whole memory tier is invalidated (one bump of `all`): messages
+//!   may have been missed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::invalidation::{Generations, ALL};
+use crate::tiers::redis::RedisTier;
+
+/// How long a heard heartbeat keeps the memory tier trusted.
+pub const LEASE: Duration = Duration::from_millis(500);
+const HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// This instance's side of the protocol.
+pub struct Coherence {
+    id: u64,
+    base: Instant,
+    /// Nanoseconds since `base` until which memory hits are trusted.
+    lease_until: AtomicU64,
+    subscribed: AtomicBool,
+    next_purge: AtomicU64,
+    pending: Mutex<HashMap<u64, watch::Sender<usize>>>,
+    redis: Arc<RedisTier>,
+    generations: Arc<Generations>,
+    channel: String,
+}
+
+impl Coherence {
+    /// Protocol state for one instance.
+    pub fn new(redis: Arc<RedisTier>, generations: Arc<Generations>) -> Arc<Self> {
+        let channel = format!("{}_purge", redis.prefix());
+        Arc::new(Coherence {
+            id: rand::random(),
+            base: Instant::now(),
+            lease_until: AtomicU64::new(0),
+            subscribed: AtomicBool::new(false),
+            next_purge: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            redis,
+            generations,
+            channel,
+        })
+    }
+
+    fn now_nanos(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether memory-tier hits may be served without asking Redis.
+    pub fn lease_valid(&self) -> bool {
+        self.now_nanos() < self.lease_until.load(Ordering::Acquire)
+    }
+
+    /// Publishes a purge of `scopes` (already bumped locally) and waits until every other
+    /// instance has acknowledged it or the lease time has passed. Returns the number of acks.
+    ///
+    /// # Errors
+    /// The Redis failure; the purge then reached this instance only.
+    pub async fn publish_purge(&self, scopes: &[String], soft: bool) -> Result<usize, crate::tiers::redis::TierError> {
+        let purge_id = self.next_purge.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = watch::channel(0usize);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(purge_id, tx);
+        let message = format!("{} {purge_id} {} {}", self.id, u8::from(soft), scopes.join(" "));
+        let result = self.redis.purge(scopes, soft, &self.channel, &message).await;
+        let acks = match result {
+            Ok(receivers) => {
+                let others = receivers.saturating_sub(usize::from(self.subscribed.load(Ordering::Acquire)));
+                let _ = tokio::time::timeout(LEASE, rx.wait_for(|n| *n >= others)).await;
+                let got = *rx.borrow();
+                got.min(others)
+            }
+            Err(_) => 0,
+        };
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&purge_id);
+        result.map(|_| acks)
+    }
+
+    /// Runs the subscriber (with reconnects) and the heartbeat until `stop`.
+    pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        let hb = tokio::spawn(self.clone().heartbeat(stop.clone()));
+        self.subscribe_loop(stop).await;
+        let _ = hb.await;
+    }
+
+    async fn heartbeat(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let channel = format!("{}_hb:{}", self.redis.prefix(), self.id);
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if self.subscribed.load(Ordering::Acquire) {
+                let _ = self.redis.publish(&channel, &self.now_nanos().to_string()).await;
+            }
+        }
+    }
+
+    async fn subscribe_loop(&self, mut stop: watch::Receiver<bool>) {
+        let mut first = true;
+        loop {
+            if let Ok(mut pubsub) = self.redis.client().get_async_pubsub().await {
+                let prefix = self.redis.prefix();
+                let ok = pubsub.subscribe(&self.channel).await.is_ok()
+                    && pubsub.subscribe(format!("{prefix}_hb:{}", self.id)).await.is_ok()
+                    && pubsub.subscribe(format!("{prefix}_ack:{}", self.id)).await.is_ok();
+                if ok {
+                    if !first {
+                        // Messages may have been lost while unsubscribed: forget the memory tier.
+                        self.generations.bump(ALL);
+                        tracing::info!("purge channel resubscribed: memory tier dropped");
+                    }
+                    first = false;
+                    self.subscribed.store(true, Ordering::Release);
+                    let mut stream = pubsub.into_on_message();
+                    loop {
+                        let msg = tokio::select! {
+                            m = futures_util::StreamExt::next(&mut stream) => m,
+                            _ = stop.changed() => return,
+                        };
+                        let Some(msg) = msg else { break };
+                        self.on_message(msg.get_channel_name(), msg.get_payload_bytes());
+                    }
+                    self.subscribed.store(false, Ordering::Release);
+                    tracing::warn!("purge channel subscription lost; memory hits need Redis until it is back");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    fn on_message(&self, channel: &str, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else { return };
+        if channel == self.channel {
+            self.on_purge(text);
+        } else if channel.contains("_hb:") {
+            if let Ok(sent) = text.parse::<u64>() {
+                self.lease_until
+                    .fetch_max(sent + LEASE.as_nanos() as u64, Ordering::AcqRel);
+            }
+        } else if let Ok(purge_id) = text.parse::<u64>() {
+            if let Some(tx) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).get(&purge_id) {
+                tx.send_modify(|n| *n += 1);
+            }
+        }
+    }
+
+    fn on_purge(&self, text: &str) {
+        let mut parts = text.split(' ');
+        let (Some(from), Some(purge_id), Some(_soft)) = (parts.next(), parts.next(), parts.next()) else {
+            return;
+        };
+        if from == self.id.to_string() {
+            return;
+        }
+        for scope in parts.filter(|s| !s.is_empty()) {
+            self.generations.bump(scope);
+        }
+        let (redis, channel, purge_id) = (
+            self.redis.clone(),
+            format!("{}_ack:{from}", self.redis.prefix()),
+            purge_id.to_string(),
+        );
+        tokio::spawn(async move {
+            let _ = redis.publish(&channel, &purge_id).await;
+        });
+    }
+}
