@@ -247,12 +247,13 @@ impl Cache {
             };
             let mut payload = Vec::with_capacity(entry.body.len() + 256);
             wire.encode(&mut payload);
-            match redis
+            // Refused = a purge landed during the fetch. An error leaves the memory copy, which
+            // local purges still guard.
+            let stored = redis
                 .store(&key, &scopes, &gens, check_epoch, &payload, entry.fresh_for)
-                .await
-            {
-                Ok(false) => return false,
-                Ok(true) | Err(_) => {}
+                .await;
+            if let Ok(false) = stored {
+                return false;
             }
         }
         self.put_memory(key, &target, stamps, entry).await
