@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admin::purge::PurgeSecrets;
 use crate::admin::Admin;
 use crate::cache::Cache;
 use crate::clock::Clock;
@@ -44,11 +45,21 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Binds both listeners from `config` and starts serving.
+/// Binds both listeners from `config` and starts serving; purge secrets come from the
+/// environment variables the config names.
 ///
 /// # Errors
-/// Binding failures, naming the address.
+/// Binding failures, naming the address, and an unusable `redis_url`.
 pub async fn start(config: Config) -> std::io::Result<Running> {
+    let secrets = PurgeSecrets::from_env(&config);
+    start_with(config, secrets).await
+}
+
+/// [`start`] with the purge secrets given directly.
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with(config: Config, secrets: PurgeSecrets) -> std::io::Result<Running> {
     let proxy_listener = bind(config.server.listen, "listen").await?;
     let admin_listener = bind(config.server.admin_listen, "admin_listen").await?;
     let proxy_addr = proxy_listener.local_addr()?;
@@ -68,7 +79,7 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
     let cache = Arc::new(Cache::new(&config, clock.clone(), generations.clone(), shared.clone()));
     let purger = Arc::new(Purger::new(generations, shared.as_ref().map(|(_, c)| c.clone())));
     let proxy = Arc::new(Proxy::new(config.clone(), cache.clone(), purger.clone()));
-    let admin = Arc::new(Admin::new(config.clone(), cache.clone(), purger));
+    let admin = Arc::new(Admin::new(config.clone(), cache.clone(), purger, secrets));
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = vec![
         tokio::spawn(serve(proxy_listener, stop_rx.clone(), move |req, peer| {

@@ -34,6 +34,7 @@ pub struct Coherence {
     /// Nanoseconds since `base` until which memory hits are trusted.
     lease_until: AtomicU64,
     subscribed: AtomicBool,
+    subscriptions: AtomicU64,
     next_purge: AtomicU64,
     pending: Mutex<HashMap<u64, watch::Sender<usize>>>,
     redis: Arc<RedisTier>,
@@ -50,6 +51,7 @@ impl Coherence {
             base: Instant::now(),
             lease_until: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
+            subscriptions: AtomicU64::new(0),
             next_purge: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             redis,
@@ -60,6 +62,11 @@ impl Coherence {
 
     fn now_nanos(&self) -> u64 {
         u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// How many times the purge channel has been (re)subscribed.
+    pub fn subscriptions(&self) -> u64 {
+        self.subscriptions.load(Ordering::Acquire)
     }
 
     /// Whether memory-tier hits may be served without asking Redis.
@@ -132,6 +139,7 @@ impl Coherence {
                     }
                     first = false;
                     self.subscribed.store(true, Ordering::Release);
+                    self.subscriptions.fetch_add(1, Ordering::AcqRel);
                     let mut stream = pubsub.into_on_message();
                     loop {
                         let msg = tokio::select! {

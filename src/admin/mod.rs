@@ -15,7 +15,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::invalidation::Purger;
 use crate::proxy::body::ProxyBody;
-use purge::PurgeAuth;
+use purge::{PurgeAuth, PurgeSecrets};
 
 /// Largest purge body accepted.
 const MAX_PURGE_BODY: usize = 1024 * 1024;
@@ -29,9 +29,9 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Builds the admin handler; purge secrets are read from the environment here.
-    pub fn new(config: Arc<Config>, cache: Arc<Cache>, purger: Arc<Purger>) -> Self {
-        let auth = PurgeAuth::from_config(&config);
+    /// Builds the admin handler.
+    pub fn new(config: Arc<Config>, cache: Arc<Cache>, purger: Arc<Purger>, secrets: PurgeSecrets) -> Self {
+        let auth = PurgeAuth::new(secrets);
         Admin {
             config,
             cache,

@@ -63,17 +63,36 @@ pub struct PurgeAuth {
     seen: Mutex<HashMap<String, Instant>>,
 }
 
-fn secret(var: Option<&String>) -> Option<Vec<u8>> {
+fn secret(var: Option<&String>) -> Option<String> {
     let v = std::env::var(var?).ok()?;
-    (!v.is_empty()).then(|| v.into_bytes())
+    (!v.is_empty()).then_some(v)
+}
+
+/// The purge secrets themselves.
+#[derive(Debug, Clone, Default)]
+pub struct PurgeSecrets {
+    /// Bearer token.
+    pub token: Option<String>,
+    /// HMAC key for signed webhooks.
+    pub hmac: Option<String>,
+}
+
+impl PurgeSecrets {
+    /// Reads the variables `[purge] token_env` and `hmac_secret_env` name (empty = unset).
+    pub fn from_env(config: &Config) -> Self {
+        PurgeSecrets {
+            token: secret(config.purge.token_env.as_ref()),
+            hmac: secret(config.purge.hmac_secret_env.as_ref()),
+        }
+    }
 }
 
 impl PurgeAuth {
-    /// Reads the secrets named in config.
-    pub fn from_config(config: &Config) -> Self {
+    /// Authentication with these secrets.
+    pub fn new(secrets: PurgeSecrets) -> Self {
         PurgeAuth {
-            token: secret(config.purge.token_env.as_ref()),
-            hmac: secret(config.purge.hmac_secret_env.as_ref()),
+            token: secrets.token.map(String::into_bytes),
+            hmac: secrets.hmac.map(String::into_bytes),
             seen: Mutex::new(HashMap::new()),
         }
     }

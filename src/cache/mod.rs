@@ -111,6 +111,20 @@ impl Cache {
         self.redis.as_ref()
     }
 
+    /// The cross-instance protocol, when Redis is configured.
+    pub fn coherence(&self) -> Option<&Arc<Coherence>> {
+        self.coherence.as_ref()
+    }
+
+    /// Whether the shared tier is fully working: Redis answering and purges being heard.
+    /// Always true without Redis.
+    pub fn shared_ready(&self) -> bool {
+        match (&self.redis, &self.coherence) {
+            (Some(r), Some(c)) => r.is_up() && c.lease_valid(),
+            _ => true,
+        }
+    }
+
     /// The full key for a request: the base key plus the values of the headers the origin's
     /// answer for this URL varies on.
     pub async fn key_for(&self, route: usize, base: &BaseKey, headers: &HeaderMap) -> String {

@@ -225,11 +225,18 @@ impl Proxy {
 
     /// Starts cachegate from a complete config text.
     pub async fn from_text(text: &str) -> Proxy {
+        Proxy::from_text_with(text, Default::default()).await
+    }
+
+    /// Starts cachegate with purge secrets.
+    pub async fn from_text_with(text: &str, secrets: cachegate::admin::purge::PurgeSecrets) -> Proxy {
         let config = match cachegate::config::from_str(text, Path::new("test.toml")) {
             Ok(c) => c,
             Err(e) => panic!("test config is invalid:\n{e}\n---\n{text}"),
         };
-        let running = cachegate::app::start(config).await.expect("cachegate starts");
+        let running = cachegate::app::start_with(config, secrets)
+            .await
+            .expect("cachegate starts");
         let client = Client::builder(TokioExecutor::new()).build_http();
         Proxy {
             addr: running.proxy_addr,
@@ -264,7 +271,11 @@ impl Proxy {
     }
 
     pub fn admin_get(&self, path: &str) -> Req<'_> {
-        let mut r = self.req(Method::GET, path);
+        self.admin_req(Method::GET, path)
+    }
+
+    pub fn admin_req(&self, method: Method, path: &str) -> Req<'_> {
+        let mut r = self.req(method, path);
         r.admin = true;
         r
     }
@@ -348,4 +359,99 @@ pub async fn eventually(deadline: Duration, mut f: impl FnMut() -> bool) -> bool
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     f()
+}
+
+/// A real `redis-server` on a free loopback port, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = RedisServer {
+            port,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.spawn().await;
+        r
+    }
+
+    async fn spawn(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server ({e}); install it with: apt-get install -y redis-server (scripts/test.sh does)"));
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = self.conn().await {
+                if redis::cmd("PING").query_async::<String>(&mut c).await.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not answer within 10s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub async fn conn(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: nothing is persisted).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `[cache]` lines for a proxy sharing `redis`.
+pub fn redis_cache(redis: &RedisServer, prefix: &str) -> String {
+    format!("[cache]\nredis_url = \"{}\"\nkey_prefix = \"{prefix}\"\n", redis.url())
+}
+
+impl Proxy {
+    /// Waits until Redis is up and this instance hears purges (deadline 10 s).
+    pub async fn wait_shared(&self) {
+        let cache = self.running().cache.clone();
+        assert!(
+            eventually(Duration::from_secs(10), || cache.shared_ready()).await,
+            "redis tier never became ready"
+        );
+    }
 }

@@ -1,0 +1,488 @@
+//! The shared Redis tier with real redis-server processes: cross-instance hits, coherence,
+//! O(1) purges, no resurrection, and Redis outages that never reach clients.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cachegate::admin::purge::PurgeSecrets;
+use http::Method;
+use support::{eventually, redis_cache, respond, Origin, Proxy, RedisServer};
+
+const ROUTES: &str = r#"
+[[route]]
+name = "course_list"
+path = "/courses/"
+ttl = "10m"
+tags = ["courses"]
+
+[[route]]
+name = "lecture_detail"
+path = "/lectures/{id}/"
+ttl = "10m"
+vary = ["role"]
+tags = ["lectures", "lecture:{id}"]
+
+[[invalidate]]
+path = "/courses/{*rest}"
+tags = ["courses"]
+"#;
+
+/// An origin whose GETs return `v{version}` and whose POSTs bump the version.
+async fn versioned() -> (Origin, Arc<AtomicUsize>) {
+    let version = Arc::new(AtomicUsize::new(0));
+    let v = version.clone();
+    let origin = Origin::start(move |r| {
+        if r.method == Method::POST {
+            let n = v.fetch_add(1, Ordering::SeqCst) + 1;
+            return respond(200, &[], n.to_string());
+        }
+        respond(200, &[], format!("v{}", v.load(Ordering::SeqCst)))
+    })
+    .await;
+    (origin, version)
+}
+
+fn secrets() -> PurgeSecrets {
+    PurgeSecrets {
+        token: Some("s3cret".into()),
+        hmac: Some("hmac-key".into()),
+    }
+}
+
+async fn instance(origin: &Origin, redis: &RedisServer, extra: &str) -> Proxy {
+    let text = support::config_text(
+        origin,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndebug_headers = true\n{}{extra}{ROUTES}",
+            redis_cache(redis, "t:v1")
+        ),
+    );
+    let p = Proxy::from_text_with(&text, secrets()).await;
+    p.wait_shared().await;
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_instance_hits_redis_then_its_memory() {
+    let redis = RedisServer::start().await;
+    let (origin, _) = versioned().await;
+    let a = instance(&origin, &redis, "").await;
+    let b = instance(&origin, &redis, "").await;
+    assert_eq!(a.get("/courses/").send().await.x_cache(), "MISS");
+    let from_redis = b.get("/courses/").send().await;
+    assert_eq!(from_redis.x_cache(), "HIT");
+    assert_eq!(from_redis.header("x-cache-tier"), "redis");
+    let from_memory = b.get("/courses/").send().await;
+    assert_eq!(from_memory.header("x-cache-tier"), "memory");
+    assert_eq!(from_memory.body, from_redis.body);
+    assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_large_bodies_round_trip_through_redis() {
+    let redis = RedisServer::start().await;
+    let body: String = (0..20_000).map(|i| format!("row {i};")).collect();
+    let b2 = body.clone();
+    let origin = Origin::start(move |_| respond(200, &[("content-type", "text/plain")], b2.clone())).await;
+    let a = instance(&origin, &redis, "").await;
+    let b = instance(&origin, &redis, "").await;
+    a.get("/courses/").send().await;
+    let r = b.get("/courses/").send().await;
+    assert_eq!(r.header("x-cache-tier"), "redis");
+    assert_eq!(r.text(), body);
+    assert_eq!(r.header("content-type"), "text/plain");
+    let mut c = redis.conn().await.unwrap();
+    let stored: usize = redis::cmd("STRLEN")
+        .arg(r.header("x-cache-key"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        stored < body.len() / 2,
+        "stored {stored} bytes for a {} byte body",
+        body.len()
+    );
+}
+
+/// Write through A, read through B immediately, many rounds: never the old version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_via_one_instance_is_seen_via_another_immediately() {
+    let redis = RedisServer::start().await;
+    let (origin, _) = versioned().await;
+    let a = instance(&origin, &redis, "").await;
+    let b = instance(&origin, &redis, "").await;
+    let mut stale = 0;
+    for round in 1..=60 {
+        b.get("/courses/").send().await; // B's memory holds the current version
+        let before = b.get("/courses/").send().await;
+        assert_eq!(before.x_cache(), "HIT");
+        let w = a.req(Method::POST, "/courses/").send().await;
+        assert_eq!(w.text(), round.to_string());
+        let after = b.get("/courses/").send().await;
+        if after.text() != format!("v{round}") {
+            stale += 1;
+        }
+    }
+    assert_eq!(stale, 0, "stale reads through the other instance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_writes_on_two_instances_end_fresh_everywhere() {
+    let redis = RedisServer::start().await;
+    let (origin, version) = versioned().await;
+    let a = Arc::new(instance(&origin, &redis, "").await);
+    let b = Arc::new(instance(&origin, &redis, "").await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let p = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            while tokio::time::Instant::now() < deadline {
+                if i < 2 {
+                    p.req(Method::POST, "/courses/").send().await;
+                } else {
+                    p.get("/courses/").send().await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let last = version.load(Ordering::SeqCst);
+    assert!(last > 10, "the writers made progress ({last} writes)");
+    let mut resurrected = 0;
+    for p in [&a, &b, &a, &b] {
+        if p.get("/courses/").send().await.text() != format!("v{last}") {
+            resurrected += 1;
+        }
+    }
+    assert_eq!(resurrected, 0, "reads after the last acknowledged write must see it");
+}
+
+async fn purge(p: &Proxy, body: &str) -> support::Resp {
+    p.admin_req(Method::POST, "/purge")
+        .header("authorization", "Bearer s3cret")
+        .body(body.to_string())
+        .send()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_purges_reach_every_instance() {
+    let redis = RedisServer::start().await;
+    let (origin, _) = versioned().await;
+    let a = instance(&origin, &redis, "").await;
+    let b = instance(&origin, &redis, "").await;
+    for p in [&a, &b] {
+        p.get("/courses/").send().await;
+        p.get("/lectures/1/").send().await;
+        p.get("/lectures/2/").send().await;
+    }
+    let r = purge(&a, r#"{"tags": ["lecture:1"]}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["purged"], 1);
+    assert_eq!(v["shared"], true);
+    assert_eq!(v["instances_acked"], 1);
+    assert_eq!(b.get("/lectures/1/").send().await.x_cache(), "MISS");
+    assert_eq!(b.get("/lectures/2/").send().await.x_cache(), "HIT");
+    assert_eq!(b.get("/courses/").send().await.x_cache(), "HIT");
+    purge(&b, r#"{"routes": ["course_list"]}"#).await;
+    assert_eq!(a.get("/courses/").send().await.x_cache(), "MISS");
+    purge(&a, r#"{"paths": ["/lectures/2/"]}"#).await;
+    assert_eq!(b.get("/lectures/2/").send().await.x_cache(), "MISS");
+    purge(&a, r#"{"all": true}"#).await;
+    assert_eq!(b.get("/lectures/1/").send().await.x_cache(), "MISS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_tenant_purge_spares_other_tenants() {
+    let redis = RedisServer::start().await;
+    let (origin, _) = versioned().await;
+    let a = instance(&origin, &redis, "").await;
+    for t in ["1", "2"] {
+        a.get("/courses/").tenant(t).send().await;
+    }
+    purge(&a, r#"{"tenant": "1", "tags": ["courses"]}"#).await;
+    assert_eq!(a.get("/courses/").tenant("1").send().await.x_cache(), "MISS");
+    assert_eq!(a.get("/courses/").tenant("2").send().await.x_cache(), "HIT");
+    purge(&a, r#"{"tenant": "2"}"#).await;
+    assert_eq!(a.get("/courses/").tenant("2").send().await.x_cache(), "MISS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_purge_makes_entries_refetch() {
+    let redis = RedisServer::start().await;
+    let (origin, _) = versioned().await;
+    let a = instance(&origin, &redis, "").await;
+    let b = instance(&origin, &redis, "").await;
+    a.get("/courses/").send().await;
+    let r = purge(&a, r#"{"tags": ["courses"], "soft": true}"#).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(b.get("/courses/").send().await.x_cache(), "MISS");
+    assert_eq!(origin.hits(), 2);
+}
+
+fn post(p: &Proxy) -> support::Req<'_> {
+    p.admin_req(Method::POST, "/purge")
+}
+
+fn sign(secret: &str, t: u64, body: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_refuses_bad_credentials_and_bodies_and_purges_nothing() {
+    let redis = RedisServer::start().await;
+    let (origin, _) = versioned().await;
+    let a = instance(&origin, &redis, "").await;
+    let b = instance(&origin, &redis, "").await;
+    a.get("/courses/").send().await;
+    let body = r#"{"tags": ["courses"]}"#;
+    let cases = vec![
+        (
+            "no credentials",
+            post(&a).body(body).send().await,
+            401,
+            "missing credentials",
+        ),
+        (
+            "wrong token",
+            post(&a).header("authorization", "Bearer nope").body(body).send().await,
+            401,
+            "wrong bearer token",
+        ),
+        (
+            "old signature",
+            post(&a)
+                .header("x-cachegate-signature", &sign("hmac-key", now() - 600, body))
+                .body(body)
+                .send()
+                .await,
+            401,
+            "5 minutes",
+        ),
+        (
+            "wrong key",
+            post(&a)
+                .header("x-cachegate-signature", &sign("other", now(), body))
+                .body(body)
+                .send()
+                .await,
+            401,
+            "does not match",
+        ),
+        (
+            "mistyped field",
+            post(&a)
+                .header("authorization", "Bearer s3cret")
+                .body(r#"{"tags": "courses"}"#)
+                .send()
+                .await,
+            400,
+            "invalid type",
+        ),
+        (
+            "unknown field",
+            post(&a)
+                .header("authorization", "Bearer s3cret")
+                .body(r#"{"tag": ["courses"]}"#)
+                .send()
+                .await,
+            400,
+            "unknown field",
+        ),
+        (
+            "not json",
+            post(&a)
+                .header("authorization", "Bearer s3cret")
+                .body("courses")
+                .send()
+                .await,
+            400,
+            "invalid purge body",
+        ),
+        (
+            "empty",
+            post(&a)
+                .header("authorization", "Bearer s3cret")
+                .body("{}")
+                .send()
+                .await,
+            400,
+            "nothing to purge",
+        ),
+        (
+            "unknown route",
+            post(&a)
+                .header("authorization", "Bearer s3cret")
+                .body(r#"{"routes": ["nope"]}"#)
+                .send()
+                .await,
+            400,
+            "unknown route",
+        ),
+        (
+            "bad path",
+            post(&a)
+                .header("authorization", "Bearer s3cret")
+                .body(r#"{"paths": ["/a/../b"]}"#)
+                .send()
+                .await,
+            400,
+            "..",
+        ),
+    ];
+    for (name, r, status, msg) in cases {
+        assert_eq!(r.status, status, "{name}: {}", r.text());
+        let v: serde_json::Value =
+            serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("{name}: json error body"));
+        assert!(v["error"].as_str().unwrap().contains(msg), "{name}: {}", r.text());
+    }
+    assert_eq!(a.get("/courses/").send().await.x_cache(), "HIT", "nothing was purged");
+    // A valid signature works once, and is refused as a replay on any instance.
+    let sig = sign("hmac-key", now(), body);
+    let ok = post(&a).header("x-cachegate-signature", &sig).body(body).send().await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    for p in [&a, &b] {
+        let replay = post(p).header("x-cachegate-signature", &sig).body(body).send().await;
+        assert_eq!(replay.status, 401);
+        assert!(replay.text().contains("replayed"), "{}", replay.text());
+    }
+}
+
+#[tokio::test]
+async fn webhook_is_disabled_without_secrets() {
+    let origin = Origin::echo().await;
+    let p = Proxy::start(&origin, ROUTES).await;
+    let r = p
+        .admin_req(Method::POST, "/purge")
+        .body(r#"{"all": true}"#)
+        .send()
+        .await;
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("purge endpoint disabled"));
+}
+
+/// Kill redis-server under traffic: no 5xx; restart it: Redis hits resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_never_reaches_clients() {
+    let mut redis = RedisServer::start().await;
+    let (origin, _) = versioned().await;
+    let a = Arc::new(instance(&origin, &redis, "").await);
+    let errors = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let (a, errors, served, stop) = (a.clone(), errors.clone(), served.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let stopped = stop.notified();
+            tokio::pin!(stopped);
+            loop {
+                let path = format!("/lectures/{}/", i % 2);
+                let r = tokio::select! {
+                    r = a.get(&path).send() => r,
+                    _ = &mut stopped => return,
+                };
+                served.fetch_add(1, Ordering::SeqCst);
+                if r.status.is_server_error() {
+                    errors.fetch_add(1, Ordering::SeqCst);
+                }
+                if i == 0 {
+                    a.req(Method::POST, "/courses/").send().await;
+                }
+            }
+        }));
+    }
+    let before = served.load(Ordering::SeqCst);
+    assert!(eventually(Duration::from_secs(10), || served.load(Ordering::SeqCst) > before + 50).await);
+    redis.kill();
+    let cache = a.running().cache.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || !cache.redis().unwrap().is_up()).await,
+        "the outage is noticed"
+    );
+    let during = served.load(Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(10), || served.load(Ordering::SeqCst) > during + 200).await,
+        "traffic continues"
+    );
+    redis.restart().await;
+    a.wait_shared().await;
+    stop.notify_waiters();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(errors.load(Ordering::SeqCst), 0, "5xx answers during the outage");
+    // Back to normal: a fill through A is a Redis hit for a new instance.
+    a.get("/lectures/9/").send().await;
+    let b = instance(&origin, &redis, "").await;
+    assert_eq!(b.get("/lectures/9/").send().await.header("x-cache-tier"), "redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_subscription_drops_the_memory_tier() {
+    let redis = RedisServer::start().await;
+    let (origin, _) = versioned().await;
+    let a = instance(&origin, &redis, "").await;
+    a.get("/courses/").send().await;
+    assert_eq!(a.get("/courses/").send().await.header("x-cache-tier"), "memory");
+    let coherence = a.running().cache.coherence().unwrap().clone();
+    let subs = coherence.subscriptions();
+    let mut c = redis.conn().await.unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(killed >= 1);
+    assert!(
+        eventually(Duration::from_secs(10), || coherence.subscriptions() > subs).await,
+        "resubscribed"
+    );
+    a.wait_shared().await;
+    let r = a.get("/courses/").send().await;
+    assert_eq!(r.x_cache(), "HIT");
+    assert_eq!(
+        r.header("x-cache-tier"),
+        "redis",
+        "the memory copy was dropped on resubscribe"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_prefix_namespaces_everything() {
+    let redis = RedisServer::start().await;
+    let (origin, _) = versioned().await;
+    let a = instance(&origin, &redis, "").await;
+    a.get("/courses/").send().await;
+    purge(&a, r#"{"tags": ["lectures"]}"#).await;
+    let mut c = redis.conn().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut c).await.unwrap();
+    assert!(!keys.is_empty());
+    for k in &keys {
+        assert!(k.starts_with("t:v1:"), "{k} is outside the prefix");
+    }
+    // A v2 prefix sees none of it.
+    let text = support::config_text(&origin, &format!("{}{ROUTES}", redis_cache(&redis, "t:v2")));
+    let v2 = Proxy::from_text(&text).await;
+    v2.wait_shared().await;
+    assert_eq!(v2.get("/courses/").send().await.x_cache(), "MISS");
+}
