@@ -87,10 +87,13 @@ impl Coherence {
             .unwrap_or_else(|e| e.into_inner())
             .insert(purge_id, tx);
         let message = format!("{} {purge_id} {} {}", self.id, u8::from(soft), scopes.join(" "));
-        let result = self.redis.purge(scopes, soft, &self.channel, &message).await;
+        let result = self.redis.purge(scopes, soft, &self.channel, &message, self.id).await;
         let acks = match result {
-            Ok(receivers) => {
-                let others = receivers.saturating_sub(usize::from(self.subscribed.load(Ordering::Acquire)));
+            Ok((receivers, registered)) => {
+                // Registered instances that did not receive it (a dropped subscription) never
+                // ack: waiting out the lease for them is what fences them.
+                let subscribers = receivers.saturating_sub(usize::from(self.subscribed.load(Ordering::Acquire)));
+                let others = registered.max(subscribers);
                 let _ = tokio::time::timeout(LEASE, rx.wait_for(|n| *n >= others)).await;
                 let got = *rx.borrow();
                 got.min(others)
@@ -106,6 +109,7 @@ impl Coherence {
         let hb = tokio::spawn(self.clone().heartbeat(stop.clone()));
         self.subscribe_loop(stop).await;
         let _ = hb.await;
+        self.redis.deregister(self.id).await;
     }
 
     async fn heartbeat(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
@@ -118,7 +122,10 @@ impl Coherence {
                 _ = stop.changed() => return,
             }
             if self.subscribed.load(Ordering::Acquire) {
-                let _ = self.redis.publish(&channel, &self.now_nanos().to_string()).await;
+                let _ = self
+                    .redis
+                    .heartbeat(self.id, LEASE * 2, &channel, &self.now_nanos().to_string())
+                    .await;
             }
         }
     }
@@ -150,6 +157,7 @@ impl Coherence {
                         self.on_message(msg.get_channel_name(), msg.get_payload_bytes());
                     }
                     self.subscribed.store(false, Ordering::Release);
+                    self.lease_until.store(0, Ordering::Release);
                     tracing::warn!("purge channel subscription lost; memory hits need Redis until it is back");
                 }
             }

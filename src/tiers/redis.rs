@@ -86,6 +86,7 @@ pub struct RedisTier {
     lookup: Script,
     store: Script,
     purge: Script,
+    heartbeat: Script,
 }
 
 const LOOKUP_LUA: &str = r#"
@@ -148,11 +149,23 @@ return 1
 "#;
 
 const PURGE_LUA: &str = r#"
-for i = 1, #KEYS do
+for i = 2, #KEYS do
   redis.call('INCR', KEYS[i])
   redis.call('PEXPIRE', KEYS[i], ARGV[3])
 end
-return redis.call('PUBLISH', ARGV[1], ARGV[2])
+local t = redis.call('TIME')
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t[1] * 1000 + math.floor(t[2] / 1000))
+local others = redis.call('ZCARD', KEYS[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) then others = others - 1 end
+local receivers = redis.call('PUBLISH', ARGV[1], ARGV[2])
+return {receivers, others}
+"#;
+
+const HEARTBEAT_LUA: &str = r#"
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[1]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[1] * 10)
+return redis.call('PUBLISH', ARGV[3], ARGV[4])
 "#;
 
 impl RedisTier {
@@ -173,6 +186,7 @@ impl RedisTier {
             lookup: Script::new(LOOKUP_LUA),
             store: Script::new(STORE_LUA),
             purge: Script::new(PURGE_LUA),
+            heartbeat: Script::new(HEARTBEAT_LUA),
         }))
     }
 
@@ -357,22 +371,67 @@ impl RedisTier {
         Ok(stored == 1)
     }
 
+    /// The sorted set of live instances (member = id, score = registration expiry).
+    fn instances_key(&self) -> String {
+        format!("{}_instances", self.prefix)
+    }
+
     /// Bumps the counters of `scopes` (soft or hard) and the epoch, then publishes `message` on
-    /// `channel`, atomically. Returns how many subscribers received the message.
-    pub async fn purge(&self, scopes: &[String], soft: bool, channel: &str, message: &str) -> Result<usize, TierError> {
+    /// `channel`, atomically. Returns how many subscribers received it and how many *other*
+    /// instances are registered (each of them must acknowledge it or let its lease lapse).
+    pub async fn purge(
+        &self,
+        scopes: &[String],
+        soft: bool,
+        channel: &str,
+        message: &str,
+        me: u64,
+    ) -> Result<(usize, usize), TierError> {
         let kind = if soft { "_s" } else { "_g" };
-        let receivers: i64 = self
+        let (receivers, others): (i64, i64) = self
             .run("purge", async |mut c| {
-                let mut inv = self.purge.prepare_invoke();
+                let mut inv = self.purge.key(self.instances_key());
                 for s in scopes {
                     inv.key(self.counter_key(kind, s));
                 }
                 inv.key(format!("{}_epoch", self.prefix));
-                inv.arg(channel).arg(message).arg(COUNTER_TTL.as_millis() as u64);
+                inv.arg(channel)
+                    .arg(message)
+                    .arg(COUNTER_TTL.as_millis() as u64)
+                    .arg(me);
                 inv.invoke_async(&mut c).await
             })
             .await?;
-        Ok(usize::try_from(receivers).unwrap_or(0))
+        Ok((
+            usize::try_from(receivers).unwrap_or(0),
+            usize::try_from(others).unwrap_or(0),
+        ))
+    }
+
+    /// Registers this instance as live for `ttl` and publishes its heartbeat, atomically.
+    pub async fn heartbeat(&self, me: u64, ttl: Duration, channel: &str, message: &str) -> Result<(), TierError> {
+        self.run("heartbeat", async |mut c| {
+            self.heartbeat
+                .key(self.instances_key())
+                .arg(ttl.as_millis() as u64)
+                .arg(me)
+                .arg(channel)
+                .arg(message)
+                .invoke_async::<i64>(&mut c)
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes this instance from the live set (clean shutdown).
+    pub async fn deregister(&self, me: u64) {
+        let key = self.instances_key();
+        let _ = self
+            .run("deregister", async |mut c| {
+                redis::cmd("ZREM").arg(&key).arg(me).query_async::<i64>(&mut c).await
+            })
+            .await;
     }
 
     /// Publishes a small message (heartbeats, acks).

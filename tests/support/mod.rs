@@ -455,3 +455,110 @@ impl Proxy {
         );
     }
 }
+
+/// The real `cachegate` binary as a child process, killed on drop.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub admin_port: u16,
+    /// Log lines up to "cachegate started".
+    pub startup_log: Vec<String>,
+    /// Later log lines.
+    pub log: std::sync::mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Binary {
+    /// Starts `cachegate run` with `config` (which must use `{port}` and `{admin_port}` for its
+    /// listeners) and waits, with a deadline, for its start-up line.
+    pub fn start(config: &str) -> Binary {
+        use std::io::BufRead;
+        let (port, admin_port) = (free_port(), free_port());
+        let text = config
+            .replace("{port}", &port.to_string())
+            .replace("{admin_port}", &admin_port.to_string());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cachegate"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut bin = Binary {
+            child,
+            port,
+            admin_port,
+            startup_log: Vec::new(),
+            log: rx,
+            _dir: dir,
+        };
+        loop {
+            let line = bin
+                .log
+                .recv_timeout(Duration::from_secs(20))
+                .expect("cachegate logs its start within 20s");
+            let started = line.contains("cachegate started");
+            bin.startup_log.push(line);
+            if started {
+                return bin;
+            }
+        }
+    }
+
+    /// Sends a signal by name (`TERM`, `STOP`, `CONT`).
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// GET through the binary's public listener.
+    pub async fn get(&self, path: &str) -> Resp {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let req = Request::get(format!("http://127.0.0.1:{}{path}", self.port))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+            .await
+            .expect("answer within 30s")
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+}

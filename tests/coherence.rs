@@ -1,0 +1,104 @@
+//! Cross-instance freshness with a paused instance: a write through A is answered even while B
+//! is stopped (SIGSTOP), and B serves nothing stale when it resumes.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::Method;
+use support::{redis_cache, respond, Binary, Origin, Proxy, RedisServer};
+
+const ROUTES: &str = r#"
+[[route]]
+name = "course_list"
+path = "/courses/"
+ttl = "10m"
+tags = ["courses"]
+
+[[invalidate]]
+path = "/courses/{*rest}"
+tags = ["courses"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_instance_serves_nothing_stale_after_resume() {
+    let redis = RedisServer::start().await;
+    let version = Arc::new(AtomicUsize::new(0));
+    let v = version.clone();
+    let origin = Origin::start(move |r| {
+        if r.method == Method::POST {
+            v.fetch_add(1, Ordering::SeqCst);
+            return respond(200, &[], "");
+        }
+        respond(200, &[], format!("v{}", v.load(Ordering::SeqCst)))
+    })
+    .await;
+    let cache = redis_cache(&redis, "pause:v1");
+    let a = Proxy::start(&origin, &format!("{cache}{ROUTES}")).await;
+    a.wait_shared().await;
+    let b = Binary::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:{{port}}\"\nadmin_listen = \"127.0.0.1:{{admin_port}}\"\ndebug_headers = true\n[origin]\nurl = \"{}\"\n{cache}{ROUTES}",
+        origin.url()
+    ));
+    // B warms its memory tier (once its lease is established, hits come from memory).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = b.get("/courses/").await;
+        if r.header("x-cache-tier") == "memory" {
+            assert_eq!(r.text(), "v0");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "B never served from memory");
+    }
+    b.signal("STOP");
+    let w = a.req(Method::POST, "/courses/").send().await;
+    assert_eq!(w.status, 200, "the write is answered although B is paused");
+    b.signal("CONT");
+    let after = b.get("/courses/").await;
+    assert_eq!(after.text(), "v1", "B resumed and must not serve its stale memory copy");
+    assert_ne!(after.header("x-cache-tier"), "memory");
+}
+
+/// An instance whose subscription silently broke cannot ack; the purger waits out its lease
+/// instead of answering at once, so the broken instance cannot serve its memory copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_with_broken_subscription_serves_nothing_stale() {
+    let redis = RedisServer::start().await;
+    let version = Arc::new(AtomicUsize::new(0));
+    let v = version.clone();
+    let origin = Origin::start(move |r| {
+        if r.method == Method::POST {
+            v.fetch_add(1, Ordering::SeqCst);
+            return respond(200, &[], "");
+        }
+        respond(200, &[], format!("v{}", v.load(Ordering::SeqCst)))
+    })
+    .await;
+    let cache = redis_cache(&redis, "broken:v1");
+    let debug = "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndebug_headers = true\n";
+    let a = Proxy::start(&origin, &format!("{debug}{cache}{ROUTES}")).await;
+    let b = Proxy::start(&origin, &format!("{debug}{cache}{ROUTES}")).await;
+    a.wait_shared().await;
+    b.wait_shared().await;
+    let mut stale = 0;
+    for round in 1..=5 {
+        b.get("/courses/").send().await;
+        assert_eq!(b.get("/courses/").send().await.header("x-cache-tier"), "memory");
+        let mut c = redis.conn().await.unwrap();
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        a.req(Method::POST, "/courses/").send().await;
+        if b.get("/courses/").send().await.text() != format!("v{round}") {
+            stale += 1;
+        }
+        a.wait_shared().await;
+        b.wait_shared().await;
+    }
+    assert_eq!(stale, 0);
+}
