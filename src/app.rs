@@ -79,6 +79,9 @@ pub async fn start_with(config: Config, secrets: PurgeSecrets) -> std::io::Resul
     let cache = Arc::new(Cache::new(&config, clock.clone(), generations.clone(), shared.clone()));
     let purger = Arc::new(Purger::new(generations, shared.as_ref().map(|(_, c)| c.clone())));
     let proxy = Arc::new(Proxy::new(config.clone(), cache.clone(), purger.clone()));
+    if secrets.token.is_none() && secrets.hmac.is_none() {
+        tracing::info!("purge webhook disabled: no secret in the variables [purge] token_env / hmac_secret_env name");
+    }
     let admin = Arc::new(Admin::new(config.clone(), cache.clone(), purger, secrets));
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = vec![

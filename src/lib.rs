@@ -5,10 +5,11 @@
 //! * [`route`]: path patterns and tag templates
 //! * [`identity`]: role, tenant and user of a request; credentials we cannot resolve
 //! * [`cache`]: the cache facade, keys, storage policy and entries
-//! * [`tiers`]: storage tiers (memory)
-//! * [`invalidation`]: scopes and generation counters: O(1) purges, no resurrection
+//! * [`tiers`]: storage tiers (memory, Redis)
+//! * [`invalidation`]: scopes, generation counters and the purger: O(1) purges, no resurrection
+//! * [`coherence`]: purge fan-out over Redis pub/sub, heartbeat lease, acknowledgements
 //! * [`proxy`]: the request flow, origin client, header hygiene
-//! * [`admin`]: the admin listener (`/healthz`, `/readyz`)
+//! * [`admin`]: the admin listener (`/healthz`, `/readyz`, `POST /purge`)
 //! * [`error`]: errors that become HTTP answers, in one place
 //! * [`clock`]: the clock freshness is judged by
 //! * [`app`]: wiring, listeners and graceful shutdown

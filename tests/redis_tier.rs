@@ -486,3 +486,39 @@ async fn key_prefix_namespaces_everything() {
     v2.wait_shared().await;
     assert_eq!(v2.get("/courses/").send().await.x_cache(), "MISS");
 }
+
+/// With Redis unreachable, memory entries are served only while younger than
+/// `degraded_memory_ttl` (other instances' purges cannot reach us); older ones go to the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_serves_memory_only_within_the_degraded_window() {
+    let mut redis = RedisServer::start().await;
+    let (origin, _) = versioned().await;
+    let a = instance(&origin, &redis, "").await;
+    a.get("/courses/").send().await;
+    assert_eq!(a.get("/courses/").send().await.header("x-cache-tier"), "memory");
+    redis.kill();
+    let cache = a.running().cache.clone();
+    // Any Redis command now fails; a lookup of another key notices it.
+    let noticed = async {
+        for i in 0..200 {
+            a.get(&format!("/lectures/{i}/")).send().await;
+            if !cache.redis().unwrap().is_up() {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(noticed.await, "the outage is noticed");
+    let hits_before = origin.hits_for("/courses/");
+    let r = a.get("/courses/").send().await;
+    assert_eq!(
+        (r.x_cache().as_str(), r.header("x-cache-tier").as_str()),
+        ("HIT", "memory"),
+        "young entry served"
+    );
+    a.advance(Duration::from_secs(6));
+    let r = a.get("/courses/").send().await;
+    assert_eq!(r.x_cache(), "MISS", "older than degraded_memory_ttl: refetched");
+    assert_eq!(r.status, 200);
+    assert_eq!(origin.hits_for("/courses/"), hits_before + 1);
+}
