@@ -522,3 +522,13 @@ async fn redis_down_serves_memory_only_within_the_degraded_window() {
     assert_eq!(r.status, 200);
     assert_eq!(origin.hits_for("/courses/"), hits_before + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_in_the_url_is_used() {
+    let redis = RedisServer::start_with_password(Some("pa55")).await;
+    let (origin, _) = versioned().await;
+    let a = instance(&origin, &redis, "").await;
+    let b = instance(&origin, &redis, "").await;
+    a.get("/courses/").send().await;
+    assert_eq!(b.get("/courses/").send().await.header("x-cache-tier"), "redis");
+}

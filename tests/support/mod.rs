@@ -364,19 +364,21 @@ pub async fn eventually(deadline: Duration, mut f: impl FnMut() -> bool) -> bool
 /// A real `redis-server` on a free loopback port, killed on drop.
 pub struct RedisServer {
     pub port: u16,
+    password: Option<String>,
     child: Option<std::process::Child>,
     dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        RedisServer::start_with_password(None).await
+    }
+
+    /// A server requiring `AUTH password` when `password` is set.
+    pub async fn start_with_password(password: Option<&str>) -> RedisServer {
         let mut r = RedisServer {
-            port,
+            port: free_port(),
+            password: password.map(str::to_owned),
             child: None,
             dir: tempfile::tempdir().unwrap(),
         };
@@ -385,10 +387,14 @@ impl RedisServer {
     }
 
     async fn spawn(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(self.dir.path())
+            .arg(self.dir.path());
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -410,7 +416,10 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
     }
 
     pub async fn conn(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
