@@ -17,7 +17,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admin::purge::PurgeSecrets;
 use crate::admin::Admin;
 use crate::cache::Cache;
 use crate::clock::Clock;
@@ -26,6 +25,7 @@ use crate::config::Config;
 use crate::invalidation::{Generations, Purger};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::Proxy;
+use crate::secrets::Secrets;
 use crate::tiers::redis::RedisTier;
 
 /// How long open connections get to finish after shutdown starts.
@@ -51,7 +51,7 @@ pub struct Running {
 /// # Errors
 /// Binding failures, naming the address, and an unusable `redis_url`.
 pub async fn start(config: Config) -> std::io::Result<Running> {
-    let secrets = PurgeSecrets::from_env(&config);
+    let secrets = Secrets::from_env(&config);
     start_with(config, secrets).await
 }
 
@@ -59,7 +59,7 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
 ///
 /// # Errors
 /// As [`start`].
-pub async fn start_with(config: Config, secrets: PurgeSecrets) -> std::io::Result<Running> {
+pub async fn start_with(config: Config, secrets: Secrets) -> std::io::Result<Running> {
     let proxy_listener = bind(config.server.listen, "listen").await?;
     let admin_listener = bind(config.server.admin_listen, "admin_listen").await?;
     let proxy_addr = proxy_listener.local_addr()?;
@@ -78,11 +78,13 @@ pub async fn start_with(config: Config, secrets: PurgeSecrets) -> std::io::Resul
     };
     let cache = Arc::new(Cache::new(&config, clock.clone(), generations.clone(), shared.clone()));
     let purger = Arc::new(Purger::new(generations, shared.as_ref().map(|(_, c)| c.clone())));
-    let proxy = Arc::new(Proxy::new(config.clone(), cache.clone(), purger.clone()));
-    if secrets.token.is_none() && secrets.hmac.is_none() {
+    let proxy = Proxy::new(config.clone(), cache.clone(), purger.clone(), &secrets)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let proxy = Arc::new(proxy);
+    if secrets.purge_token.is_none() && secrets.purge_hmac.is_none() {
         tracing::info!("purge webhook disabled: no secret in the variables [purge] token_env / hmac_secret_env name");
     }
-    let admin = Arc::new(Admin::new(config.clone(), cache.clone(), purger, secrets));
+    let admin = Arc::new(Admin::new(config.clone(), cache.clone(), purger, &secrets));
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = vec![
         tokio::spawn(serve(proxy_listener, stop_rx.clone(), move |req, peer| {

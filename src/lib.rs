@@ -11,6 +11,7 @@
 //! * [`proxy`]: the request flow, origin client, header hygiene
 //! * [`admin`]: the admin listener (`/healthz`, `/readyz`, `POST /purge`)
 //! * [`error`]: errors that become HTTP answers, in one place
+//! * [`secrets`]: secrets named by the config, read once
 //! * [`clock`]: the clock freshness is judged by
 //! * [`app`]: wiring, listeners and graceful shutdown
 
@@ -27,4 +28,5 @@ pub mod identity;
 pub mod invalidation;
 pub mod proxy;
 pub mod route;
+pub mod secrets;
 pub mod tiers;

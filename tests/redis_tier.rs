@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cachegate::admin::purge::PurgeSecrets;
+use cachegate::secrets::Secrets;
 use http::Method;
 use support::{eventually, redis_cache, respond, Origin, Proxy, RedisServer};
 
@@ -45,10 +45,11 @@ async fn versioned() -> (Origin, Arc<AtomicUsize>) {
     (origin, version)
 }
 
-fn secrets() -> PurgeSecrets {
-    PurgeSecrets {
-        token: Some("s3cret".into()),
-        hmac: Some("hmac-key".into()),
+fn secrets() -> Secrets {
+    Secrets {
+        purge_token: Some("s3cret".into()),
+        purge_hmac: Some("hmac-key".into()),
+        ..Default::default()
     }
 }
 

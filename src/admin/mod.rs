@@ -15,7 +15,8 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::invalidation::Purger;
 use crate::proxy::body::ProxyBody;
-use purge::{PurgeAuth, PurgeSecrets};
+use crate::secrets::Secrets;
+use purge::PurgeAuth;
 
 /// Largest purge body accepted.
 const MAX_PURGE_BODY: usize = 1024 * 1024;
@@ -30,7 +31,7 @@ pub struct Admin {
 
 impl Admin {
     /// Builds the admin handler.
-    pub fn new(config: Arc<Config>, cache: Arc<Cache>, purger: Arc<Purger>, secrets: PurgeSecrets) -> Self {
+    pub fn new(config: Arc<Config>, cache: Arc<Cache>, purger: Arc<Purger>, secrets: &Secrets) -> Self {
         let auth = PurgeAuth::new(secrets);
         Admin {
             config,

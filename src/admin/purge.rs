@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 use crate::cache::key;
 use crate::config::{Config, PurgeScope};
 use crate::invalidation::{self, ALL};
+use crate::secrets::Secrets;
 use crate::tiers::redis::RedisTier;
 
 /// Signatures older than this are refused, and seen ones remembered this long.
@@ -63,36 +64,12 @@ pub struct PurgeAuth {
     seen: Mutex<HashMap<String, Instant>>,
 }
 
-fn secret(var: Option<&String>) -> Option<String> {
-    let v = std::env::var(var?).ok()?;
-    (!v.is_empty()).then_some(v)
-}
-
-/// The purge secrets themselves.
-#[derive(Debug, Clone, Default)]
-pub struct PurgeSecrets {
-    /// Bearer token.
-    pub token: Option<String>,
-    /// HMAC key for signed webhooks.
-    pub hmac: Option<String>,
-}
-
-impl PurgeSecrets {
-    /// Reads the variables `[purge] token_env` and `hmac_secret_env` name (empty = unset).
-    pub fn from_env(config: &Config) -> Self {
-        PurgeSecrets {
-            token: secret(config.purge.token_env.as_ref()),
-            hmac: secret(config.purge.hmac_secret_env.as_ref()),
-        }
-    }
-}
-
 impl PurgeAuth {
     /// Authentication with these secrets.
-    pub fn new(secrets: PurgeSecrets) -> Self {
+    pub fn new(secrets: &Secrets) -> Self {
         PurgeAuth {
-            token: secrets.token.map(String::into_bytes),
-            hmac: secrets.hmac.map(String::into_bytes),
+            token: secrets.purge_token.clone().map(String::into_bytes),
+            hmac: secrets.purge_hmac.clone().map(String::into_bytes),
             seen: Mutex::new(HashMap::new()),
         }
     }

@@ -28,6 +28,7 @@ pub(super) fn jwt(ctx: &mut Ctx<'_>, mut t: Section<'_>) -> Option<JwtConfig> {
     let user_claim = t.string(ctx, "user_claim").map(|c| c.value);
     let issuer = t.string(ctx, "issuer").map(|c| c.value);
     let audience = t.string(ctx, "audience").map(|c| c.value);
+    let role_priority = t.strings(ctx, "role_priority").unwrap_or_default();
     t.finish(ctx);
     if header.is_some() && cookie.is_some() {
         ctx.issue(offset, &path, "expected either `header` or `cookie`, not both");
@@ -80,6 +81,7 @@ pub(super) fn jwt(ctx: &mut Ctx<'_>, mut t: Section<'_>) -> Option<JwtConfig> {
         user_claim,
         issuer,
         audience,
+        role_priority: role_priority.into_iter().map(|r| r.value).collect(),
     })
 }
 
@@ -92,6 +94,17 @@ pub(super) fn lookup(ctx: &mut Ctx<'_>, mut t: Section<'_>) -> Option<LookupConf
     let role_field = t.string(ctx, "role_field").map(|c| c.value);
     let tenant_field = t.string(ctx, "tenant_field").map(|c| c.value);
     let user_field = t.string(ctx, "user_field").map(|c| c.value);
+    let reset_paths = t.strings(ctx, "reset_paths").unwrap_or_default();
+    let reset_paths = reset_paths
+        .iter()
+        .filter_map(|p| match crate::route::PathPattern::new(&p.value) {
+            Ok(pat) => Some(pat),
+            Err(e) => {
+                ctx.issue(p.offset, &p.key, format!("invalid path pattern {:?}: {e}", p.value));
+                None
+            }
+        })
+        .collect();
     t.finish(ctx);
     if let Some(p) = &path {
         if !p.value.starts_with('/') {
@@ -122,5 +135,6 @@ pub(super) fn lookup(ctx: &mut Ctx<'_>, mut t: Section<'_>) -> Option<LookupConf
         role_field: role_field.unwrap_or_else(|| "role".to_string()),
         tenant_field,
         user_field,
+        reset_paths,
     })
 }

@@ -133,9 +133,9 @@ pub struct IdentityConfig {
     pub tenant_header: HeaderName,
     /// Peers whose identity headers are trusted; others have them stripped.
     pub trust_headers_from: Vec<IpNet>,
-    /// JWT verification (parsed and validated; not active yet).
+    /// JWT verification.
     pub jwt: Option<JwtConfig>,
-    /// Session lookup against the origin (parsed and validated; not active yet).
+    /// Session lookup against the origin.
     pub lookup: Option<LookupConfig>,
     /// Role of requests without any credentials.
     pub anonymous_role: String,
@@ -168,6 +168,8 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
     /// Required audience.
     pub audience: Option<String>,
+    /// When the role claim is a list, the first of these it contains is the role.
+    pub role_priority: Vec<String>,
 }
 
 /// `lookup = { ... }`.
@@ -185,6 +187,8 @@ pub struct LookupConfig {
     pub tenant_field: Option<String>,
     /// User field.
     pub user_field: Option<String>,
+    /// Writes to these paths (login, logout) drop the writer's session mapping.
+    pub reset_paths: Vec<PathPattern>,
 }
 
 /// `[purge]`: how the purge webhook authenticates.
@@ -352,12 +356,6 @@ impl Config {
         }
         if self.server.tls.is_some() {
             out.push("[server] tls (TLS is not implemented yet: the listener speaks plain HTTP)");
-        }
-        if self.identity.jwt.is_some() {
-            out.push("[identity] jwt (JWT identity is not implemented yet: requests with a token bypass the cache)");
-        }
-        if self.identity.lookup.is_some() {
-            out.push("[identity] lookup (session lookup is not implemented yet: requests with the session cookie bypass the cache)");
         }
         let stale_defaults = !self.cache.stale_while_revalidate.is_zero() || !self.cache.stale_if_error.is_zero();
         let stale_routes = self

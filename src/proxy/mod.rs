@@ -25,8 +25,9 @@ use crate::cache::policy::BypassReason;
 use crate::cache::{key, Cache};
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::identity;
+use crate::identity::{Depth, Resolver};
 use crate::invalidation::Purger;
+use crate::secrets::Secrets;
 use body::ProxyBody;
 use forward::Origin;
 
@@ -35,19 +36,25 @@ pub struct Proxy {
     config: Arc<Config>,
     cache: Arc<Cache>,
     purger: Arc<Purger>,
+    identity: Resolver,
     origin: Origin,
 }
 
 impl Proxy {
     /// Builds the proxy from its parts.
-    pub fn new(config: Arc<Config>, cache: Arc<Cache>, purger: Arc<Purger>) -> Self {
+    ///
+    /// # Errors
+    /// An identity source that cannot be set up (missing JWT secret, unreadable key file).
+    pub fn new(config: Arc<Config>, cache: Arc<Cache>, purger: Arc<Purger>, secrets: &Secrets) -> Result<Self, String> {
         let origin = Origin::new(&config.origin);
-        Proxy {
+        let identity = Resolver::new(&config.identity, secrets, origin.clone())?;
+        Ok(Proxy {
             config,
             cache,
             purger,
+            identity,
             origin,
-        }
+        })
     }
 
     /// Handles one request; every error becomes its answer here.
@@ -64,22 +71,33 @@ impl Proxy {
         }
         let uri = req.uri().clone();
         let path = key::normalize_path(uri.path())?;
-        let id = identity::resolve(&self.config.identity, peer.ip(), req.headers_mut());
         let method = req.method().clone();
         let ctx = Ctx {
             path: &path,
             query: uri.query(),
             peer,
         };
+        let ip = peer.ip();
         if method == Method::GET || method == Method::HEAD {
-            return match self.config.routes.iter().position(|r| r.path.matches(&path)) {
-                Some(route) => self.read(req, route, ctx, id).await,
-                None => self.pass(req, ctx, Some(BypassReason::NoRoute)).await,
+            let Some(idx) = self.config.routes.iter().position(|r| r.path.matches(&path)) else {
+                self.identity.resolve(ip, req.headers_mut(), Depth::Strip).await;
+                return self.pass(req, ctx, Some(BypassReason::NoRoute)).await;
             };
+            let route = &self.config.routes[idx];
+            // A public route keyed on nobody needs no identity at all.
+            let depth = if route.public && route.vary.is_empty() {
+                Depth::Strip
+            } else {
+                Depth::Read
+            };
+            let id = self.identity.resolve(ip, req.headers_mut(), depth).await;
+            return self.read(req, idx, ctx, id).await;
         }
         if is_unsafe(&method) {
+            let id = self.identity.resolve(ip, req.headers_mut(), Depth::Write).await;
             return self.write(req, ctx, id).await;
         }
+        self.identity.resolve(ip, req.headers_mut(), Depth::Strip).await;
         self.pass(req, ctx, None).await
     }
 

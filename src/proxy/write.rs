@@ -25,6 +25,7 @@ impl Proxy {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned);
+        let session = self.identity.session_of(req.headers()).map(str::to_owned);
         let (parts, body) = req.into_parts();
         let up = self.upstream_request(parts, ProxyBody::Stream(body), &ctx, false);
         let resp = self.origin.send(up).await?;
@@ -32,6 +33,12 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::take_surrogate_tags(&mut parts.headers);
         headers::add_via(&mut parts.headers);
+        if let (Some(s), Some(l)) = (&session, &self.identity.lookup) {
+            // Logins and logouts change who a session is: forget the mapping.
+            if l.resets(ctx.path) || sets_cookie(&parts.headers, l.cookie()) {
+                l.forget(s).await;
+            }
+        }
         if parts.status.is_success() || parts.status.is_redirection() {
             let mut scopes = self.rule_scopes(&method, ctx.path, id.tenant.as_deref());
             scopes.extend(self.uri_scopes(ctx, &parts.headers, host.as_deref()));
@@ -78,6 +85,15 @@ impl Proxy {
         }
         scopes
     }
+}
+
+/// Whether the answer sets (or clears) the cookie `name`.
+fn sets_cookie(headers: &HeaderMap, name: &str) -> bool {
+    headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split_once('=').is_some_and(|(n, _)| n.trim() == name))
 }
 
 /// The path and query of a `Location`-style value, when it points at this host.

@@ -229,7 +229,7 @@ impl Proxy {
     }
 
     /// Starts cachegate with purge secrets.
-    pub async fn from_text_with(text: &str, secrets: cachegate::admin::purge::PurgeSecrets) -> Proxy {
+    pub async fn from_text_with(text: &str, secrets: cachegate::secrets::Secrets) -> Proxy {
         let config = match cachegate::config::from_str(text, Path::new("test.toml")) {
             Ok(c) => c,
             Err(e) => panic!("test config is invalid:\n{e}\n---\n{text}"),
@@ -388,9 +388,18 @@ impl RedisServer {
 
     async fn spawn(&mut self) {
         let mut cmd = std::process::Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path());
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(self.dir.path());
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }

@@ -1,0 +1,138 @@
+//! Session lookup: ask the origin who a session is, once per session per `ttl`.
+//!
+//! The mapping is keyed by a SHA-256 of the cookie value (the raw value is never stored or
+//! logged), and concurrent first requests with one cookie share one lookup. Failed lookups are
+//! not remembered: the next request asks again.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Uri, Version};
+use http_body_util::{BodyExt, Limited};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::jwt::{field, scalar};
+use super::Claims;
+use crate::config::{LookupConfig, OriginConfig};
+use crate::proxy::body::ProxyBody;
+use crate::proxy::forward::Origin;
+
+/// Largest whoami answer read.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// Session → identity, asked of the origin.
+pub struct SessionLookup {
+    cfg: LookupConfig,
+    origin: Origin,
+    origin_cfg: OriginConfig,
+    cache: moka::future::Cache<[u8; 32], Arc<Claims>>,
+    anonymous: String,
+    asked: AtomicU64,
+}
+
+impl SessionLookup {
+    /// A lookup against `origin`.
+    pub fn new(cfg: &LookupConfig, origin: Origin, anonymous: &str) -> Self {
+        let origin_cfg = origin.config().clone();
+        SessionLookup {
+            cfg: cfg.clone(),
+            origin,
+            origin_cfg,
+            cache: moka::future::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(cfg.ttl)
+                .build(),
+            anonymous: anonymous.to_string(),
+            asked: AtomicU64::new(0),
+        }
+    }
+
+    /// The session cookie's name.
+    pub fn cookie(&self) -> &str {
+        &self.cfg.cookie
+    }
+
+    /// Whether a write to `path` changes sessions (login, logout).
+    pub fn resets(&self, path: &str) -> bool {
+        self.cfg.reset_paths.iter().any(|p| p.matches(path))
+    }
+
+    /// Lookups sent to the origin so far.
+    pub fn asked(&self) -> u64 {
+        self.asked.load(Ordering::Relaxed)
+    }
+
+    fn hash(value: &str) -> [u8; 32] {
+        Sha256::digest(value.as_bytes()).into()
+    }
+
+    /// The identity of a session, asking the origin when it is not known (one request for all
+    /// concurrent callers).
+    ///
+    /// # Errors
+    /// Why the session could not be resolved.
+    pub async fn resolve(&self, value: &str) -> Result<Arc<Claims>, Arc<String>> {
+        self.cache
+            .try_get_with(Self::hash(value), async { self.ask(value).await.map(Arc::new) })
+            .await
+    }
+
+    /// The identity of a session if already known; never asks the origin.
+    pub async fn known(&self, value: &str) -> Option<Arc<Claims>> {
+        self.cache.get(&Self::hash(value)).await
+    }
+
+    /// Forgets a session (it logged in or out).
+    pub async fn forget(&self, value: &str) {
+        self.cache.invalidate(&Self::hash(value)).await;
+    }
+
+    async fn ask(&self, value: &str) -> Result<Claims, String> {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(self.origin_cfg.authority.clone())
+            .path_and_query(self.cfg.path.as_str())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let cookie = HeaderValue::from_str(&format!("{}={value}", self.cfg.cookie))
+            .map_err(|_| "unusable cookie value".to_string())?;
+        let host = HeaderValue::from_str(self.origin_cfg.authority.as_str()).map_err(|e| e.to_string())?;
+        let mut req = Request::new(ProxyBody::Empty);
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        let h = req.headers_mut();
+        h.insert(header::HOST, host);
+        h.insert(header::COOKIE, cookie);
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        h.insert(header::VIA, HeaderValue::from_static("1.1 cachegate"));
+        let resp = self.origin.send(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!("lookup answered {status}"));
+        }
+        let body: Bytes = tokio::time::timeout(
+            self.origin_cfg.timeout,
+            Limited::new(resp.into_body(), MAX_ANSWER).collect(),
+        )
+        .await
+        .map_err(|_| "lookup body timed out".to_string())?
+        .map_err(|e| format!("lookup body unreadable: {e}"))?
+        .to_bytes();
+        let json: Value = serde_json::from_slice(&body).map_err(|e| format!("lookup answer is not JSON: {e}"))?;
+        if !json.is_object() {
+            return Err("lookup answer is not a JSON object".into());
+        }
+        let get = |f: &Option<String>| f.as_deref().and_then(|f| field(&json, f)).and_then(scalar);
+        Ok(Claims {
+            role: field(&json, &self.cfg.role_field)
+                .and_then(scalar)
+                .unwrap_or_else(|| self.anonymous.clone()),
+            tenant: get(&self.cfg.tenant_field),
+            user: get(&self.cfg.user_field),
+        })
+    }
+}
