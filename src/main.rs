@@ -86,7 +86,9 @@ fn run(config: cachegate::config::Config) -> ExitCode {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("{e}");
-                return ExitCode::FAILURE;
+                // Unusable settings (a missing secret, a bad key file) are config errors.
+                let config_error = e.kind() == std::io::ErrorKind::InvalidInput;
+                return ExitCode::from(if config_error { EXIT_CONFIG } else { 1 });
             }
         };
         tracing::info!(
