@@ -23,6 +23,7 @@ use crate::clock::Clock;
 use crate::coherence::Coherence;
 use crate::config::Config;
 use crate::invalidation::{Generations, Purger};
+use crate::metrics::Metrics;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::Proxy;
 use crate::secrets::Secrets;
@@ -67,24 +68,46 @@ pub async fn start_with(config: Config, secrets: Secrets) -> std::io::Result<Run
     let config = Arc::new(config);
     let clock = Arc::new(Clock::default());
     let generations = Arc::new(Generations::default());
+    let metrics = Arc::new(Metrics::new());
     let shared = match config.cache.redis_urls.first() {
         Some(url) => {
-            let redis = RedisTier::new(url, &config.cache.key_prefix, config.cache.redis_timeout)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let redis = RedisTier::new(
+                url,
+                &config.cache.key_prefix,
+                config.cache.redis_timeout,
+                metrics.clone(),
+            )
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
             let coherence = Coherence::new(redis.clone(), generations.clone());
             Some((redis, coherence))
         }
         None => None,
     };
-    let cache = Arc::new(Cache::new(&config, clock.clone(), generations.clone(), shared.clone()));
-    let purger = Arc::new(Purger::new(generations, shared.as_ref().map(|(_, c)| c.clone())));
-    let proxy = Proxy::new(config.clone(), cache.clone(), purger.clone(), &secrets)
+    let cache = Arc::new(Cache::new(
+        &config,
+        clock.clone(),
+        generations.clone(),
+        shared.clone(),
+        &metrics,
+    ));
+    let purger = Arc::new(Purger::new(
+        generations,
+        shared.as_ref().map(|(_, c)| c.clone()),
+        metrics.clone(),
+    ));
+    let proxy = Proxy::new(config.clone(), cache.clone(), purger.clone(), &secrets, metrics.clone())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let proxy = Arc::new(proxy);
     if secrets.purge_token.is_none() && secrets.purge_hmac.is_none() {
         tracing::info!("purge webhook disabled: no secret in the variables [purge] token_env / hmac_secret_env name");
     }
-    let admin = Arc::new(Admin::new(config.clone(), cache.clone(), purger, &secrets));
+    let admin = Arc::new(Admin::new(
+        config.clone(),
+        cache.clone(),
+        purger,
+        &secrets,
+        metrics.clone(),
+    ));
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = vec![
         tokio::spawn(serve(proxy_listener, stop_rx.clone(), move |req, peer| {

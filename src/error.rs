@@ -35,6 +35,17 @@ pub enum UpstreamError {
     Request(String),
 }
 
+impl UpstreamError {
+    /// The `cachegate_origin_errors_total` label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::Request(_) => "request",
+        }
+    }
+}
+
 /// Anything that ends a request with a synthetic answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {

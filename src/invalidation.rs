@@ -182,22 +182,70 @@ pub struct PurgeOutcome {
     pub acks: usize,
 }
 
+/// What asked for a purge (the `trigger` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A successful write through the proxy.
+    Write,
+    /// `POST /purge`.
+    Webhook,
+    /// `cachegate purge`.
+    Cli,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Write => "write",
+            Trigger::Webhook => "webhook",
+            Trigger::Cli => "cli",
+        }
+    }
+}
+
+/// The `kind` label of a scope: what sort of thing it names.
+fn scope_kind(scope: &str) -> &'static str {
+    match scope.split(':').next() {
+        Some("tag") => "tag",
+        Some("route") => "route",
+        Some("url") => "path",
+        Some("tenant") => "tenant",
+        _ => "all",
+    }
+}
+
 /// Applies purges locally and, with Redis, everywhere.
 pub struct Purger {
     generations: Arc<Generations>,
     coherence: Option<Arc<crate::coherence::Coherence>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Purger {
     /// A purger over the local table, publishing through `coherence` when Redis is configured.
-    pub fn new(generations: Arc<Generations>, coherence: Option<Arc<crate::coherence::Coherence>>) -> Self {
-        Purger { generations, coherence }
+    pub fn new(
+        generations: Arc<Generations>,
+        coherence: Option<Arc<crate::coherence::Coherence>>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        Purger {
+            generations,
+            coherence,
+            metrics,
+        }
     }
 
     /// Invalidates `scopes` here at once, then in Redis and on every other instance; returns
     /// once they have all been told (or the lease time has passed). A soft purge marks Redis
     /// entries stale instead of invalid; memory copies are always dropped.
-    pub async fn purge(&self, scopes: &[String], soft: bool) -> PurgeOutcome {
+    pub async fn purge(&self, scopes: &[String], soft: bool, trigger: Trigger) -> PurgeOutcome {
+        let mut kinds: Vec<&str> = scopes.iter().map(|s| scope_kind(s)).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        for k in kinds {
+            self.metrics.purges.with_label_values(&[trigger.as_str(), k]).inc();
+        }
+        self.metrics.purged.inc_by(scopes.len() as u64);
         for s in scopes {
             self.generations.bump(s);
         }

@@ -10,6 +10,7 @@
 //! * [`coherence`]: purge fan-out over Redis pub/sub, heartbeat lease, acknowledgements
 //! * [`proxy`]: the request flow, origin client, header hygiene
 //! * [`admin`]: the admin listener (`/healthz`, `/readyz`, `POST /purge`)
+//! * [`metrics`]: every exported metric, registered on a registry passed in
 //! * [`error`]: errors that become HTTP answers, in one place
 //! * [`secrets`]: secrets named by the config, read once
 //! * [`clock`]: the clock freshness is judged by
@@ -26,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod identity;
 pub mod invalidation;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod secrets;

@@ -13,7 +13,8 @@ use hyper::body::Incoming;
 
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::invalidation::Purger;
+use crate::invalidation::{Purger, Trigger};
+use crate::metrics::Metrics;
 use crate::proxy::body::ProxyBody;
 use crate::secrets::Secrets;
 use purge::PurgeAuth;
@@ -27,17 +28,29 @@ pub struct Admin {
     cache: Arc<Cache>,
     purger: Arc<Purger>,
     auth: PurgeAuth,
+    metrics: Arc<Metrics>,
+    started: std::time::Instant,
+    loaded_at: std::time::SystemTime,
 }
 
 impl Admin {
     /// Builds the admin handler.
-    pub fn new(config: Arc<Config>, cache: Arc<Cache>, purger: Arc<Purger>, secrets: &Secrets) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        cache: Arc<Cache>,
+        purger: Arc<Purger>,
+        secrets: &Secrets,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let auth = PurgeAuth::new(secrets);
         Admin {
             config,
             cache,
             purger,
             auth,
+            metrics,
+            started: std::time::Instant::now(),
+            loaded_at: std::time::SystemTime::now(),
         }
     }
 
@@ -46,6 +59,8 @@ impl Admin {
         match (req.method(), req.uri().path()) {
             (_, "/healthz") => text(StatusCode::OK, "ok\n".into()),
             (_, "/readyz") => self.ready().await,
+            (_, "/metrics") => self.metrics().await,
+            (_, "/admin/stats") => self.stats().await,
             (&Method::POST, "/purge") => self.purge(req).await,
             (_, "/purge") => text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -53,9 +68,71 @@ impl Admin {
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: the admin listener serves /healthz, /readyz and POST /purge\n".into(),
+                "not found: the admin listener serves /healthz, /readyz, /metrics, /admin/stats and POST /purge\n"
+                    .into(),
             ),
         }
+    }
+
+    /// Gauges are sampled at scrape time; counters are live.
+    async fn metrics(&self) -> Response<ProxyBody> {
+        let (entries, bytes) = self.cache.memory_usage().await;
+        let m = &self.metrics;
+        m.memory_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
+        m.memory_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        m.redis_up.set(i64::from(self.cache.redis().is_some_and(|r| r.is_up())));
+        let mut resp = Response::new(ProxyBody::full(Bytes::from(m.render())));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        resp
+    }
+
+    async fn stats(&self) -> Response<ProxyBody> {
+        let (entries, bytes) = self.cache.memory_usage().await;
+        let lookups = |route: &str, result: &str, tier: &str| {
+            self.metrics
+                .lookups
+                .get_metric_with_label_values(&[route, result, tier])
+                .map_or(0, |c| c.get())
+        };
+        let routes: Vec<serde_json::Value> = self
+            .config
+            .routes
+            .iter()
+            .map(|r| {
+                let n = r.name.as_str();
+                let hits = lookups(n, "hit", "memory") + lookups(n, "hit", "redis");
+                let misses = lookups(n, "miss", "none");
+                let bypasses = lookups(n, "bypass", "none");
+                let ratio = if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 };
+                serde_json::json!({ "route": n, "hits": hits, "misses": misses, "bypasses": bypasses, "hit_ratio": ratio })
+            })
+            .collect();
+        let redis = match self.cache.redis() {
+            None => serde_json::json!({ "configured": false }),
+            Some(r) => match r.usage().await {
+                Ok((used, keys)) => {
+                    serde_json::json!({ "configured": true, "up": true, "used_memory_bytes": used, "keys": keys })
+                }
+                Err(e) => serde_json::json!({ "configured": true, "up": false, "error": e.to_string() }),
+            },
+        };
+        let loaded = self
+            .loaded_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "uptime_seconds": self.started.elapsed().as_secs(),
+                "config": { "file": self.config.file.display().to_string(), "loaded_at_unix": loaded },
+                "memory": { "entries": entries, "bytes": bytes, "capacity_bytes": self.config.cache.memory_capacity },
+                "redis": redis,
+                "routes": routes,
+            }),
+        )
     }
 
     async fn purge(&self, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -81,7 +158,7 @@ impl Admin {
             Ok(s) => s,
             Err(purge::Refusal(status, msg)) => return json(status, &serde_json::json!({ "error": msg })),
         };
-        let outcome = self.purger.purge(&scopes, soft).await;
+        let outcome = self.purger.purge(&scopes, soft, Trigger::Webhook).await;
         tracing::info!(scopes = ?scopes, soft, shared = outcome.shared, acks = outcome.acks, "purge webhook");
         json(
             StatusCode::OK,
@@ -104,15 +181,21 @@ impl Admin {
             format!("{authority}:80")
         };
         let probe = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr)).await;
+        // Redis is reported, but a Redis outage is degraded service, not unreadiness.
+        let redis = match self.cache.redis() {
+            None => "redis: not configured (memory tier only)",
+            Some(r) if r.is_up() => "redis: up",
+            Some(_) => "redis: down (degraded: serving from memory tier and origin)",
+        };
         match probe {
-            Ok(Ok(_)) => text(StatusCode::OK, format!("ready: origin {addr} reachable\n")),
+            Ok(Ok(_)) => text(StatusCode::OK, format!("ready: origin {addr} reachable\n{redis}\n")),
             Ok(Err(e)) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: origin {addr}: {e}\n"),
+                format!("not ready: origin {addr}: {e}\n{redis}\n"),
             ),
             Err(_) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: origin {addr}: connect timed out\n"),
+                format!("not ready: origin {addr}: connect timed out\n{redis}\n"),
             ),
         }
     }

@@ -88,11 +88,12 @@ impl Cache {
         clock: Arc<Clock>,
         generations: Arc<Generations>,
         redis: Option<(Arc<RedisTier>, Arc<Coherence>)>,
+        metrics: &crate::metrics::Metrics,
     ) -> Self {
         let ttl = config.cache.memory_ttl;
         let (redis, coherence) = redis.map_or((None, None), |(r, c)| (Some(r), Some(c)));
         Cache {
-            memory: MemoryTier::new(config.cache.memory_capacity, ttl),
+            memory: MemoryTier::new(config.cache.memory_capacity, ttl, metrics.memory_evictions.clone()),
             vary_index: moka::future::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(ttl)

@@ -121,6 +121,7 @@ fn server(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<ServerConfig> {
     });
     let max_body = s.size(ctx, "max_body").unwrap_or(10 * 1024 * 1024);
     let debug_headers = s.bool(ctx, "debug_headers").unwrap_or(false);
+    let access_log = s.bool(ctx, "access_log").unwrap_or(false);
     s.finish(ctx);
     Some(ServerConfig {
         listen: listen?,
@@ -128,6 +129,7 @@ fn server(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<ServerConfig> {
         tls,
         max_body,
         debug_headers,
+        access_log,
     })
 }
 

@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub max_body: u64,
     /// Add `X-Cache-Key` and `X-Cache-Tier` to answers.
     pub debug_headers: bool,
+    /// Log one line per request at info (target `cachegate::access`).
+    pub access_log: bool,
 }
 
 /// `tls = { cert, key }`.

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use super::jwt::{field, scalar};
 use super::Claims;
 use crate::config::{LookupConfig, OriginConfig};
+use crate::metrics::Metrics;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::forward::Origin;
 
@@ -31,11 +32,12 @@ pub struct SessionLookup {
     cache: moka::future::Cache<[u8; 32], Arc<Claims>>,
     anonymous: String,
     asked: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl SessionLookup {
     /// A lookup against `origin`.
-    pub fn new(cfg: &LookupConfig, origin: Origin, anonymous: &str) -> Self {
+    pub fn new(cfg: &LookupConfig, origin: Origin, anonymous: &str, metrics: Arc<Metrics>) -> Self {
         let origin_cfg = origin.config().clone();
         SessionLookup {
             cfg: cfg.clone(),
@@ -47,6 +49,7 @@ impl SessionLookup {
                 .build(),
             anonymous: anonymous.to_string(),
             asked: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -76,7 +79,16 @@ impl SessionLookup {
     /// Why the session could not be resolved.
     pub async fn resolve(&self, value: &str) -> Result<Arc<Claims>, Arc<String>> {
         self.cache
-            .try_get_with(Self::hash(value), async { self.ask(value).await.map(Arc::new) })
+            .try_get_with(Self::hash(value), async {
+                let start = std::time::Instant::now();
+                let answer = self.ask(value).await;
+                let result = if answer.is_ok() { "ok" } else { "error" };
+                self.metrics.identity_lookups.with_label_values(&[result]).inc();
+                self.metrics
+                    .identity_lookup_duration
+                    .observe(start.elapsed().as_secs_f64());
+                answer.map(Arc::new)
+            })
             .await
     }
 

@@ -13,11 +13,13 @@ pub mod jwt;
 pub mod lookup;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderMap, HeaderName};
 
 use crate::config::IdentityConfig;
+use crate::metrics::Metrics;
 use crate::proxy::forward::Origin;
 use crate::secrets::Secrets;
 use jwt::JwtVerifier;
@@ -79,7 +81,7 @@ impl Resolver {
     ///
     /// # Errors
     /// A missing JWT secret or unreadable key file.
-    pub fn new(cfg: &IdentityConfig, secrets: &Secrets, origin: Origin) -> Result<Self, String> {
+    pub fn new(cfg: &IdentityConfig, secrets: &Secrets, origin: Origin, metrics: Arc<Metrics>) -> Result<Self, String> {
         let jwt = match &cfg.jwt {
             Some(j) => Some(JwtVerifier::new(j, secrets.jwt_secret.as_deref())?),
             None => None,
@@ -87,7 +89,7 @@ impl Resolver {
         let lookup = cfg
             .lookup
             .as_ref()
-            .map(|l| SessionLookup::new(l, origin, &cfg.anonymous_role));
+            .map(|l| SessionLookup::new(l, origin, &cfg.anonymous_role, metrics));
         Ok(Resolver {
             cfg: cfg.clone(),
             jwt,

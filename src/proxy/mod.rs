@@ -22,11 +22,12 @@ use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::cache::policy::BypassReason;
-use crate::cache::{key, Cache};
+use crate::cache::{key, Cache, Tier};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::identity::{Depth, Resolver};
 use crate::invalidation::Purger;
+use crate::metrics::Metrics;
 use crate::secrets::Secrets;
 use body::ProxyBody;
 use forward::Origin;
@@ -34,6 +35,7 @@ use forward::Origin;
 /// Shared state of the public listener.
 pub struct Proxy {
     config: Arc<Config>,
+    metrics: Arc<Metrics>,
     cache: Arc<Cache>,
     purger: Arc<Purger>,
     identity: Resolver,
@@ -45,11 +47,18 @@ impl Proxy {
     ///
     /// # Errors
     /// An identity source that cannot be set up (missing JWT secret, unreadable key file).
-    pub fn new(config: Arc<Config>, cache: Arc<Cache>, purger: Arc<Purger>, secrets: &Secrets) -> Result<Self, String> {
+    pub fn new(
+        config: Arc<Config>,
+        cache: Arc<Cache>,
+        purger: Arc<Purger>,
+        secrets: &Secrets,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let origin = Origin::new(&config.origin);
-        let identity = Resolver::new(&config.identity, secrets, origin.clone())?;
+        let identity = Resolver::new(&config.identity, secrets, origin.clone(), metrics.clone())?;
         Ok(Proxy {
             config,
+            metrics,
             cache,
             purger,
             identity,
@@ -57,15 +66,82 @@ impl Proxy {
         })
     }
 
-    /// Handles one request; every error becomes its answer here.
+    /// Handles one request; every error becomes its answer here, and every answer is counted.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        match self.dispatch(req, peer).await {
+        let start = std::time::Instant::now();
+        let method = req.method().clone();
+        let mut out = Outcome::default();
+        let resp = match self.dispatch(req, peer, &mut out).await {
             Ok(resp) => resp,
-            Err(e) => e.into_response(),
+            Err(e) => {
+                if let ProxyError::Upstream(u) = &e {
+                    self.metrics.origin_errors.with_label_values(&[u.kind()]).inc();
+                }
+                e.into_response()
+            }
+        };
+        self.record(&method, &resp, &out, start.elapsed());
+        resp
+    }
+
+    /// Metrics and the decision log line for one answered request.
+    fn record(&self, method: &Method, resp: &Response<ProxyBody>, out: &Outcome, took: std::time::Duration) {
+        let route = out.route.map_or("none", |i| self.config.routes[i].name.as_str());
+        let m = &self.metrics;
+        let status = resp.status();
+        m.requests
+            .with_label_values(&[route, method_label(method), status.as_str()])
+            .inc();
+        let cache = out.cache.as_str();
+        m.request_duration
+            .with_label_values(&[route, cache])
+            .observe(took.as_secs_f64());
+        if out.cached_route {
+            let tier = out.tier.map_or("none", |t| t.as_str());
+            m.lookups.with_label_values(&[route, cache, tier]).inc();
+        }
+        if let Some(r) = out.reason {
+            m.bypass.with_label_values(&[route, r.as_str()]).inc();
+        }
+        tracing::debug!(
+            route,
+            result = cache,
+            tier = out.tier.map_or("none", |t| t.as_str()),
+            reason = out.reason.map_or("", |r| r.as_str()),
+            duration_us = took.as_micros() as u64,
+            "cache decision"
+        );
+        if self.config.server.access_log {
+            tracing::info!(
+                target: "cachegate::access",
+                method = %method,
+                status = status.as_u16(),
+                route,
+                cache,
+                duration_us = took.as_micros() as u64,
+                "request"
+            );
         }
     }
 
-    async fn dispatch(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Result<Response<ProxyBody>, ProxyError> {
+    /// Sends to the origin, timing it and counting failures.
+    async fn send(&self, req: Request<ProxyBody>, out: &Outcome) -> Result<Response<Incoming>, ProxyError> {
+        let start = std::time::Instant::now();
+        let resp = self.origin.send(req).await?;
+        let route = out.route.map_or("none", |i| self.config.routes[i].name.as_str());
+        self.metrics
+            .origin_duration
+            .with_label_values(&[route])
+            .observe(start.elapsed().as_secs_f64());
+        Ok(resp)
+    }
+
+    async fn dispatch(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        out: &mut Outcome,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
             return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
         }
@@ -78,11 +154,13 @@ impl Proxy {
             peer,
         };
         let ip = peer.ip();
+        out.route = self.config.routes.iter().position(|r| r.path.matches(&path));
         if method == Method::GET || method == Method::HEAD {
-            let Some(idx) = self.config.routes.iter().position(|r| r.path.matches(&path)) else {
+            let Some(idx) = out.route else {
                 self.identity.resolve(ip, req.headers_mut(), Depth::Strip).await;
-                return self.pass(req, ctx, Some(BypassReason::NoRoute)).await;
+                return self.pass(req, ctx, Some(BypassReason::NoRoute), out).await;
             };
+            out.cached_route = true;
             let route = &self.config.routes[idx];
             // A public route keyed on nobody needs no identity at all.
             let depth = if route.public && route.vary.is_empty() {
@@ -91,14 +169,14 @@ impl Proxy {
                 Depth::Read
             };
             let id = self.identity.resolve(ip, req.headers_mut(), depth).await;
-            return self.read(req, idx, ctx, id).await;
+            return self.read(req, idx, ctx, id, out).await;
         }
         if is_unsafe(&method) {
             let id = self.identity.resolve(ip, req.headers_mut(), Depth::Write).await;
-            return self.write(req, ctx, id).await;
+            return self.write(req, ctx, id, out).await;
         }
         self.identity.resolve(ip, req.headers_mut(), Depth::Strip).await;
-        self.pass(req, ctx, None).await
+        self.pass(req, ctx, None, out).await
     }
 
     /// Forwards a request and streams the answer back, marking it `BYPASS` when `reason` is set.
@@ -107,16 +185,17 @@ impl Proxy {
         req: Request<Incoming>,
         ctx: Ctx<'_>,
         reason: Option<BypassReason>,
+        out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (parts, body) = req.into_parts();
         let up = self.upstream_request(parts, ProxyBody::Stream(body), &ctx, false);
-        let resp = self.origin.send(up).await?;
+        let resp = self.send(up, out).await?;
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::take_surrogate_tags(&mut parts.headers);
         headers::add_via(&mut parts.headers);
         if let Some(r) = reason {
-            mark_bypass(&mut parts.headers, r);
+            mark_bypass(&mut parts.headers, r, out);
         }
         Ok(Response::from_parts(parts, ProxyBody::Stream(body)))
     }
@@ -186,7 +265,57 @@ fn is_unsafe(m: &Method) -> bool {
     !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
 }
 
-fn mark_bypass(headers: &mut http::HeaderMap, reason: BypassReason) {
+/// What happened to a request, for metrics and the decision log.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// The first route matching the path.
+    route: Option<usize>,
+    /// A GET/HEAD on a cached route (counted in `cachegate_cache_lookups_total`).
+    cached_route: bool,
+    cache: CacheResult,
+    tier: Option<Tier>,
+    reason: Option<BypassReason>,
+}
+
+/// The `cache` / `result` label.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum CacheResult {
+    /// Not a cache request (writes, other methods).
+    #[default]
+    Pass,
+    Hit,
+    Miss,
+    Bypass,
+}
+
+impl CacheResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Pass => "pass",
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Bypass => "bypass",
+        }
+    }
+}
+
+/// Method label: the standard ones, everything else as `other` (labels stay bounded).
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+fn mark_bypass(headers: &mut http::HeaderMap, reason: BypassReason, out: &mut Outcome) {
+    out.cache = CacheResult::Bypass;
+    out.reason = Some(reason);
     headers.insert(headers::X_CACHE, HeaderValue::from_static("BYPASS"));
     let status = format!("cachegate; fwd=bypass; detail={}", reason.as_str());
     if let Ok(v) = HeaderValue::from_str(&status) {

@@ -7,7 +7,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::body::ProxyBody;
-use super::{headers, mark_bypass, Ctx, Proxy};
+use super::{headers, mark_bypass, CacheResult, Ctx, Outcome, Proxy};
 use crate::cache::entry::CachedResponse;
 use crate::cache::key::{self, BaseKey, KeyIdentity};
 use crate::cache::policy::{self, BypassReason};
@@ -24,29 +24,39 @@ impl Proxy {
         idx: usize,
         ctx: Ctx<'_>,
         id: Identity,
+        out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let route = &self.config.routes[idx];
         if let Some(reason) = bypass_reason(route, &id, &req) {
-            return self.pass(req, ctx, Some(reason)).await;
+            return self.pass(req, ctx, Some(reason), out).await;
         }
         let query = key::normalize_query(ctx.query, &route.query);
         let who = KeyIdentity::select(route.vary, id.role.as_deref(), id.tenant.as_deref(), id.user.as_deref());
         let base = key::base_key(&self.config.cache.key_prefix, &route.name, ctx.path, &query, who);
         let full = self.cache.key_for(idx, &base, req.headers()).await;
         if let Some(entry) = self.cache.memory_hit(&full).await {
-            return Ok(self.hit(&req, &entry, Tier::Memory, &full));
+            return Ok(self.hit(&req, &entry, Tier::Memory, &full, out));
         }
         let params = route.path.params(ctx.path).unwrap_or_default();
         let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
         let url = invalidation::url_scope(&route.name, ctx.path, &query);
         let scopes = invalidation::entry_scopes(&route.name, url, &tags, who.tenant);
         match self.cache.shared(&full, scopes).await {
-            Shared::Hit(entry) => Ok(self.hit(&req, &entry, Tier::Redis, &full)),
-            Shared::Miss(fill) => self.fill(req, idx, ctx, &base, who.tenant, fill).await,
+            Shared::Hit(entry) => Ok(self.hit(&req, &entry, Tier::Redis, &full, out)),
+            Shared::Miss(fill) => self.fill(req, idx, ctx, &base, who.tenant, fill, out).await,
         }
     }
 
-    fn hit(&self, req: &Request<Incoming>, entry: &CachedResponse, tier: Tier, key: &str) -> Response<ProxyBody> {
+    fn hit(
+        &self,
+        req: &Request<Incoming>,
+        entry: &CachedResponse,
+        tier: Tier,
+        key: &str,
+        out: &mut Outcome,
+    ) -> Response<ProxyBody> {
+        out.cache = CacheResult::Hit;
+        out.tier = Some(tier);
         let now = self.cache.clock.now();
         let (status, mut headers, body) = if headers::not_modified(req.headers(), &entry.headers) {
             (
@@ -85,24 +95,26 @@ impl Proxy {
         base: &BaseKey,
         tenant: Option<&str>,
         fill: Fill,
+        out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        out.cache = CacheResult::Miss;
         let route = &self.config.routes[idx];
         let head = req.method() == Method::HEAD;
         let (parts, _body) = req.into_parts();
         let req_headers = parts.headers.clone();
         let up = self.upstream_request(parts, ProxyBody::Empty, &ctx, true);
-        let (mut parts, body) = self.origin.send(up).await?.into_parts();
+        let (mut parts, body) = self.send(up, out).await?.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         let surrogate = headers::take_surrogate_tags(&mut parts.headers);
         headers::add_via(&mut parts.headers);
         let now = self.cache.clock.system_now();
         let fresh = match policy::storable(parts.status, &parts.headers, route, &self.config.cache, now) {
             Ok(f) => f,
-            Err(reason) => return Ok(bypass_response(parts, body, head, reason)),
+            Err(reason) => return Ok(bypass_response(parts, body, head, reason, out)),
         };
         let max = self.config.server.max_body;
         if content_length(&parts.headers).is_some_and(|n| n > max) {
-            return Ok(bypass_response(parts, body, head, BypassReason::TooLarge));
+            return Ok(bypass_response(parts, body, head, BypassReason::TooLarge, out));
         }
         let timeout = self.config.origin.timeout;
         let body = match tokio::time::timeout(timeout, read_limited(body, max)).await {
@@ -113,7 +125,7 @@ impl Proxy {
                     prefix: Some(prefix),
                     rest,
                 };
-                return Ok(bypass_response_body(parts, body, head, BypassReason::TooLarge));
+                return Ok(bypass_response_body(parts, body, head, BypassReason::TooLarge, out));
             }
             Ok(Ok(Limited::Complete(b))) => b,
         };
@@ -181,8 +193,9 @@ fn bypass_response(
     body: Incoming,
     head: bool,
     reason: BypassReason,
+    out: &mut Outcome,
 ) -> Response<ProxyBody> {
-    bypass_response_body(parts, ProxyBody::Stream(body), head, reason)
+    bypass_response_body(parts, ProxyBody::Stream(body), head, reason, out)
 }
 
 fn bypass_response_body(
@@ -190,8 +203,9 @@ fn bypass_response_body(
     body: ProxyBody,
     head: bool,
     reason: BypassReason,
+    out: &mut Outcome,
 ) -> Response<ProxyBody> {
-    mark_bypass(&mut parts.headers, reason);
+    mark_bypass(&mut parts.headers, reason, out);
     // A HEAD was fetched as GET: drop the body, keep the headers.
     let body = if head { ProxyBody::Empty } else { body };
     Response::from_parts(parts, body)

@@ -5,12 +5,12 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::body::ProxyBody;
-use super::{headers, Ctx, Proxy};
+use super::{headers, Ctx, Outcome, Proxy};
 use crate::cache::key;
 use crate::config::Ttl;
 use crate::error::ProxyError;
 use crate::identity::Identity;
-use crate::invalidation::{self, purge_tag_scopes};
+use crate::invalidation::{self, purge_tag_scopes, Trigger};
 
 impl Proxy {
     pub(super) async fn write(
@@ -18,6 +18,7 @@ impl Proxy {
         req: Request<Incoming>,
         ctx: Ctx<'_>,
         id: Identity,
+        out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let method = req.method().clone();
         let host = req
@@ -28,7 +29,7 @@ impl Proxy {
         let session = self.identity.session_of(req.headers()).map(str::to_owned);
         let (parts, body) = req.into_parts();
         let up = self.upstream_request(parts, ProxyBody::Stream(body), &ctx, false);
-        let resp = self.origin.send(up).await?;
+        let resp = self.send(up, out).await?;
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::take_surrogate_tags(&mut parts.headers);
@@ -42,7 +43,7 @@ impl Proxy {
         if parts.status.is_success() || parts.status.is_redirection() {
             let mut scopes = self.rule_scopes(&method, ctx.path, id.tenant.as_deref());
             scopes.extend(self.uri_scopes(ctx, &parts.headers, host.as_deref()));
-            let outcome = self.purger.purge(&scopes, false).await;
+            let outcome = self.purger.purge(&scopes, false, Trigger::Write).await;
             tracing::debug!(path = ctx.path, %method, scopes = outcome.scopes, shared = outcome.shared, acks = outcome.acks, "write purge");
         }
         Ok(Response::from_parts(parts, ProxyBody::Stream(body)))

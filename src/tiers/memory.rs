@@ -27,9 +27,14 @@ impl Expiry<Arc<str>, Arc<CachedResponse>> for EntryExpiry {
 
 impl MemoryTier {
     /// A tier holding at most `capacity` bytes, each entry at most `max_ttl`.
-    pub fn new(capacity: u64, max_ttl: Duration) -> Self {
+    pub fn new(capacity: u64, max_ttl: Duration, evictions: prometheus::IntCounter) -> Self {
         let cache = Cache::builder()
             .max_capacity(capacity)
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evictions.inc();
+                }
+            })
             .weigher(|k: &Arc<str>, v: &Arc<CachedResponse>| v.weight().saturating_add(k.len() as u32))
             .expire_after(EntryExpiry { max_ttl })
             .build();

@@ -83,6 +83,7 @@ pub struct RedisTier {
     timeout: Duration,
     up: AtomicBool,
     errors: AtomicU64,
+    metrics: Arc<crate::metrics::Metrics>,
     lookup: Script,
     store: Script,
     purge: Script,
@@ -173,7 +174,12 @@ impl RedisTier {
     ///
     /// # Errors
     /// A message when the URL cannot be parsed.
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Arc<Self>, String> {
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Arc<Self>, String> {
         let url = url.replacen("+cluster", "", 1);
         let client = redis::Client::open(url.as_str()).map_err(|e| format!("invalid redis_url: {e}"))?;
         Ok(Arc::new(RedisTier {
@@ -183,6 +189,7 @@ impl RedisTier {
             timeout,
             up: AtomicBool::new(false),
             errors: AtomicU64::new(0),
+            metrics,
             lookup: Script::new(LOOKUP_LUA),
             store: Script::new(STORE_LUA),
             purge: Script::new(PURGE_LUA),
@@ -272,6 +279,11 @@ impl RedisTier {
 
     fn mark_down(&self, err: &TierError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        let op = match err {
+            TierError::Down => "down",
+            TierError::Timeout { op, .. } | TierError::Redis { op, .. } => op,
+        };
+        self.metrics.redis_errors.with_label_values(&[op]).inc();
         if self.up.swap(false, Ordering::AcqRel) {
             tracing::warn!(error = %err, "redis tier down: serving from memory tier and origin");
         }
