@@ -43,7 +43,20 @@ impl Proxy {
         let scopes = invalidation::entry_scopes(&route.name, url, &tags, who.tenant);
         match self.cache.shared(&full, scopes).await {
             Shared::Hit(entry) => Ok(self.hit(&req, &entry, Tier::Redis, &full, out)),
-            Shared::Miss(fill) => self.fill(req, idx, ctx, &base, who.tenant, fill, out).await,
+            Shared::Miss(fill) => {
+                self.fill(
+                    req,
+                    ctx,
+                    Miss {
+                        idx,
+                        base: &base,
+                        tenant: who.tenant,
+                    },
+                    fill,
+                    out,
+                )
+                .await
+            }
         }
     }
 
@@ -90,13 +103,12 @@ impl Proxy {
     async fn fill(
         &self,
         req: Request<Incoming>,
-        idx: usize,
         ctx: Ctx<'_>,
-        base: &BaseKey,
-        tenant: Option<&str>,
+        miss: Miss<'_>,
         fill: Fill,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Miss { idx, base, tenant } = miss;
         out.cache = CacheResult::Miss;
         let route = &self.config.routes[idx];
         let head = req.method() == Method::HEAD;
@@ -172,6 +184,13 @@ impl Proxy {
         let body = if head { ProxyBody::Empty } else { ProxyBody::full(body) };
         Ok(Response::from_parts(parts, body))
     }
+}
+
+/// Where a miss will be stored: route index, base key, and the tenant it was keyed with.
+struct Miss<'a> {
+    idx: usize,
+    base: &'a BaseKey,
+    tenant: Option<&'a str>,
 }
 
 /// Why a request on a cached route must not use the cache.
