@@ -6,6 +6,7 @@
 //! * [`policy`]: what may be stored and for how long (pure)
 //! * [`entry`]: the stored response
 
+pub mod coalesce;
 pub mod entry;
 pub mod key;
 pub mod policy;
@@ -23,6 +24,7 @@ use crate::config::Config;
 use crate::invalidation::{Generations, Stamps};
 use crate::tiers::memory::MemoryTier;
 use crate::tiers::redis::{Gens, Lookup, RedisTier};
+use coalesce::{Coalescer, Done};
 use entry::{CachedResponse, WireEntry};
 use key::BaseKey;
 
@@ -79,6 +81,8 @@ pub struct Cache {
     redis: Option<Arc<RedisTier>>,
     coherence: Option<Arc<Coherence>>,
     degraded_ttl: Duration,
+    /// Origin fetches in progress, for request coalescing.
+    pub coalescer: Arc<Coalescer>,
 }
 
 impl Cache {
@@ -104,6 +108,7 @@ impl Cache {
             redis,
             coherence,
             degraded_ttl: config.cache.degraded_memory_ttl,
+            coalescer: Arc::new(Coalescer::default()),
         }
     }
 
@@ -163,8 +168,7 @@ impl Cache {
     /// Asks the shared tier (if any). `scopes` are the entry's scopes known from the request;
     /// local counters are captured before Redis is read, so a purge heard meanwhile still
     /// invalidates a promoted copy.
-    pub async fn shared(&self, key: &str, scopes: Vec<String>) -> Shared {
-        let stamps = self.generations.stamp(&scopes);
+    pub async fn shared(&self, key: &str, scopes: Vec<String>, stamps: Stamps) -> Shared {
         let local_epoch = self.generations.epoch();
         let mut fill = Fill {
             stamps,
@@ -223,9 +227,15 @@ impl Cache {
     }
 
     /// Stores a filled entry in every tier, unless a purge landed since its fetch began.
-    /// Returns whether it was stored. `vary` is the origin's `Vary` list, reduced by
+    /// Returns the stored entry and its key. `vary` is the origin's `Vary` list, reduced by
     /// [`vary_names`]; `surrogate` the scopes learnt from the response.
-    pub async fn put(&self, fill: Fill, target: Target<'_>, surrogate: Vec<String>, entry: CachedResponse) -> bool {
+    pub async fn put(
+        &self,
+        fill: Fill,
+        target: Target<'_>,
+        surrogate: Vec<String>,
+        entry: CachedResponse,
+    ) -> Option<Done> {
         let Fill {
             mut stamps,
             local_epoch,
@@ -236,11 +246,11 @@ impl Cache {
             stamps.extend(self.generations.stamp(&surrogate));
             if self.generations.epoch() != local_epoch {
                 // Some purge ran during the fetch and we cannot tell whether it named these tags.
-                return false;
+                return None;
             }
         }
         if !stamps.valid() {
-            return false;
+            return None;
         }
         let key = self.full_key(&target);
         if let (Some(redis), Some(mut gens)) = (&self.redis, gens) {
@@ -268,16 +278,22 @@ impl Cache {
                 .store(&key, &scopes, &gens, check_epoch, &payload, entry.fresh_for)
                 .await;
             if let Ok(false) = stored {
-                return false;
+                return None;
             }
         }
         self.put_memory(key, &target, stamps, entry).await
     }
 
-    async fn put_memory(&self, key: String, target: &Target<'_>, stamps: Stamps, mut entry: CachedResponse) -> bool {
+    async fn put_memory(
+        &self,
+        key: String,
+        target: &Target<'_>,
+        stamps: Stamps,
+        mut entry: CachedResponse,
+    ) -> Option<Done> {
         entry.stamps = stamps;
         if !entry.stamps.valid() {
-            return false;
+            return None;
         }
         let base_text: Arc<str> = Arc::from(target.base.text.as_str());
         if target.vary.is_empty() {
@@ -288,8 +304,9 @@ impl Cache {
             self.seen_vary[target.route].store(true, Ordering::Relaxed);
             self.vary_index.insert(base_text, target.vary.clone().into()).await;
         }
-        self.memory.put(Arc::from(key), Arc::new(entry)).await;
-        true
+        let entry = Arc::new(entry);
+        self.memory.put(Arc::from(key.as_str()), entry.clone()).await;
+        Some(Done { key, entry })
     }
 
     /// The key an entry is stored under.

@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 
 use super::body::ProxyBody;
 use super::{headers, mark_bypass, CacheResult, Ctx, Outcome, Proxy};
+use crate::cache::coalesce::{Done, Join, Leader};
 use crate::cache::entry::CachedResponse;
 use crate::cache::key::{self, BaseKey, KeyIdentity};
 use crate::cache::policy::{self, BypassReason};
@@ -41,21 +42,41 @@ impl Proxy {
         let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
         let url = invalidation::url_scope(&route.name, ctx.path, &query);
         let scopes = invalidation::entry_scopes(&route.name, url, &tags, who.tenant);
-        match self.cache.shared(&full, scopes).await {
-            Shared::Hit(entry) => Ok(self.hit(&req, &entry, Tier::Redis, &full, out)),
+        // Captured before anything is read or fetched: a purge from here on invalidates it all.
+        let stamps = self.cache.generations.stamp(&scopes);
+        let leader = match self.cache.coalescer.join(&full, stamps.clone()) {
+            Join::Leader(l) => Some(l),
+            Join::Follower(flight) => {
+                self.metrics.coalesced.with_label_values(&[&route.name]).inc();
+                let waited = tokio::time::timeout(self.config.origin.timeout, flight.wait()).await;
+                if let Ok(Some(done)) = waited {
+                    // The origin's Vary may have put the answer under another key than ours.
+                    let now = self.cache.clock.now();
+                    if done.entry.is_usable(now) && self.cache.key_for(idx, &base, req.headers()).await == done.key {
+                        return Ok(self.hit(&req, &done.entry, Tier::Memory, &done.key, out));
+                    }
+                }
+                None
+            }
+        };
+        match self.cache.shared(&full, scopes, stamps).await {
+            Shared::Hit(entry) => {
+                if let Some(l) = leader {
+                    l.finish(Some(Done {
+                        key: full.clone(),
+                        entry: entry.clone(),
+                    }));
+                }
+                Ok(self.hit(&req, &entry, Tier::Redis, &full, out))
+            }
             Shared::Miss(fill) => {
-                self.fill(
-                    req,
-                    ctx,
-                    Miss {
-                        idx,
-                        base: &base,
-                        tenant: who.tenant,
-                    },
-                    fill,
-                    out,
-                )
-                .await
+                let miss = Miss {
+                    idx,
+                    base: &base,
+                    tenant: who.tenant,
+                    leader,
+                };
+                self.fill(req, ctx, miss, fill, out).await
             }
         }
     }
@@ -108,7 +129,12 @@ impl Proxy {
         fill: Fill,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let Miss { idx, base, tenant } = miss;
+        let Miss {
+            idx,
+            base,
+            tenant,
+            leader,
+        } = miss;
         out.cache = CacheResult::Miss;
         let route = &self.config.routes[idx];
         let head = req.method() == Method::HEAD;
@@ -165,7 +191,11 @@ impl Proxy {
             headers: &req_headers,
         };
         let key_text = self.config.server.debug_headers.then(|| self.cache.full_key(&target));
-        let stored = self.cache.put(fill, target, surrogate_scopes, entry).await;
+        let done = self.cache.put(fill, target, surrogate_scopes, entry).await;
+        let stored = done.is_some();
+        if let Some(l) = leader {
+            l.finish(done);
+        }
         let h = &mut parts.headers;
         h.insert(header::AGE, HeaderValue::from(fresh.initial_age.as_secs()));
         h.insert(headers::X_CACHE, HeaderValue::from_static("MISS"));
@@ -191,6 +221,8 @@ struct Miss<'a> {
     idx: usize,
     base: &'a BaseKey,
     tenant: Option<&'a str>,
+    /// Set when this request leads a coalesced fetch.
+    leader: Option<Leader>,
 }
 
 /// Why a request on a cached route must not use the cache.
