@@ -216,7 +216,7 @@ async fn webhook_tenant_purge_spares_other_tenants() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn soft_purge_makes_entries_refetch() {
+async fn soft_purge_serves_stale_while_refreshing() {
     let redis = RedisServer::start().await;
     let (origin, _) = versioned().await;
     let a = instance(&origin, &redis, "").await;
@@ -224,7 +224,24 @@ async fn soft_purge_makes_entries_refetch() {
     a.get("/courses/").send().await;
     let r = purge(&a, r#"{"tags": ["courses"], "soft": true}"#).await;
     assert_eq!(r.status, 200);
-    assert_eq!(b.get("/courses/").send().await.x_cache(), "MISS");
+    let stale = b.get("/courses/").send().await;
+    assert_eq!((stale.x_cache().as_str(), stale.text().as_str()), ("STALE", "v0"));
+    // The background refresh stores a fresh copy; reads then hit it.
+    assert!(
+        eventually(Duration::from_secs(10), || origin.hits() == 2).await,
+        "one refresh"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = b.get("/courses/").send().await;
+        if r.x_cache() == "HIT" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refreshed entry never landed"
+        );
+    }
     assert_eq!(origin.hits(), 2);
 }
 

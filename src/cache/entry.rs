@@ -25,9 +25,55 @@ pub struct CachedResponse {
     pub fresh_for: Duration,
     /// Scope generations captured before the fetch.
     pub stamps: Stamps,
+    /// How long past freshness it may still be served.
+    pub stale: StaleWindows,
+}
+
+/// Windows past freshness in which an entry may still be served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StaleWindows {
+    /// Served (as `STALE`) while one background refresh runs.
+    pub revalidate: Duration,
+    /// Served (as `STALE`) when the origin fails.
+    pub if_error: Duration,
+}
+
+impl StaleWindows {
+    /// The longer window: how long past freshness the entry must be kept.
+    pub fn longest(&self) -> Duration {
+        self.revalidate.max(self.if_error)
+    }
+}
+
+/// Where an entry is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staleness {
+    /// Within its freshness lifetime.
+    Fresh,
+    /// Expired, inside `stale_while_revalidate`: serve and refresh in the background.
+    Revalidate,
+    /// Expired, inside `stale_if_error` only: serve only if the origin fails.
+    IfError,
+    /// Past every window.
+    Dead,
 }
 
 impl CachedResponse {
+    /// Its state at `now`.
+    pub fn staleness(&self, now: Instant) -> Staleness {
+        let age = now.saturating_duration_since(self.stored_at);
+        let Some(over) = age.checked_sub(self.fresh_for) else {
+            return Staleness::Fresh;
+        };
+        if over < self.stale.revalidate {
+            Staleness::Revalidate
+        } else if over < self.stale.if_error {
+            Staleness::IfError
+        } else {
+            Staleness::Dead
+        }
+    }
+
     /// Whether it is still fresh at `now`.
     pub fn is_fresh(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.stored_at) < self.fresh_for
@@ -53,7 +99,7 @@ impl CachedResponse {
 // === wire format (Redis tier) ===
 
 /// Format version of the encoded entry.
-const WIRE_VERSION: u8 = 1;
+const WIRE_VERSION: u8 = 2;
 /// Bodies at least this large are lz4-compressed when that saves space.
 const COMPRESS_AT: usize = 1024;
 const FLAG_LZ4: u8 = 1;
@@ -78,6 +124,8 @@ pub struct WireEntry {
     pub initial_age: Duration,
     /// Freshness left when stored.
     pub fresh_for: Duration,
+    /// Stale windows.
+    pub stale: StaleWindows,
 }
 
 impl WireEntry {
@@ -92,6 +140,8 @@ impl WireEntry {
         out.extend_from_slice(&self.stored_at_ms.to_be_bytes());
         out.extend_from_slice(&(self.initial_age.as_millis() as u64).to_be_bytes());
         out.extend_from_slice(&(self.fresh_for.as_millis() as u64).to_be_bytes());
+        out.extend_from_slice(&(self.stale.revalidate.as_millis() as u64).to_be_bytes());
+        out.extend_from_slice(&(self.stale.if_error.as_millis() as u64).to_be_bytes());
         out.extend_from_slice(&(self.headers.len() as u32).to_be_bytes());
         for (k, v) in &self.headers {
             out.extend_from_slice(&(k.as_str().len() as u32).to_be_bytes());
@@ -119,6 +169,10 @@ impl WireEntry {
         let stored_at_ms = r.u64()?;
         let initial_age = Duration::from_millis(r.u64()?);
         let fresh_for = Duration::from_millis(r.u64()?);
+        let stale = StaleWindows {
+            revalidate: Duration::from_millis(r.u64()?),
+            if_error: Duration::from_millis(r.u64()?),
+        };
         let n = r.u32()? as usize;
         let mut headers = HeaderMap::with_capacity(n);
         for _ in 0..n {
@@ -141,6 +195,7 @@ impl WireEntry {
             stored_at_ms,
             initial_age,
             fresh_for,
+            stale,
         })
     }
 }
@@ -197,6 +252,10 @@ mod tests {
             stored_at_ms: 1_764_000_000_000,
             initial_age: Duration::from_secs(3),
             fresh_for: Duration::from_secs(600),
+            stale: StaleWindows {
+                revalidate: Duration::from_secs(30),
+                if_error: Duration::from_secs(300),
+            },
         }
     }
 

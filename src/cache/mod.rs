@@ -25,7 +25,7 @@ use crate::invalidation::{Generations, Stamps};
 use crate::tiers::memory::MemoryTier;
 use crate::tiers::redis::{Gens, Lookup, RedisTier};
 use coalesce::{Coalescer, Done};
-use entry::{CachedResponse, WireEntry};
+use entry::{CachedResponse, Staleness, WireEntry};
 use key::BaseKey;
 
 /// Where a hit came from.
@@ -49,8 +49,10 @@ impl Tier {
 
 /// What the shared tier said about a key the memory tier could not answer.
 pub enum Shared {
-    /// A valid entry, already promoted to memory.
-    Hit(Arc<CachedResponse>),
+    /// A valid entry, already promoted to memory, and where it is in its life.
+    Hit(Arc<CachedResponse>, Staleness),
+    /// A soft-purged entry: serve it stale while refreshing with this fill.
+    SoftStale(Arc<CachedResponse>, Fill),
     /// Nothing usable: fill from the origin, recording these generations.
     Miss(Fill),
 }
@@ -142,15 +144,17 @@ impl Cache {
         key::full_key(base, &[], headers)
     }
 
-    /// A usable memory entry: fresh, unpurged, and trusted (see [`Cache::memory_trusted`]).
-    pub async fn memory_hit(&self, key: &str) -> Option<Arc<CachedResponse>> {
+    /// A memory entry that is unpurged, trusted (see [`Cache::memory_trusted`]) and not past
+    /// every stale window, with where it is in its life.
+    pub async fn memory_lookup(&self, key: &str) -> Option<(Arc<CachedResponse>, Staleness)> {
         let entry = self.memory.get(key).await?;
         let now = self.clock.now();
-        if !entry.is_usable(now) {
+        let state = entry.staleness(now);
+        if state == Staleness::Dead || !entry.stamps.valid() {
             self.memory.remove(key).await;
             return None;
         }
-        self.memory_trusted(&entry, now).then_some(entry)
+        self.memory_trusted(&entry, now).then_some((entry, state))
     }
 
     /// Memory-only: always. With Redis: while this instance's lease says it has heard every
@@ -180,20 +184,62 @@ impl Cache {
             return Shared::Miss(fill);
         };
         match redis.lookup(key, &fill.scopes).await {
-            Ok(Lookup::Hit(payload, recorded)) => match self
-                .promote(key, &payload, recorded, fill.stamps.clone(), local_epoch)
-                .await
-            {
-                Some(entry) => return Shared::Hit(entry),
-                None => {
-                    // Undecodable or expired: refill, reading fresh generations.
-                    fill.gens = redis.gens(&fill.scopes).await.ok();
+            Ok(Lookup::Hit(payload, recorded)) => {
+                match self
+                    .promote(key, &payload, recorded, fill.stamps.clone(), local_epoch)
+                    .await
+                {
+                    Some((entry, state)) => return Shared::Hit(entry, state),
+                    // Undecodable or past every window: refill, reading fresh generations.
+                    None => fill.gens = redis.gens(&fill.scopes).await.ok(),
                 }
-            },
-            Ok(Lookup::Miss(g)) | Ok(Lookup::Stale(_, g)) => fill.gens = Some(g),
+            }
+            Ok(Lookup::Stale(payload, g)) => {
+                fill.gens = Some(g);
+                // Soft-purged: servable while it is refreshed; never promoted to memory.
+                if let Ok(wire) = WireEntry::decode(&payload) {
+                    let entry = self.entry_from_wire(wire, Stamps::default());
+                    if entry.staleness(self.clock.now()) != Staleness::Dead {
+                        return Shared::SoftStale(Arc::new(entry), fill);
+                    }
+                }
+            }
+            Ok(Lookup::Miss(g)) => fill.gens = Some(g),
             Err(e) => tracing::debug!(error = %e, "redis lookup skipped"),
         }
         Shared::Miss(fill)
+    }
+
+    /// A fill for `scopes` without a lookup (stale-if-error candidates, background refreshes).
+    pub async fn capture(&self, scopes: Vec<String>, stamps: Stamps) -> Fill {
+        let local_epoch = self.generations.epoch();
+        let gens = match &self.redis {
+            Some(r) => r.gens(&scopes).await.ok(),
+            None => None,
+        };
+        Fill {
+            stamps,
+            local_epoch,
+            gens,
+            scopes,
+        }
+    }
+
+    /// A memory entry from a Redis one, aged by the time it spent there.
+    fn entry_from_wire(&self, wire: WireEntry, stamps: Stamps) -> CachedResponse {
+        let now_ms = unix_ms(self.clock.system_now());
+        let age = Duration::from_millis(now_ms.saturating_sub(wire.stored_at_ms));
+        let now = self.clock.now();
+        CachedResponse {
+            status: wire.status,
+            headers: wire.headers,
+            body: wire.body,
+            stored_at: now.checked_sub(age).unwrap_or(now),
+            initial_age: wire.initial_age,
+            fresh_for: wire.fresh_for,
+            stamps,
+            stale: wire.stale,
+        }
     }
 
     async fn promote(
@@ -203,27 +249,20 @@ impl Cache {
         recorded: Vec<String>,
         mut stamps: Stamps,
         local_epoch: u64,
-    ) -> Option<Arc<CachedResponse>> {
+    ) -> Option<(Arc<CachedResponse>, Staleness)> {
         let wire = WireEntry::decode(payload).ok()?;
-        let now_ms = unix_ms(self.clock.system_now());
-        let age = Duration::from_millis(now_ms.saturating_sub(wire.stored_at_ms));
-        let fresh_for = wire.fresh_for.checked_sub(age).filter(|d| !d.is_zero())?;
         // Scopes recorded in the entry but not derivable from the request (surrogate keys).
         stamps.extend(self.generations.stamp(&recorded));
         let trusted_stamps = self.generations.epoch() == local_epoch;
-        let entry = Arc::new(CachedResponse {
-            status: wire.status,
-            headers: wire.headers,
-            body: wire.body,
-            stored_at: self.clock.now(),
-            initial_age: wire.initial_age + age,
-            fresh_for,
-            stamps,
-        });
+        let entry = Arc::new(self.entry_from_wire(wire, stamps));
+        let state = entry.staleness(self.clock.now());
+        if state == Staleness::Dead {
+            return None;
+        }
         if trusted_stamps {
             self.memory.put(Arc::from(key), entry.clone()).await;
         }
-        Some(entry)
+        Some((entry, state))
     }
 
     /// Stores a filled entry in every tier, unless a purge landed since its fetch began.
@@ -269,13 +308,21 @@ impl Cache {
                 stored_at_ms: unix_ms(self.clock.system_now()),
                 initial_age: entry.initial_age,
                 fresh_for: entry.fresh_for,
+                stale: entry.stale,
             };
             let mut payload = Vec::with_capacity(entry.body.len() + 256);
             wire.encode(&mut payload);
             // Refused = a purge landed during the fetch. An error leaves the memory copy, which
             // local purges still guard.
             let stored = redis
-                .store(&key, &scopes, &gens, check_epoch, &payload, entry.fresh_for)
+                .store(
+                    &key,
+                    &scopes,
+                    &gens,
+                    check_epoch,
+                    &payload,
+                    entry.fresh_for + entry.stale.longest(),
+                )
                 .await;
             if let Ok(false) = stored {
                 return None;

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use http::header::{AGE, CACHE_CONTROL, DATE, EXPIRES, SET_COOKIE, VARY};
 use http::{HeaderMap, StatusCode};
 
+use super::entry::StaleWindows;
 use crate::config::{CacheConfig, RouteConfig, Ttl};
 
 /// Why a request or response did not go through the cache. The names are metric label values
@@ -79,6 +80,12 @@ pub struct CacheControl {
     pub max_age: Option<u64>,
     /// `s-maxage`
     pub s_maxage: Option<u64>,
+    /// `stale-while-revalidate`
+    pub stale_while_revalidate: Option<u64>,
+    /// `stale-if-error`
+    pub stale_if_error: Option<u64>,
+    /// `must-revalidate` / `proxy-revalidate`: never serve stale.
+    pub must_revalidate: bool,
 }
 
 impl CacheControl {
@@ -101,6 +108,9 @@ impl CacheControl {
                     "no-cache" => cc.no_cache = true,
                     "max-age" => cc.max_age = secs().or(Some(0)),
                     "s-maxage" => cc.s_maxage = secs().or(Some(0)),
+                    "stale-while-revalidate" => cc.stale_while_revalidate = secs(),
+                    "stale-if-error" => cc.stale_if_error = secs(),
+                    "must-revalidate" | "proxy-revalidate" => cc.must_revalidate = true,
                     _ => {}
                 }
             }
@@ -178,6 +188,29 @@ pub fn storable(
         return Err(BypassReason::NoFreshness);
     }
     Ok(f)
+}
+
+/// Stale windows of a stored answer: the route's (or the cache's) settings; on `ttl = "origin"`
+/// routes the origin's `stale-while-revalidate` / `stale-if-error` win, and `must-revalidate`
+/// forbids stale serving (RFC 9111 §4.2.4, RFC 5861).
+pub fn stale_windows(headers: &HeaderMap, route: &RouteConfig, cache: &CacheConfig) -> StaleWindows {
+    let mut w = StaleWindows {
+        revalidate: route.stale_while_revalidate.unwrap_or(cache.stale_while_revalidate),
+        if_error: route.stale_if_error.unwrap_or(cache.stale_if_error),
+    };
+    if route.ttl == Ttl::Origin {
+        let cc = CacheControl::parse(headers);
+        if cc.must_revalidate {
+            return StaleWindows::default();
+        }
+        if let Some(s) = cc.stale_while_revalidate {
+            w.revalidate = Duration::from_secs(s);
+        }
+        if let Some(s) = cc.stale_if_error {
+            w.if_error = Duration::from_secs(s);
+        }
+    }
+    w
 }
 
 /// RFC 9111 §4.2.1: `s-maxage`, then `max-age`, then `Expires - Date`.

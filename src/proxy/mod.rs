@@ -2,13 +2,15 @@
 //! pass through.
 //!
 //! # Layout
-//! * [`read`]: GET/HEAD on a cached route: hit, miss and fill
+//! * [`read`]: GET/HEAD on a cached route: tiers, coalescing, stale serving
+//! * [`fill`]: a miss: the origin fetch, storage, stale-if-error
 //! * [`write`]: unsafe methods and the purges they trigger
 //! * [`forward`]: the origin client
 //! * [`headers`]: header hygiene
 //! * [`body`]: the body type
 
 pub mod body;
+mod fill;
 pub mod forward;
 pub mod headers;
 mod read;
@@ -67,7 +69,7 @@ impl Proxy {
     }
 
     /// Handles one request; every error becomes its answer here, and every answer is counted.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let start = std::time::Instant::now();
         let method = req.method().clone();
         let mut out = Outcome::default();
@@ -137,7 +139,7 @@ impl Proxy {
     }
 
     async fn dispatch(
-        &self,
+        self: &Arc<Self>,
         mut req: Request<Incoming>,
         peer: SocketAddr,
         out: &mut Outcome,
@@ -269,7 +271,7 @@ fn is_unsafe(m: &Method) -> bool {
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
     /// The first route matching the path.
-    route: Option<usize>,
+    pub(crate) route: Option<usize>,
     /// A GET/HEAD on a cached route (counted in `cachegate_cache_lookups_total`).
     cached_route: bool,
     cache: CacheResult,
@@ -284,6 +286,7 @@ enum CacheResult {
     #[default]
     Pass,
     Hit,
+    Stale,
     Miss,
     Bypass,
 }
@@ -293,6 +296,7 @@ impl CacheResult {
         match self {
             CacheResult::Pass => "pass",
             CacheResult::Hit => "hit",
+            CacheResult::Stale => "stale",
             CacheResult::Miss => "miss",
             CacheResult::Bypass => "bypass",
         }

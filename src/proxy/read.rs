@@ -1,26 +1,49 @@
-//! GET/HEAD on a cached route: key, lookup, and on a miss one origin fetch that may fill the cache.
+//! GET/HEAD on a cached route: key, lookup in the tiers, coalescing, stale serving.
+//!
+//! A fresh entry is a `HIT`. An entry inside `stale_while_revalidate` (or soft-purged) is served
+//! as `STALE` while one background refresh runs. An entry inside `stale_if_error` only is kept
+//! as the answer for when the origin fails. Everything else goes to [`fill`](super::fill).
 
-use bytes::{Bytes, BytesMut};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::ProxyBody;
-use super::{headers, mark_bypass, CacheResult, Ctx, Outcome, Proxy};
-use crate::cache::coalesce::{Done, Join, Leader};
-use crate::cache::entry::CachedResponse;
-use crate::cache::key::{self, BaseKey, KeyIdentity};
-use crate::cache::policy::{self, BypassReason};
-use crate::cache::{vary_names, Fill, Shared, Target, Tier};
+use super::fill::{add_debug, Miss};
+use super::{headers, CacheResult, Ctx, Outcome, Proxy};
+use crate::cache::coalesce::{Done, Join};
+use crate::cache::entry::{CachedResponse, Staleness};
+use crate::cache::key::{self, KeyIdentity};
+use crate::cache::policy::BypassReason;
+use crate::cache::{Shared, Tier};
 use crate::config::RouteConfig;
-use crate::error::{ProxyError, UpstreamError};
+use crate::error::ProxyError;
 use crate::identity::Identity;
-use crate::invalidation::{self, Stamps};
+use crate::invalidation;
+
+/// How a stored entry is being served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Serve {
+    /// Fresh.
+    Hit,
+    /// Stale while a refresh runs (or soft-purged).
+    Stale,
+    /// Stale because the origin failed.
+    StaleIfError,
+}
+
+/// What the client asked for, as far as answering from an entry goes.
+pub(super) struct Asked<'a> {
+    pub(super) headers: &'a HeaderMap,
+    pub(super) head: bool,
+}
 
 impl Proxy {
     pub(super) async fn read(
-        &self,
+        self: &Arc<Self>,
         req: Request<Incoming>,
         idx: usize,
         ctx: Ctx<'_>,
@@ -35,8 +58,20 @@ impl Proxy {
         let who = KeyIdentity::select(route.vary, id.role.as_deref(), id.tenant.as_deref(), id.user.as_deref());
         let base = key::base_key(&self.config.cache.key_prefix, &route.name, ctx.path, &query, who);
         let full = self.cache.key_for(idx, &base, req.headers()).await;
-        if let Some(entry) = self.cache.memory_hit(&full).await {
-            return Ok(self.hit(&req, &entry, Tier::Memory, &full, out));
+        let head = req.method() == Method::HEAD;
+        let asked = Asked {
+            headers: req.headers(),
+            head,
+        };
+        let mut fallback = None;
+        match self.cache.memory_lookup(&full).await {
+            Some((e, Staleness::Fresh)) => return Ok(self.serve(&asked, &e, Tier::Memory, &full, Serve::Hit, out)),
+            Some((e, Staleness::Revalidate)) => {
+                self.refresh_in_background(&req, idx, ctx, &id);
+                return Ok(self.serve(&asked, &e, Tier::Memory, &full, Serve::Stale, out));
+            }
+            Some((e, _)) => fallback = Some(e),
+            None => {}
         }
         let params = route.path.params(ctx.path).unwrap_or_default();
         let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
@@ -53,52 +88,70 @@ impl Proxy {
                     // The origin's Vary may have put the answer under another key than ours.
                     let now = self.cache.clock.now();
                     if done.entry.is_usable(now) && self.cache.key_for(idx, &base, req.headers()).await == done.key {
-                        return Ok(self.hit(&req, &done.entry, Tier::Memory, &done.key, out));
+                        return Ok(self.serve(&asked, &done.entry, Tier::Memory, &done.key, Serve::Hit, out));
                     }
                 }
                 None
             }
         };
-        match self.cache.shared(&full, scopes, stamps).await {
-            Shared::Hit(entry) => {
+        let fill = match self.cache.shared(&full, scopes.clone(), stamps.clone()).await {
+            Shared::Hit(entry, Staleness::Fresh) => {
                 if let Some(l) = leader {
                     l.finish(Some(Done {
                         key: full.clone(),
                         entry: entry.clone(),
                     }));
                 }
-                Ok(self.hit(&req, &entry, Tier::Redis, &full, out))
+                return Ok(self.serve(&asked, &entry, Tier::Redis, &full, Serve::Hit, out));
             }
-            Shared::Miss(fill) => {
-                let miss = Miss {
-                    idx,
-                    base: &base,
-                    tenant: who.tenant,
-                    leader,
-                };
-                self.fill(req, ctx, miss, fill, out).await
+            Shared::Hit(entry, Staleness::Revalidate) | Shared::SoftStale(entry, _) => {
+                drop(leader);
+                self.refresh_in_background(&req, idx, ctx, &id);
+                return Ok(self.serve(&asked, &entry, Tier::Redis, &full, Serve::Stale, out));
             }
-        }
+            Shared::Hit(entry, _) => {
+                // Past revalidation but inside stale-if-error: refetch, keep it for failures.
+                fallback = Some(entry);
+                self.cache.capture(scopes, stamps).await
+            }
+            Shared::Miss(fill) => fill,
+        };
+        let (parts, _body) = req.into_parts();
+        let miss = Miss {
+            idx,
+            base: &base,
+            tenant: who.tenant,
+            leader,
+            fallback,
+            head,
+        };
+        self.fill(parts, ctx, miss, fill, out).await
     }
 
-    fn hit(
+    /// Answers from a stored entry: `304` when the client's validators match, no body for HEAD.
+    pub(super) fn serve(
         &self,
-        req: &Request<Incoming>,
+        asked: &Asked<'_>,
         entry: &CachedResponse,
         tier: Tier,
         key: &str,
+        how: Serve,
         out: &mut Outcome,
     ) -> Response<ProxyBody> {
-        out.cache = CacheResult::Hit;
+        out.cache = if how == Serve::Hit {
+            CacheResult::Hit
+        } else {
+            CacheResult::Stale
+        };
         out.tier = Some(tier);
         let now = self.cache.clock.now();
-        let (status, mut headers, body) = if headers::not_modified(req.headers(), &entry.headers) {
+        let (status, mut headers, body) = if headers::not_modified(asked.headers, &entry.headers) {
             (
                 StatusCode::NOT_MODIFIED,
                 headers::not_modified_headers(&entry.headers),
                 ProxyBody::Empty,
             )
-        } else if req.method() == Method::HEAD {
+        } else if asked.head {
             (entry.status, entry.headers.clone(), ProxyBody::Empty)
         } else {
             (
@@ -108,8 +161,13 @@ impl Proxy {
             )
         };
         headers.insert(header::AGE, HeaderValue::from(entry.age_secs(now)));
-        headers.insert(headers::X_CACHE, HeaderValue::from_static("HIT"));
-        headers.insert(headers::CACHE_STATUS, HeaderValue::from_static("cachegate; hit"));
+        let (x_cache, status_text) = match how {
+            Serve::Hit => ("HIT", "cachegate; hit"),
+            Serve::Stale => ("STALE", "cachegate; hit; detail=stale"),
+            Serve::StaleIfError => ("STALE", "cachegate; hit; detail=stale-if-error"),
+        };
+        headers.insert(headers::X_CACHE, HeaderValue::from_static(x_cache));
+        headers.insert(headers::CACHE_STATUS, HeaderValue::from_static(status_text));
         if self.config.server.debug_headers {
             add_debug(&mut headers, key, Some(tier));
         }
@@ -119,110 +177,71 @@ impl Proxy {
         resp
     }
 
-    /// A miss: one unconditional GET to the origin; the answer is stored when policy allows and no
-    /// purge landed since `fill` was captured, then served.
-    async fn fill(
-        &self,
-        req: Request<Incoming>,
-        ctx: Ctx<'_>,
-        miss: Miss<'_>,
-        fill: Fill,
-        out: &mut Outcome,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let Miss {
-            idx,
-            base,
-            tenant,
-            leader,
-        } = miss;
-        out.cache = CacheResult::Miss;
-        let route = &self.config.routes[idx];
-        let head = req.method() == Method::HEAD;
-        let (parts, _body) = req.into_parts();
-        let req_headers = parts.headers.clone();
-        let up = self.upstream_request(parts, ProxyBody::Empty, &ctx, true);
-        let (mut parts, body) = self.send(up, out).await?.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        let surrogate = headers::take_surrogate_tags(&mut parts.headers);
-        headers::add_via(&mut parts.headers);
-        let now = self.cache.clock.system_now();
-        let fresh = match policy::storable(parts.status, &parts.headers, route, &self.config.cache, now) {
-            Ok(f) => f,
-            Err(reason) => return Ok(bypass_response(parts, body, head, reason, out)),
-        };
-        let max = self.config.server.max_body;
-        if content_length(&parts.headers).is_some_and(|n| n > max) {
-            return Ok(bypass_response(parts, body, head, BypassReason::TooLarge, out));
-        }
-        let timeout = self.config.origin.timeout;
-        let body = match tokio::time::timeout(timeout, read_limited(body, max)).await {
-            Err(_) => return Err(UpstreamError::Timeout(timeout).into()),
-            Ok(Err(e)) => return Err(UpstreamError::Request(super::forward::root_cause(&e)).into()),
-            Ok(Ok(Limited::TooLarge(prefix, rest))) => {
-                let body = ProxyBody::Prefixed {
-                    prefix: Some(prefix),
-                    rest,
-                };
-                return Ok(bypass_response_body(parts, body, head, BypassReason::TooLarge, out));
-            }
-            Ok(Ok(Limited::Complete(b))) => b,
-        };
-        let surrogate_scopes: Vec<String> = surrogate
-            .iter()
-            .flat_map(|t| [invalidation::tag_scope(t), invalidation::tenant_tag_scope(t, tenant)])
-            .collect();
-        let set_cookies: Vec<HeaderValue> = parts.headers.get_all(header::SET_COOKIE).iter().cloned().collect();
-        let mut stored_headers = parts.headers.clone();
-        stored_headers.remove(header::SET_COOKIE);
-        stored_headers.remove(header::AGE);
-        let entry = CachedResponse {
-            status: parts.status,
-            headers: stored_headers,
-            body: body.clone(),
-            stored_at: self.cache.clock.now(),
-            initial_age: fresh.initial_age,
-            fresh_for: fresh.remaining(),
-            stamps: Stamps::default(),
-        };
-        let target = Target {
-            route: idx,
-            base,
-            vary: vary_names(&parts.headers),
-            headers: &req_headers,
-        };
-        let key_text = self.config.server.debug_headers.then(|| self.cache.full_key(&target));
-        let done = self.cache.put(fill, target, surrogate_scopes, entry).await;
-        let stored = done.is_some();
-        if let Some(l) = leader {
-            l.finish(done);
-        }
-        let h = &mut parts.headers;
-        h.insert(header::AGE, HeaderValue::from(fresh.initial_age.as_secs()));
-        h.insert(headers::X_CACHE, HeaderValue::from_static("MISS"));
-        let status = if stored {
-            "cachegate; fwd=miss; stored"
-        } else {
-            "cachegate; fwd=miss; detail=purged"
-        };
-        h.insert(headers::CACHE_STATUS, HeaderValue::from_static(status));
-        if let Some(k) = key_text {
-            add_debug(h, &k, None);
-        }
-        for c in set_cookies {
-            h.append(header::SET_COOKIE, c);
-        }
-        let body = if head { ProxyBody::Empty } else { ProxyBody::full(body) };
-        Ok(Response::from_parts(parts, body))
+    /// Starts one background refresh for the request's key (none if one is already running).
+    fn refresh_in_background(self: &Arc<Self>, req: &Request<Incoming>, idx: usize, ctx: Ctx<'_>, id: &Identity) {
+        let mut parts = Request::new(()).into_parts().0;
+        parts.method = Method::GET;
+        parts.uri = req.uri().clone();
+        parts.headers = req.headers().clone();
+        let (this, path, query, peer, id) = (
+            self.clone(),
+            ctx.path.to_string(),
+            ctx.query.map(str::to_owned),
+            ctx.peer,
+            id.clone(),
+        );
+        tokio::spawn(async move { this.refresh(parts, idx, path, query, peer, id).await });
     }
-}
 
-/// Where a miss will be stored: route index, base key, and the tenant it was keyed with.
-struct Miss<'a> {
-    idx: usize,
-    base: &'a BaseKey,
-    tenant: Option<&'a str>,
-    /// Set when this request leads a coalesced fetch.
-    leader: Option<Leader>,
+    async fn refresh(
+        self: Arc<Self>,
+        parts: http::request::Parts,
+        idx: usize,
+        path: String,
+        query: Option<String>,
+        peer: SocketAddr,
+        id: Identity,
+    ) {
+        let route = &self.config.routes[idx];
+        let q = key::normalize_query(query.as_deref(), &route.query);
+        let who = KeyIdentity::select(route.vary, id.role.as_deref(), id.tenant.as_deref(), id.user.as_deref());
+        let base = key::base_key(&self.config.cache.key_prefix, &route.name, &path, &q, who);
+        let full = self.cache.key_for(idx, &base, &parts.headers).await;
+        let params = route.path.params(&path).unwrap_or_default();
+        let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
+        let scopes = invalidation::entry_scopes(
+            &route.name,
+            invalidation::url_scope(&route.name, &path, &q),
+            &tags,
+            who.tenant,
+        );
+        let stamps = self.cache.generations.stamp(&scopes);
+        let Join::Leader(leader) = self.cache.coalescer.join(&full, stamps.clone()) else {
+            return;
+        };
+        let fill = self.cache.capture(scopes, stamps).await;
+        let mut out = Outcome {
+            route: Some(idx),
+            ..Outcome::default()
+        };
+        let ctx = Ctx {
+            path: &path,
+            query: query.as_deref(),
+            peer,
+        };
+        let miss = Miss {
+            idx,
+            base: &base,
+            tenant: who.tenant,
+            leader: Some(leader),
+            fallback: None,
+            head: false,
+        };
+        match self.fill(parts, ctx, miss, fill, &mut out).await {
+            Ok(resp) => tracing::debug!(route = %route.name, status = resp.status().as_u16(), "background refresh"),
+            Err(e) => tracing::debug!(route = %route.name, error = %e, "background refresh failed"),
+        }
+    }
 }
 
 /// Why a request on a cached route must not use the cache.
@@ -237,63 +256,4 @@ fn bypass_reason(route: &RouteConfig, id: &Identity, req: &Request<Incoming>) ->
         return Some(BypassReason::Range);
     }
     None
-}
-
-fn bypass_response(
-    parts: http::response::Parts,
-    body: Incoming,
-    head: bool,
-    reason: BypassReason,
-    out: &mut Outcome,
-) -> Response<ProxyBody> {
-    bypass_response_body(parts, ProxyBody::Stream(body), head, reason, out)
-}
-
-fn bypass_response_body(
-    mut parts: http::response::Parts,
-    body: ProxyBody,
-    head: bool,
-    reason: BypassReason,
-    out: &mut Outcome,
-) -> Response<ProxyBody> {
-    mark_bypass(&mut parts.headers, reason, out);
-    // A HEAD was fetched as GET: drop the body, keep the headers.
-    let body = if head { ProxyBody::Empty } else { body };
-    Response::from_parts(parts, body)
-}
-
-fn add_debug(headers: &mut http::HeaderMap, key: &str, tier: Option<Tier>) {
-    if let Ok(v) = HeaderValue::from_str(key) {
-        headers.insert(headers::X_CACHE_KEY, v);
-    }
-    if let Some(t) = tier {
-        headers.insert(headers::X_CACHE_TIER, HeaderValue::from_static(t.as_str()));
-    }
-}
-
-fn content_length(h: &http::HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
-enum Limited {
-    Complete(Bytes),
-    /// Over the limit: what was read so far, and the rest of the stream.
-    TooLarge(Bytes, Incoming),
-}
-
-/// Reads a body into memory unless it grows past `max` bytes.
-async fn read_limited(mut body: Incoming, max: u64) -> Result<Limited, hyper::Error> {
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
-        if (buf.len() + data.len()) as u64 > max {
-            buf.extend_from_slice(&data);
-            return Ok(Limited::TooLarge(buf.freeze(), body));
-        }
-        if buf.is_empty() {
-            buf.reserve(data.len());
-        }
-        buf.extend_from_slice(&data);
-    }
-    Ok(Limited::Complete(buf.freeze()))
 }
