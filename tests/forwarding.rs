@@ -282,3 +282,60 @@ async fn http2_prior_knowledge_is_served() {
     }
     assert_eq!(origin.hits(), 1);
 }
+
+/// Headers that can change the origin's answer without being in the key never reach a fill, so
+/// one client cannot poison an entry for everyone else.
+#[tokio::test]
+async fn cache_poisoning_headers_never_reach_a_fill() {
+    let origin = Origin::start(|r| {
+        let poisoned = ["x-original-url", "x-http-method-override", "x-forwarded-port", "x-host"]
+            .iter()
+            .any(|h| r.headers.contains_key(*h));
+        let fwd_host = support::header(&r.headers, "x-forwarded-host");
+        respond(200, &[], format!("poisoned={poisoned} host={fwd_host}"))
+    })
+    .await;
+    let proxy = Proxy::start(&origin, ROUTES).await;
+    let r = proxy
+        .get("/cached/page")
+        .header("host", "good.example")
+        .header("x-original-url", "/admin")
+        .header("x-http-method-override", "DELETE")
+        .header("x-forwarded-port", "666")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-host", "evil.example")
+        .send()
+        .await;
+    assert_eq!(r.text(), "poisoned=false host=good.example");
+    // Uncached pass-through keeps them: the origin decides for its own answer.
+    proxy.get("/uncached").header("x-original-url", "/admin").send().await;
+    assert!(origin.last().headers.contains_key("x-original-url"));
+}
+
+/// Different spellings of one path share a key; different paths never do.
+#[tokio::test]
+async fn path_spellings_map_to_one_key_and_distinct_paths_to_distinct_keys() {
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&origin, ROUTES).await;
+    proxy.get("/cached/a%2Fb").send().await;
+    assert_eq!(
+        proxy.get("/cached/a%2fb").send().await.x_cache(),
+        "HIT",
+        "hex case is normalised"
+    );
+    assert_eq!(
+        proxy.get("/cached/a/b").send().await.x_cache(),
+        "MISS",
+        "an encoded slash is not a slash"
+    );
+    assert_eq!(
+        proxy.get("/cached//a/b").send().await.x_cache(),
+        "MISS",
+        "an empty segment is a different path"
+    );
+    assert_eq!(
+        origin.last().path,
+        "/cached//a/b",
+        "the keyed path is the forwarded path"
+    );
+}

@@ -89,6 +89,28 @@ pub fn take_surrogate_tags(headers: &mut HeaderMap) -> Vec<String> {
     tags
 }
 
+/// Request headers some frameworks let override the URL, method, host or scheme. They are not
+/// part of the key, so a fill that forwarded them would let one client poison the entry for
+/// everyone (cache poisoning): cache fills never carry them.
+const OVERRIDES: [&str; 9] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-forwarded-scheme",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-host",
+];
+
+/// Removes the [`OVERRIDES`] headers.
+pub fn strip_overrides(headers: &mut HeaderMap) {
+    for n in OVERRIDES {
+        headers.remove(n);
+    }
+}
+
 /// Headers a cache fill must not forward: the fill wants the full, unconditional answer.
 pub fn strip_conditionals(headers: &mut HeaderMap) {
     for n in [

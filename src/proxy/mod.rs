@@ -239,6 +239,7 @@ impl Proxy {
         headers.insert(header::HOST, host);
         let method = if fill {
             headers::strip_conditionals(&mut headers);
+            headers::strip_overrides(&mut headers);
             headers.remove(header::CONTENT_LENGTH);
             Method::GET
         } else {
