@@ -28,6 +28,7 @@ use crate::proxy::body::ProxyBody;
 use crate::proxy::Proxy;
 use crate::secrets::Secrets;
 use crate::tiers::redis::RedisTier;
+use crate::warm::Warmer;
 
 /// How long open connections get to finish after shutdown starts.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -101,12 +102,18 @@ pub async fn start_with(config: Config, secrets: Secrets) -> std::io::Result<Run
     if secrets.purge_token.is_none() && secrets.purge_hmac.is_none() {
         tracing::info!("purge webhook disabled: no secret in the variables [purge] token_env / hmac_secret_env name");
     }
+    let warmer = Arc::new(Warmer::new(&config, proxy_addr));
+    // A [warm] that cannot work (identity headers we would strip) is a config error, found now.
+    let scheduled = config.warm.as_ref().map(|w| warmer.scheduled_job(w)).transpose();
+    let scheduled =
+        scheduled.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("[warm]: {e}")))?;
     let admin = Arc::new(Admin::new(
         config.clone(),
         cache.clone(),
         purger,
         &secrets,
         metrics.clone(),
+        warmer.clone(),
     ));
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = vec![
@@ -120,6 +127,14 @@ pub async fn start_with(config: Config, secrets: Secrets) -> std::io::Result<Run
         })),
         tokio::spawn(prune_generations(cache.clone(), stop_rx.clone())),
     ];
+    if let (Some(job), Some(w)) = (scheduled, &config.warm) {
+        tasks.push(tokio::spawn(crate::warm::scheduled(
+            warmer,
+            job,
+            w.interval,
+            stop_rx.clone(),
+        )));
+    }
     if let Some((redis, coherence)) = shared {
         tasks.push(tokio::spawn(redis.connect(stop_rx.clone())));
         tasks.push(tokio::spawn(coherence.run(stop_rx)));

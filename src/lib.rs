@@ -9,7 +9,10 @@
 //! * [`invalidation`]: scopes, generation counters and the purger: O(1) purges, no resurrection
 //! * [`coherence`]: purge fan-out over Redis pub/sub, heartbeat lease, acknowledgements
 //! * [`proxy`]: the request flow, origin client, header hygiene
-//! * [`admin`]: the admin listener (`/healthz`, `/readyz`, `POST /purge`)
+//! * [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/admin/stats`, `POST /purge`,
+//!   `POST /admin/warm`)
+//! * [`warm`]: cache warming through the public listener, on request and on a `[warm]` schedule
+//! * [`cli`]: the `stats`, `purge` and `warm` verbs, talking to a running instance's admin listener
 //! * [`metrics`]: every exported metric, registered on a registry passed in
 //! * [`error`]: errors that become HTTP answers, in one place
 //! * [`secrets`]: secrets named by the config, read once
@@ -21,6 +24,7 @@
 pub mod admin;
 pub mod app;
 pub mod cache;
+pub mod cli;
 pub mod clock;
 pub mod coherence;
 pub mod config;
@@ -32,3 +36,4 @@ pub mod proxy;
 pub mod route;
 pub mod secrets;
 pub mod tiers;
+pub mod warm;

@@ -1,8 +1,9 @@
 //! The `cachegate` binary: CLI, logging, exit codes. Everything else lives in the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use cachegate::cli;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Exit code for a configuration that cannot be used (sysexits EX_USAGE... EX_CONFIG would be 78;
@@ -18,9 +19,9 @@ const EXIT_CONFIG: u8 = 64;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Config file (for the default `run` verb).
-    #[arg(long, short, global = true, default_value = "proxy.toml")]
-    config: PathBuf,
+    /// Config file [default: proxy.toml]; `stats`, `purge` and `warm` read its admin_listen and token_env.
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -32,6 +33,12 @@ enum Command {
     Run,
     /// Validate the config file and exit: 0 when valid, 64 with every problem otherwise.
     Check,
+    /// Show a running instance's uptime, tiers and per-route hit ratios (GET /admin/stats).
+    Stats(cli::Remote),
+    /// Purge a running instance's entries by tag, route, path or all (POST /purge).
+    Purge(cli::PurgeArgs),
+    /// Warm the paths listed in a file for given roles and tenants (POST /admin/warm).
+    Warm(cli::WarmArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -41,26 +48,46 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_tracing(cli.log_format);
-    let config = match cachegate::config::load(&cli.config) {
+    let args = match Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            // Help and version go to stdout with 0; usage errors exit 64 like config errors.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_CONFIG } else { 0 });
+        }
+    };
+    init_tracing(args.log_format);
+    let explicit = args.config.as_deref();
+    let command = args.command.unwrap_or(Command::Run);
+    let code = match command {
+        Command::Stats(remote) => cli::exit_code(cli::stats(remote, explicit)),
+        Command::Purge(what) => cli::exit_code(cli::purge(what, explicit)),
+        Command::Warm(list) => cli::exit_code(cli::warm(list, explicit)),
+        Command::Run | Command::Check => return run_or_check(command, explicit),
+    };
+    ExitCode::from(code)
+}
+
+fn run_or_check(command: Command, explicit: Option<&Path>) -> ExitCode {
+    let file = explicit.unwrap_or(Path::new(cli::DEFAULT_CONFIG));
+    let config = match cachegate::config::load(file) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
+    match command {
         Command::Check => {
             println!(
                 "{}: ok ({} routes, {} invalidation rules)",
-                cli.config.display(),
+                file.display(),
                 config.routes.len(),
                 config.invalidations.len()
             );
             ExitCode::SUCCESS
         }
-        Command::Run => run(config),
+        _ => run(config),
     }
 }
 

@@ -2,6 +2,7 @@
 //! It binds 127.0.0.1 by default and is separate from the public listener.
 
 pub mod purge;
+mod warm;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ pub struct Admin {
     purger: Arc<Purger>,
     auth: PurgeAuth,
     metrics: Arc<Metrics>,
+    warmer: Arc<crate::warm::Warmer>,
     started: std::time::Instant,
     loaded_at: std::time::SystemTime,
 }
@@ -41,6 +43,7 @@ impl Admin {
         purger: Arc<Purger>,
         secrets: &Secrets,
         metrics: Arc<Metrics>,
+        warmer: Arc<crate::warm::Warmer>,
     ) -> Self {
         let auth = PurgeAuth::new(secrets);
         Admin {
@@ -49,6 +52,7 @@ impl Admin {
             purger,
             auth,
             metrics,
+            warmer,
             started: std::time::Instant::now(),
             loaded_at: std::time::SystemTime::now(),
         }
@@ -62,6 +66,7 @@ impl Admin {
             (_, "/metrics") => self.metrics().await,
             (_, "/admin/stats") => self.stats().await,
             (&Method::POST, "/purge") => self.purge(req).await,
+            (&Method::POST, "/admin/warm") => self.warm(req).await,
             (_, "/purge") => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "use POST /purge with a JSON body\n".into(),

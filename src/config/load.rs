@@ -68,6 +68,7 @@ fn read_root(ctx: &mut Ctx<'_>, root: toml_span::Value<'_>, file: &Path) -> Opti
         .into_iter()
         .filter_map(|s| invalidate(ctx, s))
         .collect();
+    let warm = root.table(ctx, "warm").and_then(|s| warm(ctx, s));
     root.finish(ctx);
     check_unique_routes(ctx, &routes);
     Some(Config {
@@ -79,6 +80,7 @@ fn read_root(ctx: &mut Ctx<'_>, root: toml_span::Value<'_>, file: &Path) -> Opti
         purge: purge??,
         routes: routes.into_iter().map(|(r, _)| r).collect(),
         invalidations,
+        warm,
     })
 }
 
@@ -343,6 +345,91 @@ fn purge(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<PurgeConfig> {
     Some(PurgeConfig {
         token_env,
         hmac_secret_env,
+    })
+}
+
+/// `[warm]`: every key checked here, so a bad entry is a start-up error rather than a warm failure.
+fn warm(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<WarmConfig> {
+    let (offset, interval_key) = (s.offset(), s.key_path("interval"));
+    let interval = match s.string(ctx, "interval") {
+        Some(i) => parse_duration(ctx, &i).filter(|d| {
+            if d.is_zero() {
+                ctx.issue(i.offset, &i.key, "expected a duration above zero, e.g. \"5m\"");
+            }
+            !d.is_zero()
+        }),
+        None => {
+            if !ctx.issues.iter().any(|i| i.key == interval_key) {
+                ctx.issue(
+                    offset,
+                    &interval_key,
+                    "missing key (expected how often to warm, e.g. \"5m\")",
+                );
+            }
+            None
+        }
+    };
+    let paths = match s.take("paths") {
+        Some(f) => {
+            let (at, key) = (f.offset, f.key.clone());
+            let list = f.into_strings(ctx);
+            if list
+                .as_ref()
+                .is_some_and(|l| l.is_empty() || l.len() > crate::warm::MAX_PATHS)
+            {
+                let max = crate::warm::MAX_PATHS;
+                ctx.issue(
+                    at,
+                    &key,
+                    format!("expected between 1 and {max} paths, e.g. [\"/courses/\"]"),
+                );
+            }
+            list
+        }
+        None => {
+            let key = s.key_path("paths");
+            ctx.issue(
+                offset,
+                &key,
+                "missing key (expected the paths to warm, e.g. [\"/courses/\"])",
+            );
+            None
+        }
+    };
+    for p in paths.iter().flatten() {
+        if !p.value.starts_with('/') || p.value.parse::<http::uri::PathAndQuery>().is_err() {
+            let msg = format!(
+                "expected a path starting with '/', e.g. \"/courses/?page=1\", found {:?}",
+                p.value
+            );
+            ctx.issue(p.offset, &p.key, msg);
+        }
+    }
+    let mut names = |key: &'static str| {
+        let list = s.strings(ctx, key).unwrap_or_default();
+        for n in &list {
+            if n.value.is_empty() || http::HeaderValue::from_str(&n.value).is_err() {
+                ctx.issue(n.offset, &n.key, "expected a non-empty name usable as a header value");
+            }
+        }
+        list.into_iter().map(|n| n.value).collect::<Vec<_>>()
+    };
+    let (roles, tenants) = (names("roles"), names("tenants"));
+    let concurrency = s.take("concurrency").and_then(|mut f| match f.value.take() {
+        ValueInner::Integer(n) if (1..=crate::warm::MAX_CONCURRENCY as i64).contains(&n) => Some(n as usize),
+        _ => {
+            let max = crate::warm::MAX_CONCURRENCY;
+            ctx.issue(f.offset, &f.key, format!("expected a whole number from 1 to {max}"));
+            None
+        }
+    });
+    s.finish(ctx);
+    Some(WarmConfig {
+        interval: interval?,
+        paths: paths?.into_iter().map(|p| p.value).collect(),
+        roles,
+        tenants,
+        concurrency: concurrency.unwrap_or(crate::warm::DEFAULT_CONCURRENCY),
     })
 }
 

@@ -40,6 +40,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[[invalidate]]`, in file order.
     pub invalidations: Vec<InvalidateConfig>,
+    /// `[warm]`: scheduled cache warming, when present.
+    pub warm: Option<WarmConfig>,
 }
 
 /// `[server]`: listeners and answer shaping.
@@ -200,6 +202,21 @@ pub struct PurgeConfig {
     pub token_env: Option<String>,
     /// Environment variable holding the HMAC secret for signed webhooks.
     pub hmac_secret_env: Option<String>,
+}
+
+/// `[warm]`: paths warmed through the public listener every `interval`.
+#[derive(Debug, Clone)]
+pub struct WarmConfig {
+    /// Time between two runs; the first run comes one interval after start.
+    pub interval: Duration,
+    /// Paths (with query) to warm; each starts with `/`.
+    pub paths: Vec<String>,
+    /// Roles to warm each path for; empty = anonymous.
+    pub roles: Vec<String>,
+    /// Tenants to warm each path for; empty = no tenant.
+    pub tenants: Vec<String>,
+    /// Requests in flight at once (1 to 64).
+    pub concurrency: usize,
 }
 
 /// How long a route's entries are fresh.
