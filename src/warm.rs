@@ -166,6 +166,16 @@ impl Warmer {
             }
             Some("MISS") => Ok(true),
             Some("HIT") => Ok(false),
+            // An expired entry inside stale-while-revalidate: the answer started a background
+            // refresh, which is what warming is for.
+            Some("STALE")
+                if parts
+                    .headers
+                    .get(crate::proxy::headers::CACHE_STATUS)
+                    .is_some_and(|v| v.as_bytes().ends_with(b"detail=stale")) =>
+            {
+                Ok(true)
+            }
             Some(other) => {
                 let detail = parts
                     .headers
@@ -175,7 +185,7 @@ impl Warmer {
                     .and_then(|d| d.split("detail=").nth(1))
                     .unwrap_or("see Cache-Status");
                 let what = if other == "STALE" {
-                    "an expired entry was served instead of a fresh one"
+                    "the origin failed and an expired entry was served"
                 } else {
                     "the answer was not stored"
                 };

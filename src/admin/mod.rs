@@ -73,7 +73,7 @@ impl Admin {
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: the admin listener serves /healthz, /readyz, /metrics, /admin/stats and POST /purge\n"
+                "not found: the admin listener serves /healthz, /readyz, /metrics, /admin/stats, POST /purge and POST /admin/warm\n"
                     .into(),
             ),
         }

@@ -376,14 +376,6 @@ impl Config {
         if self.server.tls.is_some() {
             out.push("[server] tls (TLS is not implemented yet: the listener speaks plain HTTP)");
         }
-        let stale_defaults = !self.cache.stale_while_revalidate.is_zero() || !self.cache.stale_if_error.is_zero();
-        let stale_routes = self
-            .routes
-            .iter()
-            .any(|r| r.stale_while_revalidate.is_some() || r.stale_if_error.is_some());
-        if stale_defaults || stale_routes {
-            out.push("stale_while_revalidate / stale_if_error (stale serving is not implemented yet: expired entries are refetched)");
-        }
         out
     }
 }

@@ -219,6 +219,10 @@ impl Proxy {
         let Join::Leader(leader) = self.cache.coalescer.join(&full, stamps.clone()) else {
             return;
         };
+        // A refresh started by an earlier stale read may have landed meanwhile.
+        if matches!(self.cache.memory_lookup(&full).await, Some((_, Staleness::Fresh))) {
+            return;
+        }
         let fill = self.cache.capture(scopes, stamps).await;
         let mut out = Outcome {
             route: Some(idx),
