@@ -26,9 +26,11 @@ use crate::invalidation::{Generations, Purger};
 use crate::metrics::Metrics;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::Proxy;
+use crate::reload::Reloader;
 use crate::secrets::Secrets;
 use crate::tiers::redis::RedisTier;
 use crate::warm::Warmer;
+use arc_swap::ArcSwap;
 
 /// How long open connections get to finish after shutdown starts.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -43,6 +45,8 @@ pub struct Running {
     pub cache: Arc<Cache>,
     /// The freshness clock (tests advance it).
     pub clock: Arc<Clock>,
+    /// Config hot reload.
+    pub reloader: Arc<Reloader>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -98,7 +102,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> std::io::Result<Run
     ));
     let proxy = Proxy::new(config.clone(), cache.clone(), purger.clone(), &secrets, metrics.clone())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let proxy = Arc::new(proxy);
+    let proxy = Arc::new(ArcSwap::from_pointee(proxy));
     if secrets.purge_token.is_none() && secrets.purge_hmac.is_none() {
         tracing::info!("purge webhook disabled: no secret in the variables [purge] token_env / hmac_secret_env name");
     }
@@ -107,8 +111,16 @@ pub async fn start_with(config: Config, secrets: Secrets) -> std::io::Result<Run
     let scheduled = config.warm.as_ref().map(|w| warmer.scheduled_job(w)).transpose();
     let scheduled =
         scheduled.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("[warm]: {e}")))?;
+    let reloader = Arc::new(Reloader::new(
+        Arc::new(ArcSwap::new(config.clone())),
+        proxy.clone(),
+        cache.clone(),
+        purger.clone(),
+        secrets.clone(),
+        metrics.clone(),
+    ));
     let admin = Arc::new(Admin::new(
-        config.clone(),
+        reloader.clone(),
         cache.clone(),
         purger,
         &secrets,
@@ -118,7 +130,8 @@ pub async fn start_with(config: Config, secrets: Secrets) -> std::io::Result<Run
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = vec![
         tokio::spawn(serve(proxy_listener, stop_rx.clone(), move |req, peer| {
-            let proxy = proxy.clone();
+            // Loaded per request: a reload swaps it, in-flight requests keep the one they have.
+            let proxy = proxy.load_full();
             async move { proxy.handle(req, peer).await }
         })),
         tokio::spawn(serve(admin_listener, stop_rx.clone(), move |req, _peer| {
@@ -144,6 +157,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> std::io::Result<Run
         admin_addr,
         cache,
         clock,
+        reloader,
         stop,
         tasks,
     })

@@ -17,6 +17,7 @@
 //! * [`error`]: errors that become HTTP answers, in one place
 //! * [`secrets`]: secrets named by the config, read once
 //! * [`clock`]: the clock freshness is judged by
+//! * [`reload`]: config hot reload (SIGHUP, `POST /admin/reload`)
 //! * [`app`]: wiring, listeners and graceful shutdown
 
 #![forbid(unsafe_code)]
@@ -33,6 +34,7 @@ pub mod identity;
 pub mod invalidation;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod secrets;
 pub mod tiers;

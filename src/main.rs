@@ -125,6 +125,7 @@ fn run(config: cachegate::config::Config) -> ExitCode {
             origin = %origin,
             "cachegate started"
         );
+        reload_on_sighup(running.reloader.clone());
         wait_for_signal().await;
         tracing::info!("shutting down: draining open connections");
         running.shutdown().await;
@@ -148,6 +149,23 @@ fn warn_memory_ttl(config: &cachegate::config::Config) {
             }
         }
     }
+}
+
+/// SIGHUP re-reads the config; a bad file is logged and the old config keeps running.
+fn reload_on_sighup(reloader: std::sync::Arc<cachegate::reload::Reloader>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reload with POST /admin/reload instead");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = reloader.reload().await;
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = reloader;
 }
 
 async fn wait_for_signal() {

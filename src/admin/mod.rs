@@ -17,7 +17,9 @@ use crate::config::Config;
 use crate::invalidation::{Purger, Trigger};
 use crate::metrics::Metrics;
 use crate::proxy::body::ProxyBody;
+use crate::reload::Reloader;
 use crate::secrets::Secrets;
+use arc_swap::ArcSwap;
 use purge::PurgeAuth;
 
 /// Largest purge body accepted.
@@ -25,7 +27,8 @@ const MAX_PURGE_BODY: usize = 1024 * 1024;
 
 /// Admin endpoints.
 pub struct Admin {
-    config: Arc<Config>,
+    config: Arc<ArcSwap<Config>>,
+    reloader: Arc<Reloader>,
     cache: Arc<Cache>,
     purger: Arc<Purger>,
     auth: PurgeAuth,
@@ -38,7 +41,7 @@ pub struct Admin {
 impl Admin {
     /// Builds the admin handler.
     pub fn new(
-        config: Arc<Config>,
+        reloader: Arc<Reloader>,
         cache: Arc<Cache>,
         purger: Arc<Purger>,
         secrets: &Secrets,
@@ -47,7 +50,8 @@ impl Admin {
     ) -> Self {
         let auth = PurgeAuth::new(secrets);
         Admin {
-            config,
+            config: reloader.config.clone(),
+            reloader,
             cache,
             purger,
             auth,
@@ -67,14 +71,41 @@ impl Admin {
             (_, "/admin/stats") => self.stats().await,
             (&Method::POST, "/purge") => self.purge(req).await,
             (&Method::POST, "/admin/warm") => self.warm(req).await,
+            (&Method::POST, "/admin/reload") => self.reload(req).await,
             (_, "/purge") => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "use POST /purge with a JSON body\n".into(),
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: the admin listener serves /healthz, /readyz, /metrics, /admin/stats, POST /purge and POST /admin/warm\n"
+                "not found: the admin listener serves /healthz, /readyz, /metrics, /admin/stats, POST /purge, POST /admin/warm and POST /admin/reload\n"
                     .into(),
+            ),
+        }
+    }
+
+    /// Re-reads the config file; authenticated like `/purge`.
+    async fn reload(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        if !self.auth.enabled() {
+            let msg = "reload endpoint disabled: set [purge] token_env or hmac_secret_env (or send SIGHUP)";
+            return json(StatusCode::FORBIDDEN, &serde_json::json!({ "error": msg }));
+        }
+        let (parts, body) = req.into_parts();
+        let Ok(body) = Limited::new(body, MAX_PURGE_BODY).collect().await.map(|b| b.to_bytes()) else {
+            return json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &serde_json::json!({ "error": "body over 1 MiB" }),
+            );
+        };
+        let redis = self.cache.redis().map(|r| r.as_ref());
+        if let Err(purge::Refusal(status, msg)) = self.auth.check(&parts.headers, &body, redis).await {
+            return json(status, &serde_json::json!({ "error": msg }));
+        }
+        match self.reloader.reload().await {
+            Ok(msg) => json(StatusCode::OK, &serde_json::json!({ "reloaded": true, "message": msg })),
+            Err(e) => json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &serde_json::json!({ "reloaded": false, "error": e }),
             ),
         }
     }
@@ -102,8 +133,8 @@ impl Admin {
                 .get_metric_with_label_values(&[route, result, tier])
                 .map_or(0, |c| c.get())
         };
-        let routes: Vec<serde_json::Value> = self
-            .config
+        let config = self.config.load();
+        let routes: Vec<serde_json::Value> = config
             .routes
             .iter()
             .map(|r| {
@@ -132,8 +163,8 @@ impl Admin {
             StatusCode::OK,
             &serde_json::json!({
                 "uptime_seconds": self.started.elapsed().as_secs(),
-                "config": { "file": self.config.file.display().to_string(), "loaded_at_unix": loaded },
-                "memory": { "entries": entries, "bytes": bytes, "capacity_bytes": self.config.cache.memory_capacity },
+                "config": { "file": self.config.load().file.display().to_string(), "loaded_at_unix": loaded },
+                "memory": { "entries": entries, "bytes": bytes, "capacity_bytes": self.config.load().cache.memory_capacity },
                 "redis": redis,
                 "routes": routes,
             }),
@@ -156,7 +187,7 @@ impl Admin {
         };
         let redis = self.cache.redis().map(|r| r.as_ref());
         let checked = match self.auth.check(&parts.headers, &body, redis).await {
-            Ok(()) => purge::scopes_for(&self.config, &body),
+            Ok(()) => purge::scopes_for(&self.config.load(), &body),
             Err(r) => Err(r),
         };
         let (scopes, soft) = match checked {
@@ -179,8 +210,9 @@ impl Admin {
 
     /// Ready when the origin accepts a TCP connection.
     async fn ready(&self) -> Response<ProxyBody> {
-        let authority = self.config.origin.authority.as_str();
-        let addr = if self.config.origin.authority.port().is_some() {
+        let config = self.config.load();
+        let authority = config.origin.authority.as_str();
+        let addr = if config.origin.authority.port().is_some() {
             authority.to_string()
         } else {
             format!("{authority}:80")

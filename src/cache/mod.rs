@@ -74,8 +74,9 @@ pub struct Cache {
     memory: MemoryTier,
     /// `Vary` header names learned per base key.
     vary_index: moka::future::Cache<Arc<str>, Arc<[HeaderName]>>,
-    /// Per route: has its origin ever answered with `Vary`? Saves an index lookup per hit.
-    seen_vary: Vec<AtomicBool>,
+    /// Has any origin answer carried `Vary`? Until then no hit pays for an index lookup. One
+    /// flag rather than one per route, so a config reload that reorders routes keeps it right.
+    seen_vary: AtomicBool,
     /// Scope generations of this instance.
     pub generations: Arc<Generations>,
     /// Freshness clock.
@@ -104,7 +105,7 @@ impl Cache {
                 .max_capacity(1_000_000)
                 .time_to_live(ttl)
                 .build(),
-            seen_vary: config.routes.iter().map(|_| AtomicBool::new(false)).collect(),
+            seen_vary: AtomicBool::new(false),
             generations,
             clock,
             redis,
@@ -135,8 +136,8 @@ impl Cache {
 
     /// The full key for a request: the base key plus the values of the headers the origin's
     /// answer for this URL varies on.
-    pub async fn key_for(&self, route: usize, base: &BaseKey, headers: &HeaderMap) -> String {
-        if self.seen_vary[route].load(Ordering::Relaxed) {
+    pub async fn key_for(&self, base: &BaseKey, headers: &HeaderMap) -> String {
+        if self.seen_vary.load(Ordering::Relaxed) {
             if let Some(names) = self.vary_index.get(base.text.as_str()).await {
                 return key::full_key(base, &names, headers);
             }
@@ -344,11 +345,11 @@ impl Cache {
         }
         let base_text: Arc<str> = Arc::from(target.base.text.as_str());
         if target.vary.is_empty() {
-            if self.seen_vary[target.route].load(Ordering::Relaxed) {
+            if self.seen_vary.load(Ordering::Relaxed) {
                 self.vary_index.invalidate(&base_text).await;
             }
         } else {
-            self.seen_vary[target.route].store(true, Ordering::Relaxed);
+            self.seen_vary.store(true, Ordering::Relaxed);
             self.vary_index.insert(base_text, target.vary.clone().into()).await;
         }
         let entry = Arc::new(entry);
@@ -370,8 +371,6 @@ impl Cache {
 
 /// Where a filled entry goes.
 pub struct Target<'a> {
-    /// Route index.
-    pub route: usize,
     /// Key without `Vary` headers.
     pub base: &'a BaseKey,
     /// The origin's `Vary` names.

@@ -140,7 +140,6 @@ impl Proxy {
             stale: policy::stale_windows(&parts.headers, route, &self.config.cache),
         };
         let target = Target {
-            route: idx,
             base,
             vary: vary_names(&parts.headers),
             headers: &req_headers,

@@ -57,7 +57,7 @@ impl Proxy {
         let query = key::normalize_query(ctx.query, &route.query);
         let who = KeyIdentity::select(route.vary, id.role.as_deref(), id.tenant.as_deref(), id.user.as_deref());
         let base = key::base_key(&self.config.cache.key_prefix, &route.name, ctx.path, &query, who);
-        let full = self.cache.key_for(idx, &base, req.headers()).await;
+        let full = self.cache.key_for(&base, req.headers()).await;
         let head = req.method() == Method::HEAD;
         let asked = Asked {
             headers: req.headers(),
@@ -87,7 +87,7 @@ impl Proxy {
                 if let Ok(Some(done)) = waited {
                     // The origin's Vary may have put the answer under another key than ours.
                     let now = self.cache.clock.now();
-                    if done.entry.is_usable(now) && self.cache.key_for(idx, &base, req.headers()).await == done.key {
+                    if done.entry.is_usable(now) && self.cache.key_for(&base, req.headers()).await == done.key {
                         return Ok(self.serve(&asked, &done.entry, Tier::Memory, &done.key, Serve::Hit, out));
                     }
                 }
@@ -206,7 +206,7 @@ impl Proxy {
         let q = key::normalize_query(query.as_deref(), &route.query);
         let who = KeyIdentity::select(route.vary, id.role.as_deref(), id.tenant.as_deref(), id.user.as_deref());
         let base = key::base_key(&self.config.cache.key_prefix, &route.name, &path, &q, who);
-        let full = self.cache.key_for(idx, &base, &parts.headers).await;
+        let full = self.cache.key_for(&base, &parts.headers).await;
         let params = route.path.params(&path).unwrap_or_default();
         let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
         let scopes = invalidation::entry_scopes(

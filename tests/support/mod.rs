@@ -246,6 +246,17 @@ impl Proxy {
         }
     }
 
+    /// Wraps an instance started elsewhere.
+    pub fn from_running(running: cachegate::app::Running) -> Proxy {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Proxy {
+            addr: running.proxy_addr,
+            admin: running.admin_addr,
+            running: Some(running),
+            client,
+        }
+    }
+
     pub fn running(&self) -> &cachegate::app::Running {
         self.running.as_ref().unwrap()
     }
@@ -549,6 +560,11 @@ impl Binary {
                 return bin;
             }
         }
+    }
+
+    /// The config file the binary runs with.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("proxy.toml")
     }
 
     /// Sends a signal by name (`TERM`, `STOP`, `CONT`).

@@ -1,0 +1,125 @@
+//! Config hot reload (SIGHUP, `POST /admin/reload`): re-read, validate, swap atomically.
+//!
+//! In-flight requests keep the proxy they started with; new ones get the new config. A file
+//! with errors, or one that changes a setting only a restart can apply, leaves the running
+//! config untouched. Either way the outcome is logged and counted in
+//! `cachegate_config_reloads_total{result}`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::cache::Cache;
+use crate::config::{self, Config};
+use crate::invalidation::Purger;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::secrets::Secrets;
+
+/// Everything a reload rebuilds or keeps.
+pub struct Reloader {
+    path: PathBuf,
+    /// The config in force.
+    pub config: Arc<ArcSwap<Config>>,
+    /// The proxy built from it.
+    pub proxy: Arc<ArcSwap<Proxy>>,
+    cache: Arc<Cache>,
+    purger: Arc<Purger>,
+    secrets: Secrets,
+    metrics: Arc<Metrics>,
+    lock: tokio::sync::Mutex<()>,
+}
+
+/// Settings read once at start-up (listeners, tiers, the warmer); changing them needs a restart.
+fn restart_only(c: &Config) -> String {
+    format!(
+        "{:?}",
+        (
+            (c.server.listen, c.server.admin_listen, &c.server.tls),
+            (
+                &c.cache.redis_urls,
+                &c.cache.key_prefix,
+                c.cache.memory_capacity,
+                c.cache.memory_ttl
+            ),
+            (c.cache.redis_timeout, c.cache.degraded_memory_ttl),
+            (
+                &c.identity.role_header,
+                &c.identity.tenant_header,
+                &c.identity.trust_headers_from
+            ),
+            (&c.purge.token_env, &c.purge.hmac_secret_env, &c.warm),
+        )
+    )
+}
+
+impl Reloader {
+    /// A reloader for the running parts.
+    pub fn new(
+        config: Arc<ArcSwap<Config>>,
+        proxy: Arc<ArcSwap<Proxy>>,
+        cache: Arc<Cache>,
+        purger: Arc<Purger>,
+        secrets: Secrets,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let path = config.load().file.clone();
+        Reloader {
+            path,
+            config,
+            proxy,
+            cache,
+            purger,
+            secrets,
+            metrics,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Re-reads the config file and swaps it in.
+    ///
+    /// # Errors
+    /// Every problem found; the running config stays in force.
+    pub async fn reload(&self) -> Result<String, String> {
+        let _one_at_a_time = self.lock.lock().await;
+        let result = self.try_reload().await;
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.config_reloads.with_label_values(&[label]).inc();
+        match &result {
+            Ok(msg) => tracing::info!("{msg}"),
+            Err(e) => tracing::error!("config reload refused, still running the previous config:\n{e}"),
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<String, String> {
+        let path = self.path.clone();
+        let new = tokio::task::spawn_blocking(move || config::load(&path))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let old = self.config.load();
+        if restart_only(&old) != restart_only(&new) {
+            return Err(format!(
+                "{}: listeners, TLS, [cache] redis_url/key_prefix/memory_capacity/memory_ttl/redis_timeout/degraded_memory_ttl, identity headers, [purge] and [warm] only change with a restart",
+                self.path.display()
+            ));
+        }
+        let config = Arc::new(new);
+        let proxy = Proxy::new(
+            config.clone(),
+            self.cache.clone(),
+            self.purger.clone(),
+            &self.secrets,
+            self.metrics.clone(),
+        )?;
+        let routes = config.routes.len();
+        self.proxy.store(Arc::new(proxy));
+        self.config.store(config);
+        Ok(format!(
+            "config reloaded from {} ({routes} routes)",
+            self.path.display()
+        ))
+    }
+}
