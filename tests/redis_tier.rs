@@ -550,3 +550,68 @@ async fn password_in_the_url_is_used() {
     a.get("/courses/").send().await;
     assert_eq!(b.get("/courses/").send().await.header("x-cache-tier"), "redis");
 }
+
+/// A paused (SIGSTOP) redis-server answers nothing; requests must neither hang nor fail, and
+/// Redis hits resume once it continues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_redis_never_hangs_or_fails_requests() {
+    let redis = RedisServer::start().await;
+    let (origin, _) = versioned().await;
+    let a = Arc::new(instance(&origin, &redis, "").await);
+    a.get("/courses/").send().await;
+    redis.signal("STOP");
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move {
+                let r = if i % 4 == 0 {
+                    a.req(Method::POST, "/courses/").send().await
+                } else {
+                    a.get(&format!("/lectures/{}/", i % 5)).send().await
+                };
+                r.status
+            })
+        })
+        .collect();
+    let mut errors = 0;
+    for t in tasks {
+        // `send` itself fails the test past 30 s: a hang would show up here.
+        if t.await.unwrap().is_server_error() {
+            errors += 1;
+        }
+    }
+    assert_eq!(errors, 0, "5xx answers while Redis was paused");
+    let cache = a.running().cache.clone();
+    assert!(!cache.redis().unwrap().is_up(), "the pause was noticed");
+    redis.signal("CONT");
+    a.wait_shared().await;
+    a.get("/lectures/42/").send().await;
+    let b = instance(&origin, &redis, "").await;
+    assert_eq!(
+        b.get("/lectures/42/").send().await.header("x-cache-tier"),
+        "redis",
+        "Redis hits resume"
+    );
+}
+
+/// A write acknowledged while Redis was unreachable must still invalidate the Redis copy once
+/// Redis is back: the purge is replayed before the tier is used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_made_while_redis_is_down_are_replayed() {
+    let redis = RedisServer::start().await;
+    let (origin, _) = versioned().await;
+    let a = instance(&origin, &redis, "").await;
+    assert_eq!(a.get("/courses/").send().await.text(), "v0");
+    redis.signal("STOP");
+    let w = a.req(Method::POST, "/courses/").send().await;
+    assert_eq!(w.status, 200);
+    redis.signal("CONT");
+    a.wait_shared().await;
+    let b = instance(&origin, &redis, "").await;
+    let r = b.get("/courses/").send().await;
+    assert_eq!(
+        r.text(),
+        "v1",
+        "the Redis copy from before the write must not come back"
+    );
+}

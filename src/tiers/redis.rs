@@ -88,7 +88,23 @@ pub struct RedisTier {
     store: Script,
     purge: Script,
     heartbeat: Script,
+    /// Purges Redis did not record (it was down): replayed before the tier is used again, so
+    /// entries written before them cannot come back.
+    pending: std::sync::Mutex<Vec<PendingPurge>>,
 }
+
+/// A purge waiting for Redis.
+#[derive(Debug, Clone)]
+struct PendingPurge {
+    scopes: Vec<String>,
+    soft: bool,
+    channel: String,
+    message: String,
+    me: u64,
+}
+
+/// Past this many pending purges they collapse into one purge of everything.
+const MAX_PENDING: usize = 10_000;
 
 const LOOKUP_LUA: &str = r#"
 local function gens(first)
@@ -194,6 +210,7 @@ impl RedisTier {
             store: Script::new(STORE_LUA),
             purge: Script::new(PURGE_LUA),
             heartbeat: Script::new(HEARTBEAT_LUA),
+            pending: std::sync::Mutex::new(Vec::new()),
         }))
     }
 
@@ -265,9 +282,52 @@ impl RedisTier {
                 continue;
             };
             let ping = tokio::time::timeout(self.timeout, redis::cmd("PING").query_async::<String>(&mut conn)).await;
-            if matches!(ping, Ok(Ok(_))) {
+            if matches!(ping, Ok(Ok(_))) && self.replay_pending(conn).await {
                 self.mark_up();
             }
+        }
+    }
+
+    /// Sends the purges recorded while Redis was down; true when none is left.
+    async fn replay_pending(&self, mut conn: ConnectionManager) -> bool {
+        let list = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let count = list.len();
+        for (i, p) in list.iter().enumerate() {
+            let kind = if p.soft { "_s" } else { "_g" };
+            let mut inv = self.purge.key(self.instances_key());
+            for s in &p.scopes {
+                inv.key(self.counter_key(kind, s));
+            }
+            inv.key(format!("{}_epoch", self.prefix));
+            inv.arg(&p.channel)
+                .arg(&p.message)
+                .arg(COUNTER_TTL.as_millis() as u64)
+                .arg(p.me);
+            let sent = tokio::time::timeout(self.timeout, inv.invoke_async::<(i64, i64)>(&mut conn)).await;
+            if !matches!(sent, Ok(Ok(_))) {
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let rest: Vec<PendingPurge> = list[i..].to_vec();
+                pending.splice(0..0, rest);
+                return false;
+            }
+        }
+        if count > 0 {
+            tracing::info!(purges = count, "purges made while redis was down were replayed");
+        }
+        true
+    }
+
+    fn remember_purge(&self, p: PendingPurge) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.len() >= MAX_PENDING {
+            let all = PendingPurge {
+                scopes: vec![crate::invalidation::ALL.to_string()],
+                ..p
+            };
+            pending.clear();
+            pending.push(all);
+        } else {
+            pending.push(p);
         }
     }
 
@@ -400,7 +460,7 @@ impl RedisTier {
         me: u64,
     ) -> Result<(usize, usize), TierError> {
         let kind = if soft { "_s" } else { "_g" };
-        let (receivers, others): (i64, i64) = self
+        let result: Result<(i64, i64), TierError> = self
             .run("purge", async |mut c| {
                 let mut inv = self.purge.key(self.instances_key());
                 for s in scopes {
@@ -413,11 +473,23 @@ impl RedisTier {
                     .arg(me);
                 inv.invoke_async(&mut c).await
             })
-            .await?;
-        Ok((
-            usize::try_from(receivers).unwrap_or(0),
-            usize::try_from(others).unwrap_or(0),
-        ))
+            .await;
+        match result {
+            Ok((receivers, others)) => Ok((
+                usize::try_from(receivers).unwrap_or(0),
+                usize::try_from(others).unwrap_or(0),
+            )),
+            Err(e) => {
+                self.remember_purge(PendingPurge {
+                    scopes: scopes.to_vec(),
+                    soft,
+                    channel: channel.to_string(),
+                    message: message.to_string(),
+                    me,
+                });
+                Err(e)
+            }
+        }
     }
 
     /// Registers this instance as live for `ttl` and publishes its heartbeat, atomically.

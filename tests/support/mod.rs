@@ -456,6 +456,17 @@ impl RedisServer {
         }
     }
 
+    /// Sends a signal (`STOP`, `CONT`) to the server process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id().to_string();
+        assert!(std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid)
+            .status()
+            .unwrap()
+            .success());
+    }
+
     /// Starts it again on the same port (empty: nothing is persisted).
     pub async fn restart(&mut self) {
         self.kill();
