@@ -98,7 +98,13 @@ impl Coherence {
                 let got = *rx.borrow();
                 got.min(others)
             }
-            Err(_) => 0,
+            Err(_) => {
+                // Nobody can be told. Every other instance heard its last heartbeat before
+                // Redis became unreachable to us, so after one lease none of them trusts its
+                // memory tier any more (beyond `degraded_memory_ttl`): wait that out.
+                tokio::time::sleep(LEASE).await;
+                0
+            }
         };
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&purge_id);
         result.map(|_| acks)

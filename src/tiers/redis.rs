@@ -289,7 +289,7 @@ impl RedisTier {
     }
 
     /// Sends the purges recorded while Redis was down; true when none is left.
-    async fn replay_pending(&self, mut conn: ConnectionManager) -> bool {
+    async fn replay_pending<C: redis::aio::ConnectionLike + Send>(&self, mut conn: C) -> bool {
         let list = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         let count = list.len();
         for (i, p) in list.iter().enumerate() {
@@ -315,6 +315,17 @@ impl RedisTier {
             tracing::info!(purges = count, "purges made while redis was down were replayed");
         }
         true
+    }
+
+    /// While the tier is marked down, a purge does not wait for the probe: it tries a fresh
+    /// connection at once (a writer must not miss a Redis that is already back while other
+    /// instances use it), replaying the purges Redis has not recorded yet.
+    async fn reach_directly(&self) -> bool {
+        let conn = tokio::time::timeout(self.timeout, self.client.get_multiplexed_async_connection()).await;
+        match conn {
+            Ok(Ok(c)) => self.replay_pending(c).await,
+            _ => false,
+        }
     }
 
     fn remember_purge(&self, p: PendingPurge) {
@@ -459,6 +470,10 @@ impl RedisTier {
         message: &str,
         me: u64,
     ) -> Result<(usize, usize), TierError> {
+        if !self.is_up() && self.reach_directly().await {
+            // Redis answered a fresh connection: the tier is back before the probe noticed.
+            self.mark_up();
+        }
         let kind = if soft { "_s" } else { "_g" };
         let result: Result<(i64, i64), TierError> = self
             .run("purge", async |mut c| {
