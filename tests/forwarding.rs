@@ -339,3 +339,45 @@ async fn path_spellings_map_to_one_key_and_distinct_paths_to_distinct_keys() {
         "the keyed path is the forwarded path"
     );
 }
+
+/// An origin that promises 100 bytes, sends 10 and resets: the client gets a clear 502 on a
+/// cached route, nothing half-written is stored, and the next request goes to the origin again.
+#[tokio::test]
+async fn origin_reset_mid_body_stores_nothing() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let a = accepted.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nCache-Control: max-age=60\r\n\r\n0123456789")
+                    .await;
+                // Dropping the socket cuts the body short.
+            });
+        }
+    });
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[origin]\nurl = \"http://{addr}\"\n{}",
+        &ROUTES[ROUTES.find("[[route]]").unwrap()..]
+    );
+    let proxy = Proxy::from_text(&text).await;
+    for _ in 0..2 {
+        let r = proxy.get("/cached/partial").send().await;
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert!(r.text().starts_with("origin request failed"), "{}", r.text());
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "nothing was stored: both went to the origin"
+    );
+    server.abort();
+}
