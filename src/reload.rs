@@ -29,6 +29,13 @@ pub struct Reloader {
     secrets: Secrets,
     metrics: Arc<Metrics>,
     lock: tokio::sync::Mutex<()>,
+    loaded_at: std::sync::atomic::AtomicU64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Settings read once at start-up (listeners, tiers, the warmer); changing them needs a restart.
@@ -74,7 +81,13 @@ impl Reloader {
             secrets,
             metrics,
             lock: tokio::sync::Mutex::new(()),
+            loaded_at: std::sync::atomic::AtomicU64::new(unix_now()),
         }
+    }
+
+    /// When the config in force was loaded (Unix seconds).
+    pub fn loaded_at(&self) -> u64 {
+        self.loaded_at.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Re-reads the config file and swaps it in.
@@ -117,6 +130,7 @@ impl Reloader {
         let routes = config.routes.len();
         self.proxy.store(Arc::new(proxy));
         self.config.store(config);
+        self.loaded_at.store(unix_now(), std::sync::atomic::Ordering::Relaxed);
         Ok(format!(
             "config reloaded from {} ({routes} routes)",
             self.path.display()

@@ -113,3 +113,37 @@ async fn request_after_a_purge_does_not_join_an_older_fetch() {
     let again = proxy.get("/courses/").send().await;
     assert_eq!((again.x_cache().as_str(), again.text().as_str()), ("HIT", "v2"));
 }
+
+/// Two instances sharing Redis with `fill_lease`: 200 concurrent misses spread over both make
+/// at most two origin fetches (the spec allows ≤ 2; the lease gives one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_with_a_fill_lease_fetch_once() {
+    let redis = support::RedisServer::start().await;
+    let (origin, gate, _) = gated().await;
+    let cache = format!("{}fill_lease = \"10s\"\n", support::redis_cache(&redis, "lease:v1"));
+    let a = Arc::new(Proxy::start(&origin, &format!("{cache}{ROUTES}")).await);
+    let b = Arc::new(Proxy::start(&origin, &format!("{cache}{ROUTES}")).await);
+    a.wait_shared().await;
+    b.wait_shared().await;
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let p = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { p.get("/courses/").send().await })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while coalesced(&a).await + coalesced(&b).await < 199.0 {
+        assert!(tokio::time::Instant::now() < deadline, "requests never all waited");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gate.add_permits(1000);
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, 200);
+    }
+    assert!(
+        origin.hits() <= 2,
+        "{} origin fetches for 200 misses on two instances",
+        origin.hits()
+    );
+    assert_eq!(origin.hits(), 1);
+}

@@ -35,7 +35,6 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     warmer: Arc<crate::warm::Warmer>,
     started: std::time::Instant,
-    loaded_at: std::time::SystemTime,
 }
 
 impl Admin {
@@ -58,7 +57,6 @@ impl Admin {
             metrics,
             warmer,
             started: std::time::Instant::now(),
-            loaded_at: std::time::SystemTime::now(),
         }
     }
 
@@ -155,10 +153,7 @@ impl Admin {
                 Err(e) => serde_json::json!({ "configured": true, "up": false, "error": e.to_string() }),
             },
         };
-        let loaded = self
-            .loaded_at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let loaded = self.reloader.loaded_at();
         json(
             StatusCode::OK,
             &serde_json::json!({

@@ -219,6 +219,7 @@ fn cache(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<CacheConfig> {
     });
     let redis_timeout = s.duration(ctx, "redis_timeout").unwrap_or(Duration::from_millis(250));
     let degraded_memory_ttl = s.duration(ctx, "degraded_memory_ttl").unwrap_or(Duration::from_secs(5));
+    let fill_lease = s.duration(ctx, "fill_lease").unwrap_or_default();
     let memory_capacity = s.size(ctx, "memory_capacity").unwrap_or(256 * 1024 * 1024);
     let memory_ttl = s.duration(ctx, "memory_ttl").unwrap_or(Duration::from_secs(60));
     let swr = s.duration(ctx, "stale_while_revalidate").unwrap_or_default();
@@ -229,6 +230,7 @@ fn cache(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<CacheConfig> {
     Some(CacheConfig {
         redis_urls,
         redis_timeout,
+        fill_lease,
         degraded_memory_ttl,
         key_prefix: key_prefix.unwrap_or_else(|| "cachegate".to_string()),
         memory_capacity,

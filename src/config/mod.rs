@@ -90,6 +90,9 @@ pub struct CacheConfig {
     pub redis_urls: Vec<String>,
     /// Time allowed for one Redis command before it counts as a failure.
     pub redis_timeout: Duration,
+    /// With Redis: one instance fetches a missing key while the others wait this long for it
+    /// to appear in Redis (`0s` = off: each instance fetches on its own).
+    pub fill_lease: Duration,
     /// While Redis is unreachable, memory entries younger than this are still served (other
     /// instances' purges cannot reach us then); `0s` = origin only.
     pub degraded_memory_ttl: Duration,

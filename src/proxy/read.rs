@@ -35,6 +35,16 @@ pub(super) enum Serve {
     StaleIfError,
 }
 
+/// What waiting on another instance's fill gave.
+enum LeaseWait {
+    /// Its answer, from Redis.
+    Served(Response<ProxyBody>),
+    /// This instance fetches (and holds the lease with this token).
+    Held(u64),
+    /// Fetch without a lease (off, Redis down, or the wait ran out).
+    Proceed,
+}
+
 /// What the client asked for, as far as answering from an entry goes.
 pub(super) struct Asked<'a> {
     pub(super) headers: &'a HeaderMap,
@@ -116,6 +126,12 @@ impl Proxy {
             }
             Shared::Miss(fill) => fill,
         };
+        let lease = self.fill_lease(&full, idx, &asked, out).await;
+        let lease = match lease {
+            LeaseWait::Served(resp) => return Ok(resp),
+            LeaseWait::Held(token) => Some(token),
+            LeaseWait::Proceed => None,
+        };
         let (parts, _body) = req.into_parts();
         let miss = Miss {
             idx,
@@ -125,7 +141,37 @@ impl Proxy {
             fallback,
             head,
         };
-        self.fill(parts, ctx, miss, fill, out).await
+        let result = self.fill(parts, ctx, miss, fill, out).await;
+        if let (Some(token), Some(redis)) = (lease, self.cache.redis()) {
+            redis.release_lease(&full, token).await;
+        }
+        result
+    }
+
+    /// The cross-instance fill lease (`[cache] fill_lease`): one instance fetches a missing key
+    /// while the others wait for it to appear in Redis, then fetch themselves if it does not.
+    async fn fill_lease(&self, full: &str, idx: usize, asked: &Asked<'_>, out: &mut Outcome) -> LeaseWait {
+        let wait = self.config.cache.fill_lease;
+        let Some(redis) = self.cache.redis().filter(|r| !wait.is_zero() && r.is_up()) else {
+            return LeaseWait::Proceed;
+        };
+        let token: u64 = rand::random();
+        match redis.try_lease(full, token, wait).await {
+            Ok(true) => return LeaseWait::Held(token),
+            Ok(false) => {}
+            Err(_) => return LeaseWait::Proceed,
+        }
+        let route = &self.config.routes[idx];
+        self.metrics.coalesced.with_label_values(&[&route.name]).inc();
+        let deadline = tokio::time::Instant::now() + wait;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let stamps = self.cache.generations.stamp::<String>(&[]);
+            if let Shared::Hit(e, Staleness::Fresh) = self.cache.shared(full, Vec::new(), stamps).await {
+                return LeaseWait::Served(self.serve(asked, &e, Tier::Redis, full, Serve::Hit, out));
+            }
+        }
+        LeaseWait::Proceed
     }
 
     /// Answers from a stored entry: `304` when the client's validators match, no body for HEAD.

@@ -546,6 +546,36 @@ impl RedisTier {
         .map(|_| ())
     }
 
+    /// Takes the cross-instance fill lease for `key` (`SET NX PX`); true when this caller holds it.
+    pub async fn try_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, TierError> {
+        let lease = format!("{}_lease:{key}", self.prefix);
+        let r: Option<String> = self
+            .run("lease", async |mut c| {
+                redis::cmd("SET")
+                    .arg(&lease)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(r.is_some())
+    }
+
+    /// Releases a fill lease if this caller still holds it.
+    pub async fn release_lease(&self, key: &str, token: u64) {
+        let lease = format!("{}_lease:{key}", self.prefix);
+        let script =
+            Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0");
+        let _ = self
+            .run("lease", async |mut c| {
+                script.key(&lease).arg(token).invoke_async::<i64>(&mut c).await
+            })
+            .await;
+    }
+
     /// `SET key 1 NX PX ttl`: true when the key was new (webhook replay protection).
     pub async fn set_once(&self, key: &str, ttl: Duration) -> Result<bool, TierError> {
         let key = format!("{}{key}", self.prefix);
