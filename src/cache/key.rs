@@ -54,8 +54,10 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if !needs_work {
         return Ok(Cow::Borrowed(raw));
     }
+    // Work on bytes: only ASCII escapes are decoded, so multi-byte UTF-8 characters pass
+    // through untouched and the result stays valid UTF-8.
     let bytes = raw.as_bytes();
-    let mut decoded = String::with_capacity(raw.len());
+    let mut buf: Vec<u8> = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -68,16 +70,17 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
             };
             let v = h * 16 + l;
             if is_unreserved(v) {
-                decoded.push(v as char);
+                buf.push(v);
             } else {
-                let _ = write!(decoded, "%{v:02X}");
+                buf.extend_from_slice(format!("%{v:02X}").as_bytes());
             }
             i += 3;
         } else {
-            decoded.push(b as char);
+            buf.push(b);
             i += 1;
         }
     }
+    let decoded = String::from_utf8(buf).map_err(|_| PathError::BadEscape)?;
     let mut out = String::with_capacity(decoded.len());
     let segments: Vec<&str> = decoded[1..].split('/').collect();
     let last = segments.len() - 1;
@@ -240,6 +243,15 @@ mod tests {
         assert_eq!(normalize_path("/a/%2e%2e/b"), Err(PathError::DotDot));
         assert_eq!(normalize_path("/../etc"), Err(PathError::DotDot));
         assert_eq!(normalize_path("/a%zz"), Err(PathError::BadEscape));
+    }
+
+    /// Found by fuzzing: multi-byte characters were re-encoded byte by byte.
+    #[test]
+    fn non_ascii_paths_survive_normalisation() {
+        assert_eq!(normalize_path("/café/%41").unwrap(), "/café/A");
+        assert_eq!(normalize_path("/naïve%20x").unwrap(), "/naïve%20x");
+        let once = normalize_path("/.Ύ\0").unwrap().into_owned();
+        assert_eq!(normalize_path(&once).unwrap(), once, "idempotent");
     }
 
     #[test]
