@@ -3,11 +3,8 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
 use http::Method;
-use support::{redis_cache, respond, Binary, Origin, Proxy, RedisServer};
+use support::{redis_cache, Binary, Proxy, RedisServer};
 
 const ROUTES: &str = r#"
 [[route]]
@@ -24,16 +21,7 @@ tags = ["courses"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_instance_serves_nothing_stale_after_resume() {
     let redis = RedisServer::start().await;
-    let version = Arc::new(AtomicUsize::new(0));
-    let v = version.clone();
-    let origin = Origin::start(move |r| {
-        if r.method == Method::POST {
-            v.fetch_add(1, Ordering::SeqCst);
-            return respond(200, &[], "");
-        }
-        respond(200, &[], format!("v{}", v.load(Ordering::SeqCst)))
-    })
-    .await;
+    let (origin, _) = support::versioned_origin().await;
     let cache = redis_cache(&redis, "pause:v1");
     let a = Proxy::start(&origin, &format!("{cache}{ROUTES}")).await;
     a.wait_shared().await;
@@ -65,16 +53,7 @@ async fn paused_instance_serves_nothing_stale_after_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instance_with_broken_subscription_serves_nothing_stale() {
     let redis = RedisServer::start().await;
-    let version = Arc::new(AtomicUsize::new(0));
-    let v = version.clone();
-    let origin = Origin::start(move |r| {
-        if r.method == Method::POST {
-            v.fetch_add(1, Ordering::SeqCst);
-            return respond(200, &[], "");
-        }
-        respond(200, &[], format!("v{}", v.load(Ordering::SeqCst)))
-    })
-    .await;
+    let (origin, _) = support::versioned_origin().await;
     let cache = redis_cache(&redis, "broken:v1");
     let debug = "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndebug_headers = true\n";
     let a = Proxy::start(&origin, &format!("{debug}{cache}{ROUTES}")).await;

@@ -30,19 +30,8 @@ path = "/courses/{*rest}"
 tags = ["courses"]
 "#;
 
-/// An origin whose GETs return `v{version}` and whose POSTs bump the version.
 async fn versioned() -> (Origin, Arc<AtomicUsize>) {
-    let version = Arc::new(AtomicUsize::new(0));
-    let v = version.clone();
-    let origin = Origin::start(move |r| {
-        if r.method == Method::POST {
-            let n = v.fetch_add(1, Ordering::SeqCst) + 1;
-            return respond(200, &[], n.to_string());
-        }
-        respond(200, &[], format!("v{}", v.load(Ordering::SeqCst)))
-    })
-    .await;
-    (origin, version)
+    support::versioned_origin().await
 }
 
 fn secrets() -> Secrets {

@@ -150,6 +150,22 @@ impl Origin {
     }
 }
 
+/// An origin whose GETs answer `v{version}` and whose POSTs bump the version (answering the new
+/// number): reads are fresh exactly when they show the last acknowledged write.
+pub async fn versioned_origin() -> (Origin, Arc<AtomicUsize>) {
+    let version = Arc::new(AtomicUsize::new(0));
+    let v = version.clone();
+    let origin = Origin::start(move |r| {
+        if r.method == Method::POST {
+            let n = v.fetch_add(1, Ordering::SeqCst) + 1;
+            return respond(200, &[], n.to_string());
+        }
+        respond(200, &[], format!("v{}", v.load(Ordering::SeqCst)))
+    })
+    .await;
+    (origin, version)
+}
+
 pub fn header(h: &HeaderMap, name: &str) -> String {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string()
 }
