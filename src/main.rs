@@ -118,6 +118,10 @@ fn run(config: cachegate::config::Config) -> ExitCode {
                 return ExitCode::from(if config_error { EXIT_CONFIG } else { 1 });
             }
         };
+        // Installed before the start-up line: a SIGHUP sent as soon as we say we are up must
+        // reload, not take the default action (terminate).
+        reload_on_sighup(running.reloader.clone());
+        let shutdown = shutdown_signal();
         tracing::info!(
             config = %file.display(),
             listen = %running.proxy_addr,
@@ -125,8 +129,7 @@ fn run(config: cachegate::config::Config) -> ExitCode {
             origin = %origin,
             "cachegate started"
         );
-        reload_on_sighup(running.reloader.clone());
-        wait_for_signal().await;
+        shutdown.await;
         tracing::info!("shutting down: draining open connections");
         running.shutdown().await;
         ExitCode::SUCCESS
@@ -154,38 +157,38 @@ fn warn_memory_ttl(config: &cachegate::config::Config) {
 /// SIGHUP re-reads the config; a bad file is logged and the old config keeps running.
 fn reload_on_sighup(reloader: std::sync::Arc<cachegate::reload::Reloader>) {
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{signal, SignalKind};
+        // `signal` registers the handler now, synchronously; the task only waits on it.
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
             tracing::warn!("cannot listen for SIGHUP: reload with POST /admin/reload instead");
             return;
         };
-        while hup.recv().await.is_some() {
-            let _ = reloader.reload().await;
-        }
-    });
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let _ = reloader.reload().await;
+            }
+        });
+    }
     #[cfg(not(unix))]
     let _ = reloader;
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Registers for SIGTERM now (so one sent right after start-up is not fatal) and returns a
+/// future that completes on SIGTERM or Ctrl-C.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = ctrl_c.await;
     }
 }
