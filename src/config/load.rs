@@ -294,7 +294,13 @@ fn identity(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<IdentityConfig> {
     let trust = s
         .strings(ctx, "trust_headers_from")
         .map(|list| list.iter().filter_map(|n| parse_net(ctx, n)).collect::<Vec<_>>());
-    let trust = trust.unwrap_or_else(|| vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
+    let trust = trust.unwrap_or_else(|| {
+        // Loopback: an auth gateway on the same host.
+        vec![
+            IpNet::new_assert(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)), 8),
+            IpNet::new_assert(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 128),
+        ]
+    });
     let jwt = s.table(ctx, "jwt").and_then(|t| super::load_ident::jwt(ctx, t));
     let lookup = s.table(ctx, "lookup").and_then(|t| super::load_ident::lookup(ctx, t));
     let anonymous_role = s.string(ctx, "anonymous_role");
