@@ -138,7 +138,8 @@ impl Cache {
     /// answer for this URL varies on.
     pub async fn key_for(&self, base: &BaseKey, headers: &HeaderMap) -> String {
         if self.seen_vary.load(Ordering::Relaxed) {
-            if let Some(names) = self.vary_index.get(base.text.as_str()).await {
+            // Boxed: only origins that send `Vary` pay for this lookup's future.
+            if let Some(names) = Box::pin(self.vary_index.get(base.text.as_str())).await {
                 return key::full_key(base, &names, headers);
             }
         }
@@ -152,7 +153,7 @@ impl Cache {
         let now = self.clock.now();
         let state = entry.staleness(now);
         if state == Staleness::Dead || !entry.stamps.valid() {
-            self.memory.remove(key).await;
+            Box::pin(self.memory.remove(key)).await;
             return None;
         }
         self.memory_trusted(&entry, now).then_some((entry, state))

@@ -135,9 +135,9 @@ impl Resolver {
         }
         if let (Some(session), Some(l)) = (&found.session, &self.lookup) {
             let resolved = match depth {
-                Depth::Read => l.resolve(session).await.map_err(|e| e.to_string()),
-                _ => l
-                    .known(session)
+                // Boxed: the lookup (an origin request) would otherwise size every request's future.
+                Depth::Read => Box::pin(l.resolve(session)).await.map_err(|e| e.to_string()),
+                _ => Box::pin(l.known(session))
                     .await
                     .ok_or_else(|| "session not known yet".to_string()),
             };

@@ -155,30 +155,32 @@ impl Proxy {
             query: uri.query(),
             peer,
         };
-        let ip = peer.ip();
         out.route = self.config.routes.iter().position(|r| r.path.matches(&path));
-        if method == Method::GET || method == Method::HEAD {
-            let Some(idx) = out.route else {
-                self.identity.resolve(ip, req.headers_mut(), Depth::Strip).await;
-                return self.pass(req, ctx, Some(BypassReason::NoRoute), out).await;
-            };
-            out.cached_route = true;
-            let route = &self.config.routes[idx];
+        let read = method == Method::GET || method == Method::HEAD;
+        let depth = match out.route {
             // A public route keyed on nobody needs no identity at all.
-            let depth = if route.public && route.vary.is_empty() {
-                Depth::Strip
-            } else {
-                Depth::Read
-            };
-            let id = self.identity.resolve(ip, req.headers_mut(), depth).await;
-            return self.read(req, idx, ctx, id, out).await;
+            Some(idx) if read => {
+                let route = &self.config.routes[idx];
+                if route.public && route.vary.is_empty() {
+                    Depth::Strip
+                } else {
+                    Depth::Read
+                }
+            }
+            _ if is_unsafe(&method) => Depth::Write,
+            _ => Depth::Strip,
+        };
+        // One call site: each `.await` of it would otherwise add its state to this future.
+        let id = self.identity.resolve(peer.ip(), req.headers_mut(), depth).await;
+        match out.route {
+            Some(idx) if read => {
+                out.cached_route = true;
+                self.read(req, idx, ctx, id, out).await
+            }
+            None if read => Box::pin(self.pass(req, ctx, Some(BypassReason::NoRoute), out)).await,
+            _ if depth == Depth::Write => Box::pin(self.write(req, ctx, id, out)).await,
+            _ => Box::pin(self.pass(req, ctx, None, out)).await,
         }
-        if is_unsafe(&method) {
-            let id = self.identity.resolve(ip, req.headers_mut(), Depth::Write).await;
-            return self.write(req, ctx, id, out).await;
-        }
-        self.identity.resolve(ip, req.headers_mut(), Depth::Strip).await;
-        self.pass(req, ctx, None, out).await
     }
 
     /// Forwards a request and streams the answer back, marking it `BYPASS` when `reason` is set.

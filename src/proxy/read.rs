@@ -45,6 +45,14 @@ enum LeaseWait {
     Proceed,
 }
 
+/// The keys of a request the memory tier could not answer.
+struct MissKey<'a> {
+    base: &'a key::BaseKey,
+    full: &'a str,
+    query: &'a str,
+    who: KeyIdentity<'a>,
+}
+
 /// What the client asked for, as far as answering from an entry goes.
 pub(super) struct Asked<'a> {
     pub(super) headers: &'a HeaderMap,
@@ -62,7 +70,7 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let route = &self.config.routes[idx];
         if let Some(reason) = bypass_reason(route, &id, &req) {
-            return self.pass(req, ctx, Some(reason), out).await;
+            return Box::pin(self.pass(req, ctx, Some(reason), out)).await;
         }
         let query = key::normalize_query(ctx.query, &route.query);
         let who = KeyIdentity::select(route.vary, id.role.as_deref(), id.tenant.as_deref(), id.user.as_deref());
@@ -73,19 +81,49 @@ impl Proxy {
             headers: req.headers(),
             head,
         };
-        let mut fallback = None;
-        match self.cache.memory_lookup(&full).await {
+        let fallback = match self.cache.memory_lookup(&full).await {
             Some((e, Staleness::Fresh)) => return Ok(self.serve(&asked, &e, Tier::Memory, &full, Serve::Hit, out)),
             Some((e, Staleness::Revalidate)) => {
                 self.refresh_in_background(&req, idx, ctx, &id);
                 return Ok(self.serve(&asked, &e, Tier::Memory, &full, Serve::Stale, out));
             }
-            Some((e, _)) => fallback = Some(e),
-            None => {}
-        }
+            Some((e, _)) => Some(e),
+            None => None,
+        };
+        // Everything past a fresh memory hit lives in its own boxed future, so the hit path's
+        // future (moved into place for every request) stays small.
+        let key = MissKey {
+            base: &base,
+            full: &full,
+            query: &query,
+            who,
+        };
+        Box::pin(self.read_beyond_memory(req, idx, ctx, &id, key, fallback, out)).await
+    }
+
+    /// A GET/HEAD the memory tier could not answer fresh: coalescing, the shared tier, the fill.
+    #[allow(clippy::too_many_arguments)]
+    async fn read_beyond_memory(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        idx: usize,
+        ctx: Ctx<'_>,
+        id: &Identity,
+        key: MissKey<'_>,
+        mut fallback: Option<Arc<CachedResponse>>,
+        out: &mut Outcome,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let route = &self.config.routes[idx];
+        let MissKey { base, full, query, who } = key;
+        let full = full.to_owned();
+        let head = req.method() == Method::HEAD;
+        let asked = Asked {
+            headers: req.headers(),
+            head,
+        };
         let params = route.path.params(ctx.path).unwrap_or_default();
         let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
-        let url = invalidation::url_scope(&route.name, ctx.path, &query);
+        let url = invalidation::url_scope(&route.name, ctx.path, query);
         let scopes = invalidation::entry_scopes(&route.name, url, &tags, who.tenant);
         // Captured before anything is read or fetched: a purge from here on invalidates it all.
         let stamps = self.cache.generations.stamp(&scopes);
@@ -97,7 +135,7 @@ impl Proxy {
                 if let Ok(Some(done)) = waited {
                     // The origin's Vary may have put the answer under another key than ours.
                     let now = self.cache.clock.now();
-                    if done.entry.is_usable(now) && self.cache.key_for(&base, req.headers()).await == done.key {
+                    if done.entry.is_usable(now) && self.cache.key_for(base, req.headers()).await == done.key {
                         return Ok(self.serve(&asked, &done.entry, Tier::Memory, &done.key, Serve::Hit, out));
                     }
                 }
@@ -116,7 +154,7 @@ impl Proxy {
             }
             Shared::Hit(entry, Staleness::Revalidate) | Shared::SoftStale(entry, _) => {
                 drop(leader);
-                self.refresh_in_background(&req, idx, ctx, &id);
+                self.refresh_in_background(&req, idx, ctx, id);
                 return Ok(self.serve(&asked, &entry, Tier::Redis, &full, Serve::Stale, out));
             }
             Shared::Hit(entry, _) => {
@@ -135,7 +173,7 @@ impl Proxy {
         let (parts, _body) = req.into_parts();
         let miss = Miss {
             idx,
-            base: &base,
+            base,
             tenant: who.tenant,
             leader,
             fallback,
