@@ -86,8 +86,129 @@ MEMORY_DURATION_S="$(to_seconds "$MEMORY_DURATION")"
 CLK_TCK="$(getconf CLK_TCK)"
 CORES="$(nproc)"
 
+# --- processes and cleanup --------------------------------------------------------------
+# The script runs in two processes. This one (the supervisor) creates the work directory,
+# starts a copy of itself as the worker, waits for it, and on exit (normal end, failure,
+# Ctrl-C, TERM) stops every process the worker started: the worker records each server's pid
+# in $WORKDIR/pids, and anything still running below the worker (wrk, a build) is found from
+# the process tree. The worker runs in the background, so it ignores Ctrl-C and never stops
+# half-way through a step with its servers gone; the supervisor's wait is interrupted at once.
+
+# descendants PID...: the given pids and all their live descendants, parents first.
+descendants() {
+    ps -e -o pid=,ppid= | awk -v roots="$*" '
+        BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) { keep[r[i]] = 1; order[++m] = r[i] } }
+        { parent[$1] = $2 }
+        END {
+            changed = 1
+            while (changed) {
+                changed = 0
+                for (c in parent) if (!(c in keep) && (parent[c] in keep)) { keep[c] = 1; order[++m] = c; changed = 1 }
+            }
+            for (i = 1; i <= m; i++) print order[i]
+        }'
+}
+
+# stop_pids PID...: TERM them, wait up to 5 s for each, then KILL what is left.
+stop_pids() {
+    local p
+    for p in "$@"; do
+        kill "$p" 2>/dev/null || true
+        kill -CONT "$p" 2>/dev/null || true
+    done
+    for p in "$@"; do
+        for _ in $(seq 50); do
+            kill -0 "$p" 2>/dev/null || break
+            # A zombie child of ours counts as gone.
+            [[ "$(awk '{ print $3 }' "/proc/$p/stat" 2>/dev/null)" == Z ]] && break
+            sleep 0.1
+        done
+        kill -9 "$p" 2>/dev/null || true
+    done
+}
+
+# stop_tree PID: the process and all its descendants.
+stop_tree() {
+    local all
+    all="$(descendants "$1" 2>/dev/null || echo "$1")"
+    # shellcheck disable=SC2086
+    stop_pids $all
+    wait "$1" 2>/dev/null || true
+}
+
+if [[ -z "${CACHEGATE_BENCH_WORKDIR:-}" ]]; then
+    WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/cachegate-bench.XXXXXX")"
+    chmod 755 "$WORKDIR"
+    mkdir -p "$WORKDIR/raw"
+    : >"$WORKDIR/pids"
+    WORKER=""
+
+    keep_results() {
+        [[ -n "$KEEP" ]] || return 0
+        mkdir -p "$KEEP" || { echo "bench: cannot create BENCH_KEEP=$KEEP" >&2; return 0; }
+        cp -r "$WORKDIR/raw" "$KEEP/" 2>/dev/null || true
+        cp "$WORKDIR"/*.toml "$WORKDIR"/*.log "$WORKDIR"/*.txt "$WORKDIR"/*.tsv "$WORKDIR"/*.md "$KEEP/" 2>/dev/null || true
+        cp "$WORKDIR"/nginx/nginx.conf "$KEEP/nginx.conf" 2>/dev/null || true
+        cp "$WORKDIR"/nginx/error.log "$KEEP/nginx-error.log" 2>/dev/null || true
+        cp "$WORKDIR"/varnish.vcl "$KEEP/" 2>/dev/null || true
+        echo "bench: results copied to $KEEP" >&2
+    }
+
+    cleanup() {
+        local all="" p i servers=()
+        trap '' INT TERM
+        if [[ -n "$WORKER" ]] && kill -0 "$WORKER" 2>/dev/null; then
+            # Freeze the worker so it starts nothing new, then stop it and everything below it.
+            kill -STOP "$WORKER" 2>/dev/null || true
+            all="$(descendants "$WORKER" 2>/dev/null || echo "$WORKER")"
+        fi
+        mapfile -t servers <"$WORKDIR/pids"
+        # Servers in reverse start order (proxies before the origin and Redis behind them),
+        # each with its own children (nginx workers, the Varnish child).
+        for (( i = ${#servers[@]} - 1; i >= 0; i-- )); do
+            [[ "${servers[$i]}" =~ ^[0-9]+$ ]] || continue
+            all="$all $(descendants "${servers[$i]}" 2>/dev/null || echo "${servers[$i]}")"
+        done
+        # shellcheck disable=SC2086
+        [[ -z "${all// /}" ]] || stop_pids $all
+        [[ -z "$WORKER" ]] || wait "$WORKER" 2>/dev/null || true
+        keep_results
+        rm -rf "$WORKDIR"
+    }
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+
+    CACHEGATE_BENCH_WORKDIR="$WORKDIR" bash "$REPO/scripts/bench.sh" &
+    WORKER=$!
+    rc=0
+    wait "$WORKER" || rc=$?
+    exit "$rc"
+fi
+
+# --- the worker -------------------------------------------------------------------------------
+WORKDIR="$CACHEGATE_BENCH_WORKDIR"
+RAW="$WORKDIR/raw"
+CHILD=""
+
+# bounded SECONDS CMD...: runs CMD under a time limit (the supervisor stops it, as a descendant
+# of this worker, if the run is interrupted).
+bounded() {
+    local rc=0
+    timeout "$1" "${@:2}" &
+    CHILD=$!
+    wait "$CHILD" || rc=$?
+    CHILD=""
+    return "$rc"
+}
+
+# pause SECONDS
+pause() {
+    sleep "$1"
+}
+
 # --- tools ------------------------------------------------------------------------------
-for tool in curl python3 cargo timeout ps getconf; do
+for tool in curl python3 cargo timeout ps getconf setsid; do
     command -v "$tool" >/dev/null || die "'$tool' is required but not installed"
 done
 can_install() {
@@ -132,92 +253,6 @@ if [[ "$ANCHORS" != 0 ]]; then
 else
     say "BENCH_ANCHORS=0: skipping nginx and Varnish"
 fi
-
-# --- processes and cleanup --------------------------------------------------------------
-WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/cachegate-bench.XXXXXX")"
-chmod 755 "$WORKDIR"
-RAW="$WORKDIR/raw"
-mkdir -p "$RAW"
-PIDS=()
-CHILD=""
-
-# descendants PID...: the given pids and all their live descendants, parents first.
-descendants() {
-    ps -e -o pid=,ppid= | awk -v roots="$*" '
-        BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) { keep[r[i]] = 1; order[++m] = r[i] } }
-        { parent[$1] = $2 }
-        END {
-            changed = 1
-            while (changed) {
-                changed = 0
-                for (c in parent) if (!(c in keep) && (parent[c] in keep)) { keep[c] = 1; order[++m] = c; changed = 1 }
-            }
-            for (i = 1; i <= m; i++) print order[i]
-        }'
-}
-
-stop_tree() { # pid: TERM the process and its descendants, wait up to 5 s, then KILL what is left
-    local pid="$1" all p
-    all="$(descendants "$pid" 2>/dev/null || echo "$pid")"
-    for p in $all; do
-        kill "$p" 2>/dev/null || true
-    done
-    for p in $all; do
-        for _ in $(seq 50); do
-            kill -0 "$p" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$p" 2>/dev/null || true
-    done
-    wait "$pid" 2>/dev/null || true
-}
-
-keep_results() {
-    [[ -n "$KEEP" ]] || return 0
-    mkdir -p "$KEEP" || { echo "bench: cannot create BENCH_KEEP=$KEEP" >&2; return 0; }
-    cp -r "$RAW" "$KEEP/" 2>/dev/null || true
-    cp "$WORKDIR"/*.toml "$WORKDIR"/*.log "$WORKDIR"/*.txt "$WORKDIR"/*.tsv "$WORKDIR"/*.md "$KEEP/" 2>/dev/null || true
-    cp "$WORKDIR"/nginx/nginx.conf "$KEEP/nginx.conf" 2>/dev/null || true
-    cp "$WORKDIR"/nginx/error.log "$KEEP/nginx-error.log" 2>/dev/null || true
-    cp "$WORKDIR"/varnish.vcl "$KEEP/" 2>/dev/null || true
-    echo "bench: results copied to $KEEP" >&2
-}
-
-cleanup() {
-    local pid i
-    trap '' INT TERM
-    if [[ -n "$CHILD" ]]; then
-        stop_tree "$CHILD"
-    fi
-    # In reverse start order: proxies before the origin and Redis behind them.
-    for (( i = ${#PIDS[@]} - 1; i >= 0; i-- )); do
-        stop_tree "${PIDS[$i]}"
-    done
-    keep_results
-    rm -rf "$WORKDIR"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# bounded SECONDS CMD...: runs CMD under a time limit, in the background so that a signal
-# sent to this script interrupts the wait (and the cleanup then stops CMD and its children).
-bounded() {
-    local rc=0
-    timeout "$1" "${@:2}" &
-    CHILD=$!
-    wait "$CHILD" || rc=$?
-    CHILD=""
-    return "$rc"
-}
-
-# pause SECONDS: a sleep that a signal interrupts at once.
-pause() {
-    sleep "$1" &
-    CHILD=$!
-    wait "$CHILD" || true
-    CHILD=""
-}
 
 # --- build --------------------------------------------------------------------------------
 say "building (release): cachegate, examples/bench_server"
@@ -344,9 +379,12 @@ EOF
 
 # --- start --------------------------------------------------------------------------------------
 start() { # name cmd...: starts cmd in the background, logging to $WORKDIR/name.log; sets LAST_PID
-    "${@:2}" >"$WORKDIR/$1.log" 2>&1 &
+    # In a session of its own, so that a Ctrl-C on the terminal does not reach it: the
+    # supervisor stops it by pid, in order. (setsid does not fork here: a background job of
+    # this non-interactive shell is not a process group leader, so the pid stays the server's.)
+    setsid "${@:2}" >"$WORKDIR/$1.log" 2>&1 &
     LAST_PID=$!
-    PIDS+=("$LAST_PID")
+    echo "$LAST_PID" >>"$WORKDIR/pids"
 }
 wait_ready() { # name url log
     for _ in $(seq 100); do
@@ -593,6 +631,10 @@ measure() {
     case "$kind" in
         hit | redis_hit | miss | redis_miss) origin_pids="$ORIGIN_PID" ;;
     esac
+    local p
+    for p in $proxy_pids $redis_pids $origin_pids; do
+        kill -0 "$p" 2>/dev/null || die "$label: a server it needs (pid $p) is no longer running (see the logs in $WORKDIR)"
+    done
     case "$kind" in
         miss | redis_miss) args=(-s "$BENCH_DIR/unique.lua") ;;
     esac
@@ -694,7 +736,10 @@ except Exception:
     done
     wait "$CHILD" || say "warning: wrk for the bounded-memory run failed"
     CHILD=""
-    mem_sample "$(( SECONDS - mem_start ))" >>"$WORKDIR/memory.tsv"
+    # One last sample at the end of the load, unless the periodic one was just taken.
+    if (( SECONDS - mem_start > next - 5 )); then
+        mem_sample "$(( SECONDS - mem_start ))" >>"$WORKDIR/memory.tsv"
+    fi
     stop_tree "$CGBOUND_PID"
 fi
 
