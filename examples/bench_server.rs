@@ -1,4 +1,4 @@
-//! Benchmark tooling (not part of cachegate): a bare hyper 1 server answering fixed bodies from
+//! Benchmark helper (not part of cachegate): a bare hyper 1 server answering fixed bodies from
 //! memory. `scripts/bench.sh` uses it twice:
 //!
 //! * as the 0 ms origin behind every proxy (cachegate, nginx, Varnish);

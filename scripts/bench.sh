@@ -391,7 +391,7 @@ EOF
 
 # --- start --------------------------------------------------------------------------------------
 start() { # name cmd...: starts cmd in the background, logging to $WORKDIR/name.log; sets LAST_PID
-    # In a session of its own, so that a Ctrl-C on the terminal does not reach it: the
+    # Detached from the terminal (setsid), so that a Ctrl-C on the terminal does not reach it: the
     # supervisor stops it by pid, in order. (setsid does not fork here: a background job of
     # this non-interactive shell is not a process group leader, so the pid stays the server's.)
     setsid "${@:2}" >"$WORKDIR/$1.log" 2>&1 &
