@@ -1,37 +1,68 @@
 #!/usr/bin/env bash
-# Loopback benchmark of cachegate with wrk, all scenarios in one run:
-#   (a) the demo origin directly (no proxy, no artificial delay)
-#   (b) a memory-tier hit through cachegate
-#   (c) the miss path through cachegate (a unique URL per request: forward + store)
-#   (d) a Redis-tier hit: a second cachegate whose memory tier is disabled
-#       (memory_capacity = "0B", memory_ttl = "0s"), sharing a real redis-server, so every
-#       hit is one Redis round trip (lookup + validation in one EVALSHA) plus decoding
+# Loopback benchmark of cachegate with wrk: every path side by side, same wrk settings.
 #
-# (a)-(c) run against a memory-only cachegate, as before; (d) against its own instance.
+# Rows (req/s, p50, p99 from `wrk --latency`, and server CPU per request):
+#   limit              examples/bench_server.rs --limit: a bare hyper 1 server answering the same
+#                      bytes from memory, with the headers a cachegate hit adds (2 KiB, 32 KiB)
+#   origin direct      the same bench_server without --limit: the 0 ms origin of every proxy
+#   memory hit         cachegate, memory tier, one URL repeatedly (2 KiB, 32 KiB)
+#   Redis hit          cachegate with the memory tier off (0B, 0s) and a real redis-server; wrk
+#                      cycles through 1000 pre-filled URLs (scripts/bench/cycle.lua) so coalescing
+#                      never merges lookups: one EVALSHA per request, checked by counting them
+#   miss, memory only  cachegate, a unique query string per request (scripts/bench/unique.lua)
+#   miss, with Redis   the same through a cachegate with memory tier + Redis
+#   nginx proxy_cache  hit (2 KiB, 32 KiB) and miss (scripts/bench/nginx.conf.in)
+#   Varnish            hit (2 KiB, 32 KiB) and miss (scripts/bench/varnish.vcl.in)
+# Server CPU = utime + stime (/proc/<pid>/stat) of the serving process tree, plus redis-server
+# for the Redis rows, sampled right before and right after the measured run, per request.
+# Then, unless disabled: the purge cost (cargo bench --bench purge) and a bounded-memory run
+# (cachegate with memory_capacity = 64MiB under unique 32 KiB misses, RSS and tier bytes every 5 s).
 #
 # Usage:  scripts/bench.sh
-# Env:    BENCH_DURATION (default 10s)   wrk duration per measurement ("10s", "1m", or seconds)
-#         BENCH_THREADS (default 2)      wrk threads
-#         BENCH_CONNECTIONS (default 64) wrk connections
-#         BENCH_WARMUP (default 2s)      unmeasured warm-up before each measurement ("0" = none)
-#         BENCH_BUILD_TIMEOUT (default 1800) seconds allowed for the release build
+# Env:    BENCH_DURATION (default 5s)          wrk duration per measurement ("5s", "1m", seconds)
+#         BENCH_WARMUP (default 2s)            unmeasured warm-up before each measurement ("0" = none)
+#         BENCH_THREADS (default 2)            wrk threads
+#         BENCH_CONNECTIONS (default 64)       wrk connections
+#         BENCH_RUNS (default 3)               repeats of the whole series, interleaved (run 1 of
+#                                              every row, then run 2, ...); the table shows medians
+#         BENCH_ANCHORS (default 1)            0 = skip nginx and Varnish
+#         BENCH_PURGE (default 1)              0 = skip the purge bench
+#         BENCH_MEMORY (default 1)             0 = skip the bounded-memory run
+#         BENCH_MEMORY_DURATION (default 60s)  length of the bounded-memory run
+#         BENCH_KEEP (unset)                   directory to copy the raw wrk outputs, configs,
+#                                              logs and summary into
+#         BENCH_BUILD_TIMEOUT (default 1800)   seconds allowed for each build
+#         BENCH_TMPDIR (default /dev/shm when it is a tmpfs, else $TMPDIR or /tmp)
+#                                              where the temporary work directory goes (configs,
+#                                              raw outputs, nginx's cache files, Varnish's work dir)
 #
-# Everything runs on 127.0.0.1 on free ephemeral ports; every process started here (origin,
-# both cachegates, redis-server) is stopped on exit. Client, proxy and origin share the machine's cores, so absolute numbers
-# depend heavily on the machine: compare the ratios.
+# Everything runs on 127.0.0.1 on free ephemeral ports; every process started here is stopped by
+# pid on exit (also on Ctrl-C, TERM or a failure). Every wrk, build and wait is time-bounded.
+# Client, proxies, origin and Redis share the machine's cores: compare ratios within one run.
 set -euo pipefail
 
-DURATION="${BENCH_DURATION:-10s}"
+DURATION="${BENCH_DURATION:-5s}"
+WARMUP="${BENCH_WARMUP:-2s}"
 THREADS="${BENCH_THREADS:-2}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
-WARMUP="${BENCH_WARMUP:-2s}"
+RUNS="${BENCH_RUNS:-3}"
+ANCHORS="${BENCH_ANCHORS:-1}"
+PURGE="${BENCH_PURGE:-1}"
+MEMORY="${BENCH_MEMORY:-1}"
+MEMORY_DURATION="${BENCH_MEMORY_DURATION:-60s}"
+KEEP="${BENCH_KEEP:-}"
 BUILD_TIMEOUT="${BENCH_BUILD_TIMEOUT:-1800}"
 
 cd "$(dirname "$0")/.."
+REPO="$PWD"
+BENCH_DIR="$REPO/scripts/bench"
 
 die() {
     echo "bench: $*" >&2
     exit 1
+}
+say() {
+    echo "bench: $*" >&2
 }
 
 # "10s" / "2m" / "1h" / "10" -> whole seconds.
@@ -47,66 +78,133 @@ to_seconds() {
 }
 DURATION_S="$(to_seconds "$DURATION")"
 WARMUP_S="$(to_seconds "$WARMUP")"
+MEMORY_DURATION_S="$(to_seconds "$MEMORY_DURATION")"
 (( DURATION_S > 0 )) || die "BENCH_DURATION must be positive"
+(( MEMORY_DURATION_S >= 10 )) || die "BENCH_MEMORY_DURATION must be at least 10s"
 [[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_THREADS must be a positive integer"
 [[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_CONNECTIONS must be a positive integer"
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
 (( CONNECTIONS >= THREADS )) || die "BENCH_CONNECTIONS must be >= BENCH_THREADS"
-
-# --- tools ------------------------------------------------------------------------------
-for tool in curl python3 cargo timeout; do
-    command -v "$tool" >/dev/null || die "'$tool' is required but not installed"
-done
-if ! command -v wrk >/dev/null; then
-    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
-        echo "bench: installing wrk" >&2
-        timeout 600 bash -c 'DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk' >&2 \
-            || die "installing wrk with apt-get failed"
-    else
-        die "wrk is not installed; install it (e.g. 'sudo apt-get install -y wrk') or run as root with apt-get"
-    fi
-fi
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
-        echo "bench: installing redis-server" >&2
-        timeout 600 bash -c 'DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server' >&2 \
-            || die "installing redis-server with apt-get failed"
-    else
-        die "redis-server/redis-cli are not installed; install them (e.g. 'sudo apt-get install -y redis-server') or run as root with apt-get"
-    fi
-fi
+[[ "$BUILD_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "BENCH_BUILD_TIMEOUT must be a positive number of seconds"
+CLK_TCK="$(getconf CLK_TCK)"
+CORES="$(nproc)"
 
 # --- processes and cleanup --------------------------------------------------------------
-WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/cachegate-bench.XXXXXX")"
-PIDS=()
-CHILD=""
-cleanup() {
-    local pid
-    if [[ -n "$CHILD" ]]; then
-        kill "$CHILD" 2>/dev/null || true
-        wait "$CHILD" 2>/dev/null || true
-    fi
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
+# The script runs in two processes. This one (the supervisor) creates the work directory,
+# starts a copy of itself as the worker, waits for it, and on exit (normal end, failure,
+# Ctrl-C, TERM) stops every process the worker started: the worker records each server's pid
+# in $WORKDIR/pids, and anything still running below the worker (wrk, a build) is found from
+# the process tree. The worker runs in the background, so it ignores Ctrl-C and never stops
+# half-way through a step with its servers gone; the supervisor's wait is interrupted at once.
+
+# descendants PID...: the given pids and all their live descendants, parents first.
+descendants() {
+    ps -e -o pid=,ppid= | awk -v roots="$*" '
+        BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) { keep[r[i]] = 1; order[++m] = r[i] } }
+        { parent[$1] = $2 }
+        END {
+            changed = 1
+            while (changed) {
+                changed = 0
+                for (c in parent) if (!(c in keep) && (parent[c] in keep)) { keep[c] = 1; order[++m] = c; changed = 1 }
+            }
+            for (i = 1; i <= m; i++) print order[i]
+        }'
+}
+
+# stop_pids PID...: TERM them, wait up to 5 s for each, then KILL what is left.
+stop_pids() {
+    local p
+    for p in "$@"; do
+        kill "$p" 2>/dev/null || true
+        kill -CONT "$p" 2>/dev/null || true
     done
-    for pid in "${PIDS[@]}"; do
-        # Give each process up to 5 s to exit, then force it.
+    for p in "$@"; do
         for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
+            kill -0 "$p" 2>/dev/null || break
+            # A zombie child of ours counts as gone.
+            [[ "$(awk '{ print $3 }' "/proc/$p/stat" 2>/dev/null)" == Z ]] && break
             sleep 0.1
         done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
+        kill -9 "$p" 2>/dev/null || true
     done
-    rm -rf "$WORKDIR"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
-# bounded SECONDS CMD...: runs CMD under a time limit, in the background so that a signal
-# sent to this script interrupts the wait (and the cleanup then stops CMD).
+# stop_tree PID: the process and all its descendants.
+stop_tree() {
+    local all
+    all="$(descendants "$1" 2>/dev/null || echo "$1")"
+    # shellcheck disable=SC2086
+    stop_pids $all
+    wait "$1" 2>/dev/null || true
+}
+
+if [[ -z "${CACHEGATE_BENCH_WORKDIR:-}" ]]; then
+    # On a tmpfs when there is one: nginx's proxy_cache keeps every entry in a file, and on a
+    # disk-backed directory its miss path measures the file system (about 10x slower here).
+    TMP_BASE="${BENCH_TMPDIR:-}"
+    if [[ -z "$TMP_BASE" ]]; then
+        TMP_BASE="${TMPDIR:-/tmp}"
+        if [[ -d /dev/shm && -w /dev/shm ]] && [[ "$(stat -f -c %T /dev/shm 2>/dev/null)" == tmpfs ]]; then
+            TMP_BASE=/dev/shm
+        fi
+    fi
+    WORKDIR="$(mktemp -d "$TMP_BASE/cachegate-bench.XXXXXX")"
+    chmod 755 "$WORKDIR"
+    mkdir -p "$WORKDIR/raw"
+    : >"$WORKDIR/pids"
+    WORKER=""
+
+    keep_results() {
+        [[ -n "$KEEP" ]] || return 0
+        mkdir -p "$KEEP" || { echo "bench: cannot create BENCH_KEEP=$KEEP" >&2; return 0; }
+        cp -r "$WORKDIR/raw" "$KEEP/" 2>/dev/null || true
+        cp "$WORKDIR"/*.toml "$WORKDIR"/*.log "$WORKDIR"/*.txt "$WORKDIR"/*.tsv "$WORKDIR"/*.md "$KEEP/" 2>/dev/null || true
+        cp "$WORKDIR"/nginx/nginx.conf "$KEEP/nginx.conf" 2>/dev/null || true
+        cp "$WORKDIR"/nginx/error.log "$KEEP/nginx-error.log" 2>/dev/null || true
+        cp "$WORKDIR"/varnish.vcl "$KEEP/" 2>/dev/null || true
+        echo "bench: results copied to $KEEP" >&2
+    }
+
+    cleanup() {
+        local all="" p i servers=()
+        trap '' INT TERM
+        if [[ -n "$WORKER" ]] && kill -0 "$WORKER" 2>/dev/null; then
+            # Freeze the worker so it starts nothing new, then stop it and everything below it.
+            kill -STOP "$WORKER" 2>/dev/null || true
+            all="$(descendants "$WORKER" 2>/dev/null || echo "$WORKER")"
+        fi
+        mapfile -t servers <"$WORKDIR/pids"
+        # Servers in reverse start order (proxies before the origin and Redis behind them),
+        # each with its own children (nginx workers, the Varnish child).
+        for (( i = ${#servers[@]} - 1; i >= 0; i-- )); do
+            [[ "${servers[$i]}" =~ ^[0-9]+$ ]] || continue
+            all="$all $(descendants "${servers[$i]}" 2>/dev/null || echo "${servers[$i]}")"
+        done
+        # shellcheck disable=SC2086
+        [[ -z "${all// /}" ]] || stop_pids $all
+        [[ -z "$WORKER" ]] || wait "$WORKER" 2>/dev/null || true
+        keep_results
+        rm -rf "$WORKDIR"
+    }
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+
+    CACHEGATE_BENCH_WORKDIR="$WORKDIR" bash "$REPO/scripts/bench.sh" &
+    WORKER=$!
+    rc=0
+    wait "$WORKER" || rc=$?
+    exit "$rc"
+fi
+
+# --- the worker -------------------------------------------------------------------------------
+WORKDIR="$CACHEGATE_BENCH_WORKDIR"
+RAW="$WORKDIR/raw"
+CHILD=""
+
+# bounded SECONDS CMD...: runs CMD under a time limit (the supervisor stops it, as a descendant
+# of this worker, if the run is interrupted).
 bounded() {
     local rc=0
     timeout "$1" "${@:2}" &
@@ -116,31 +214,114 @@ bounded() {
     return "$rc"
 }
 
-echo "bench: building (release)" >&2
-bounded "$BUILD_TIMEOUT" cargo build --release --example demo_origin --bin cachegate >&2 \
-    || die "release build failed or timed out"
-ORIGIN_BIN=target/release/examples/demo_origin
-CACHEGATE_BIN=target/release/cachegate
+# pause SECONDS
+pause() {
+    sleep "$1"
+}
 
-# Six distinct free loopback ports (all held open together so they differ).
-read -r ORIGIN_PORT PROXY_PORT ADMIN_PORT RPROXY_PORT RADMIN_PORT REDIS_PORT < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(6)]
+# --- tools ------------------------------------------------------------------------------
+for tool in curl python3 cargo timeout ps getconf setsid; do
+    command -v "$tool" >/dev/null || die "'$tool' is required but not installed"
+done
+can_install() {
+    [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null
+}
+APT_UPDATED=0
+apt_install() { # packages...
+    if (( ! APT_UPDATED )); then
+        timeout 600 env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || return 1
+        APT_UPDATED=1
+    fi
+    timeout 900 env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+need() { # command package
+    command -v "$1" >/dev/null && return 0
+    can_install || die "'$1' is not installed; install it (e.g. 'sudo apt-get install -y $2') or run as root with apt-get"
+    say "installing $2"
+    apt_install "$2" || die "installing $2 with apt-get failed"
+    command -v "$1" >/dev/null || die "'$1' still missing after installing $2"
+}
+need wrk wrk
+need redis-server redis-server
+need redis-cli redis-server
+
+HAVE_NGINX=0
+HAVE_VARNISH=0
+if [[ "$ANCHORS" != 0 ]]; then
+    for pair in nginx:nginx varnishd:varnish; do
+        cmd="${pair%%:*}" pkg="${pair#*:}"
+        PATH="$PATH:/usr/sbin:/sbin"
+        if ! command -v "$cmd" >/dev/null; then
+            if can_install; then
+                say "installing $pkg"
+                apt_install "$pkg" || say "installing $pkg failed: skipping its rows"
+            else
+                say "$cmd is not installed and apt-get cannot run here (not root): skipping the $pkg rows"
+            fi
+        fi
+    done
+    command -v nginx >/dev/null && HAVE_NGINX=1
+    command -v varnishd >/dev/null && HAVE_VARNISH=1
+else
+    say "BENCH_ANCHORS=0: skipping nginx and Varnish"
+fi
+
+# --- build --------------------------------------------------------------------------------
+say "building (release): cachegate, examples/bench_server"
+bounded "$BUILD_TIMEOUT" cargo build --release --example bench_server --bin cachegate >&2 \
+    || die "release build failed or timed out"
+BENCH_SERVER_BIN="$REPO/target/release/examples/bench_server"
+CACHEGATE_BIN="$REPO/target/release/cachegate"
+PURGE_BIN=""
+if [[ "$PURGE" != 0 ]]; then
+    say "building the purge bench (cargo bench --bench purge --no-run)"
+    bounded "$BUILD_TIMEOUT" cargo bench --bench purge --no-run --message-format=json \
+        >"$WORKDIR/purge-build.json" 2>"$WORKDIR/purge-build.log" \
+        || { cat "$WORKDIR/purge-build.log" >&2; die "building the purge bench failed or timed out"; }
+    PURGE_BIN="$(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "purge" and m.get("executable"):
+        print(m["executable"])
+' "$WORKDIR/purge-build.json" | tail -1)"
+    [[ -x "$PURGE_BIN" ]] || die "cannot find the purge bench executable"
+fi
+
+# --- ports ----------------------------------------------------------------------------------
+# Distinct free loopback ports, all held open together so they differ.
+PORT_NAMES=(LIMIT_PORT ORIGIN_PORT REDIS_PORT
+    CGMEM_PORT CGMEM_ADMIN CGMISS_PORT CGMISS_ADMIN CGRED_PORT CGRED_ADMIN CGMIX_PORT CGMIX_ADMIN
+    CGBOUND_PORT CGBOUND_ADMIN NGINX_PORT VARNISH_PORT VARNISH_ADMIN)
+read -r -a PORTS < <(python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 for s in socks:
     s.close()
-')
-for port in "$ORIGIN_PORT" "$PROXY_PORT" "$ADMIN_PORT" "$RPROXY_PORT" "$RADMIN_PORT" "$REDIS_PORT"; do
-    [[ "$port" =~ ^[0-9]+$ ]] || die "could not find free loopback ports"
+' "${#PORT_NAMES[@]}")
+(( ${#PORTS[@]} == ${#PORT_NAMES[@]} )) || die "could not find free loopback ports"
+for i in "${!PORT_NAMES[@]}"; do
+    [[ "${PORTS[$i]}" =~ ^[0-9]+$ ]] || die "could not find free loopback ports"
+    printf -v "${PORT_NAMES[$i]}" '%s' "${PORTS[$i]}"
 done
+LIMIT="http://127.0.0.1:$LIMIT_PORT"
 ORIGIN="http://127.0.0.1:$ORIGIN_PORT"
-PROXY="http://127.0.0.1:$PROXY_PORT"
-RPROXY="http://127.0.0.1:$RPROXY_PORT"
+CGMEM="http://127.0.0.1:$CGMEM_PORT"
+CGMISS="http://127.0.0.1:$CGMISS_PORT"
+CGRED="http://127.0.0.1:$CGRED_PORT"
+CGMIX="http://127.0.0.1:$CGMIX_PORT"
+NGINX="http://127.0.0.1:$NGINX_PORT"
+VARNISH="http://127.0.0.1:$VARNISH_PORT"
 
-# write_config FILE LISTEN_PORT ADMIN_PORT DEBUG_HEADERS <<< "[cache] section": one config
-# per instance, identical except for the listeners, debug_headers and the [cache] section.
+# --- configs ----------------------------------------------------------------------------------
+# write_config FILE LISTEN_PORT ADMIN_PORT DEBUG_HEADERS <<< "[cache] section": one config per
+# cachegate, identical except for the listeners, debug_headers and the [cache] section.
 write_config() {
     local cache_section
     cache_section="$(cat)"
@@ -156,165 +337,271 @@ timeout = "10s"
 
 $cache_section
 
-# Hit test: one URL, always served from the cache once warm.
+# Every query parameter is part of the key (the default): a unique query string per request
+# is a miss, forwarded and stored.
 [[route]]
-name = "course_list"
-path = "/courses/"
+name = "b2k"
+path = "/2k/{*rest}"
 ttl = "10m"
-query = { include = ["page"] }
-tags = ["courses"]
+tags = ["b2k"]
 
-# Miss test: every query parameter is part of the key (the default), so a unique
-# query string per request makes every request a miss that is forwarded and stored.
 [[route]]
-name = "lecture_detail"
-path = "/lectures/{id}/"
+name = "b32k"
+path = "/32k/{*rest}"
 ttl = "10m"
-tags = ["lectures", "lecture:{id}"]
+tags = ["b32k"]
 EOF
+    "$CACHEGATE_BIN" check --config "$1" >/dev/null || die "cachegate rejected the bench config $1"
 }
 
-# (a)-(c): memory tier only, as large and long-lived as the run needs.
-CONFIG="$WORKDIR/bench-proxy.toml"
-write_config "$CONFIG" "$PROXY_PORT" "$ADMIN_PORT" false <<'EOF'
+# Memory hits, and (a separate instance, so the hit instance's tier stays small) memory-only misses.
+write_config "$WORKDIR/cg-mem.toml" "$CGMEM_PORT" "$CGMEM_ADMIN" false <<'EOF'
 [cache]
 memory_capacity = "512MiB"
 memory_ttl = "10m"
 EOF
-
-# (d): Redis tier, with the memory tier disabled: a zero byte bound and a zero lifetime (either
-# alone already keeps the memory tier empty; both make it certain), so every hit is a Redis hit.
-# debug_headers adds X-Cache-Tier, which the check below needs (and X-Cache-Key: ~60 bytes more
-# per answer than (b)).
-RCONFIG="$WORKDIR/bench-proxy-redis.toml"
-write_config "$RCONFIG" "$RPROXY_PORT" "$RADMIN_PORT" true <<EOF
+write_config "$WORKDIR/cg-miss.toml" "$CGMISS_PORT" "$CGMISS_ADMIN" false <<'EOF'
+[cache]
+memory_capacity = "512MiB"
+memory_ttl = "10m"
+EOF
+# Redis hits: the memory tier disabled by a zero bound and a zero lifetime, so every hit is a
+# Redis hit. debug_headers adds X-Cache-Tier (checked below) and X-Cache-Key (~80 bytes more).
+write_config "$WORKDIR/cg-redis.toml" "$CGRED_PORT" "$CGRED_ADMIN" true <<EOF
 [cache]
 redis_url = "redis://127.0.0.1:$REDIS_PORT/0"
-key_prefix = "bench:v1"
+key_prefix = "bench:hit"
 memory_capacity = "0B"
 memory_ttl = "0s"
 EOF
+# Misses with both tiers: every miss is stored in memory and in Redis.
+write_config "$WORKDIR/cg-mixed.toml" "$CGMIX_PORT" "$CGMIX_ADMIN" false <<EOF
+[cache]
+redis_url = "redis://127.0.0.1:$REDIS_PORT/0"
+key_prefix = "bench:miss"
+memory_capacity = "512MiB"
+memory_ttl = "10m"
+EOF
+MEMORY_BOUND=$(( 64 * 1024 * 1024 ))
+write_config "$WORKDIR/cg-bound.toml" "$CGBOUND_PORT" "$CGBOUND_ADMIN" false <<'EOF'
+[cache]
+memory_capacity = "64MiB"
+memory_ttl = "10m"
+EOF
 
-"$CACHEGATE_BIN" check --config "$CONFIG" >&2 || die "cachegate rejected the bench config $CONFIG"
-"$CACHEGATE_BIN" check --config "$RCONFIG" >&2 || die "cachegate rejected the bench config $RCONFIG"
-
-# The origin's one-line-per-request log would only measure the terminal or disk: discard it.
-"$ORIGIN_BIN" --listen "127.0.0.1:$ORIGIN_PORT" --delay-ms 0 2>/dev/null &
-PIDS+=("$!")
-RUST_LOG=warn "$CACHEGATE_BIN" run --config "$CONFIG" 2>"$WORKDIR/cachegate.log" &
-PIDS+=("$!")
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORKDIR" \
-    >"$WORKDIR/redis.log" 2>&1 &
-PIDS+=("$!")
-
+# --- start --------------------------------------------------------------------------------------
+start() { # name cmd...: starts cmd in the background, logging to $WORKDIR/name.log; sets LAST_PID
+    # Detached from the terminal (setsid), so that a Ctrl-C on the terminal does not reach it: the
+    # supervisor stops it by pid, in order. (setsid does not fork here: a background job of
+    # this non-interactive shell is not a process group leader, so the pid stays the server's.)
+    setsid "${@:2}" >"$WORKDIR/$1.log" 2>&1 &
+    LAST_PID=$!
+    echo "$LAST_PID" >>"$WORKDIR/pids"
+}
 wait_ready() { # name url log
     for _ in $(seq 100); do
         if curl -fs -o /dev/null --max-time 1 "$2"; then
             return 0
         fi
-        sleep 0.1
+        pause 0.1
     done
     cat "$3" >&2 || true
     die "$1 did not become ready at $2 within 10 s"
 }
-wait_ready "demo origin" "$ORIGIN/courses/" /dev/null
-wait_ready "cachegate" "http://127.0.0.1:$ADMIN_PORT/healthz" "$WORKDIR/cachegate.log"
 
+start limit "$BENCH_SERVER_BIN" --listen "127.0.0.1:$LIMIT_PORT" --limit
+LIMIT_PID=$LAST_PID
+start origin "$BENCH_SERVER_BIN" --listen "127.0.0.1:$ORIGIN_PORT"
+ORIGIN_PID=$LAST_PID
+start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORKDIR"
+REDIS_PID=$LAST_PID
 redis() { # redis-cli against the bench redis-server
-    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"
+    timeout 10 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"
 }
+wait_ready "limit server" "$LIMIT/2k/x" "$WORKDIR/limit.log"
+wait_ready "origin" "$ORIGIN/2k/x" "$WORKDIR/origin.log"
 for _ in $(seq 100); do
     [[ "$(redis ping 2>/dev/null)" == "PONG" ]] && break
-    sleep 0.1
+    pause 0.1
 done
 [[ "$(redis ping 2>/dev/null)" == "PONG" ]] || { cat "$WORKDIR/redis.log" >&2; die "redis-server did not answer on port $REDIS_PORT within 10 s"; }
-RUST_LOG=warn "$CACHEGATE_BIN" run --config "$RCONFIG" 2>"$WORKDIR/cachegate-redis.log" &
-PIDS+=("$!")
-wait_ready "cachegate (redis)" "http://127.0.0.1:$RADMIN_PORT/healthz" "$WORKDIR/cachegate-redis.log"
 
+RUST_LOG=warn start cg-mem "$CACHEGATE_BIN" run --config "$WORKDIR/cg-mem.toml"
+CGMEM_PID=$LAST_PID
+RUST_LOG=warn start cg-miss "$CACHEGATE_BIN" run --config "$WORKDIR/cg-miss.toml"
+CGMISS_PID=$LAST_PID
+RUST_LOG=warn start cg-redis "$CACHEGATE_BIN" run --config "$WORKDIR/cg-redis.toml"
+CGRED_PID=$LAST_PID
+RUST_LOG=warn start cg-mixed "$CACHEGATE_BIN" run --config "$WORKDIR/cg-mixed.toml"
+CGMIX_PID=$LAST_PID
+wait_ready "cachegate (memory hit)" "http://127.0.0.1:$CGMEM_ADMIN/healthz" "$WORKDIR/cg-mem.log"
+wait_ready "cachegate (memory miss)" "http://127.0.0.1:$CGMISS_ADMIN/healthz" "$WORKDIR/cg-miss.log"
+wait_ready "cachegate (redis hit)" "http://127.0.0.1:$CGRED_ADMIN/healthz" "$WORKDIR/cg-redis.log"
+wait_ready "cachegate (memory + redis)" "http://127.0.0.1:$CGMIX_ADMIN/healthz" "$WORKDIR/cg-mixed.log"
+
+fill_template() { # template output KEY=VALUE...
+    local sed_args=() kv
+    for kv in "${@:3}"; do
+        sed_args+=(-e "s|@${kv%%=*}@|${kv#*=}|g")
+    done
+    sed "${sed_args[@]}" "$1" >"$2"
+    ! grep -q '@[A-Z_]*@' "$2" || die "unfilled placeholder in $2"
+}
+
+NGINX_PID=""
+if (( HAVE_NGINX )); then
+    mkdir -p "$WORKDIR/nginx"
+    user_directive=""
+    if [[ "$(id -u)" -eq 0 ]]; then
+        # Workers would otherwise switch to 'nobody', who cannot write the cache in $WORKDIR.
+        user_directive="user root root;"
+    fi
+    fill_template "$BENCH_DIR/nginx.conf.in" "$WORKDIR/nginx/nginx.conf" \
+        "USER=$user_directive" "WORKERS=$CORES" "DIR=$WORKDIR/nginx" \
+        "ORIGIN_PORT=$ORIGIN_PORT" "PORT=$NGINX_PORT"
+    timeout 30 nginx -t -q -p "$WORKDIR/nginx/" -e "$WORKDIR/nginx/error.log" -c "$WORKDIR/nginx/nginx.conf" \
+        || die "nginx rejected $WORKDIR/nginx/nginx.conf"
+    start nginx nginx -p "$WORKDIR/nginx/" -e "$WORKDIR/nginx/error.log" -c "$WORKDIR/nginx/nginx.conf"
+    NGINX_PID=$LAST_PID
+    wait_ready "nginx" "$NGINX/2k/ready" "$WORKDIR/nginx/error.log"
+fi
+VARNISH_PID=""
+if (( HAVE_VARNISH )); then
+    fill_template "$BENCH_DIR/varnish.vcl.in" "$WORKDIR/varnish.vcl" "ORIGIN_PORT=$ORIGIN_PORT"
+    # -j none: no privilege separation, so the child can read the VCL and work dir in $WORKDIR.
+    start varnish varnishd -F -j none -n "$WORKDIR/varnish" -a "127.0.0.1:$VARNISH_PORT" \
+        -T "127.0.0.1:$VARNISH_ADMIN" -f "$WORKDIR/varnish.vcl" -s malloc,256m
+    VARNISH_PID=$LAST_PID
+    wait_ready "varnish" "$VARNISH/2k/ready" "$WORKDIR/varnish.log"
+fi
+
+# --- checks: hits are hits -------------------------------------------------------------------
 header_of() { # url header -> value of that response header (empty when absent)
     { curl -s --max-time 5 -D - -o /dev/null "$1" || true; } | tr -d '\r' \
         | awk -F': *' -v h="$2" 'tolower($1) == h { print $2 }'
 }
-x_cache() { # url -> value of X-Cache
-    header_of "$1" x-cache
+size_of() { # url -> body size in bytes
+    curl -s --max-time 5 -o /dev/null -w '%{size_download}' "$1" || echo 0
 }
-# url -> "X-Cache/X-Cache-Tier", e.g. "HIT/redis"
-cache_and_tier() {
-    { curl -s --max-time 5 -D - -o /dev/null "$1" || true; } | tr -d '\r' | awk -F': *' '
-        tolower($1) == "x-cache" { c = $2 }
-        tolower($1) == "x-cache-tier" { t = $2 }
-        END { print c "/" t }'
+expect_hit() { # label url header: a second request must say HIT in that header
+    local first second
+    first="$(header_of "$2" "$3")"
+    for _ in $(seq 20); do
+        second="$(header_of "$2" "$3")"
+        [[ "$second" == "HIT" ]] && return 0
+        pause 0.1
+    done
+    die "$1: expected $3: HIT from $2, got '$second' (first: '$first')"
 }
-HIT_URL="$PROXY/courses/"
-first="$(x_cache "$HIT_URL")"
-second="$(x_cache "$HIT_URL")"
-[[ "$second" == "HIT" ]] || die "expected X-Cache: HIT on the second request to $HIT_URL, got '$second' (first: '$first')"
-probe="$PROXY/lectures/1/?probe=$RANDOM"
-[[ "$(x_cache "$probe")" == "MISS" && "$(x_cache "$probe")" == "HIT" ]] \
-    || die "the miss route does not key on the query string as expected ($probe)"
+expect_miss_then_hit() { # label base header: a fresh unique URL is a MISS, then a HIT
+    local probe="$2/2k/probe?bench=probe-$RANDOM$RANDOM" first
+    first="$(header_of "$probe" "$3")"
+    [[ "$first" == "MISS" ]] || die "$1: expected $3: MISS for the new URL $probe, got '$first'"
+    expect_hit "$1" "$probe" "$3"
+}
 
-# (d) must be served from Redis, never from memory: after the fill (retried until the Redis
-# tier is up and the instance hears purges, which takes a moment after start), two consecutive
-# requests must both say HIT from the redis tier.
-RHIT_URL="$RPROXY/courses/"
-rfirst="" rsecond="" rthird=""
-for _ in $(seq 50); do
-    rfirst="$(cache_and_tier "$RHIT_URL")"
-    rsecond="$(cache_and_tier "$RHIT_URL")"
-    rthird="$(cache_and_tier "$RHIT_URL")"
-    [[ "$rsecond" == "HIT/redis" && "$rthird" == "HIT/redis" ]] && break
-    sleep 0.2
+for size in 2k:2048 32k:32768; do
+    path="/${size%%:*}/x" bytes="${size#*:}"
+    [[ "$(size_of "$LIMIT$path")" == "$bytes" ]] || die "limit server: $path is not $bytes bytes"
+    [[ "$(size_of "$ORIGIN$path")" == "$bytes" ]] || die "origin: $path is not $bytes bytes"
+    expect_hit "cachegate memory hit" "$CGMEM$path" x-cache
+    [[ "$(size_of "$CGMEM$path")" == "$bytes" ]] || die "cachegate: $path is not $bytes bytes"
+    if (( HAVE_NGINX )); then expect_hit "nginx" "$NGINX$path" x-cache-status; fi
+    if (( HAVE_VARNISH )); then expect_hit "varnish" "$VARNISH$path" x-cache; fi
 done
-[[ "$rsecond" == "HIT/redis" && "$rthird" == "HIT/redis" ]] || {
-    cat "$WORKDIR/cachegate-redis.log" >&2
-    die "expected two consecutive 'X-Cache: HIT' + 'X-Cache-Tier: redis' from $RHIT_URL, got '$rsecond' then '$rthird' (after '$rfirst')"
+expect_miss_then_hit "cachegate miss (memory only)" "$CGMISS" x-cache
+expect_miss_then_hit "cachegate miss (with redis)" "$CGMIX" x-cache
+if (( HAVE_NGINX )); then expect_miss_then_hit "nginx miss" "$NGINX" x-cache-status; fi
+if (( HAVE_VARNISH )); then expect_miss_then_hit "varnish miss" "$VARNISH" x-cache; fi
+
+# The limit must answer what a cachegate memory hit answers: same header names, same body.
+hit_headers() { # url -> sorted header names
+    { curl -s --max-time 5 -D - -o /dev/null "$1" || true; } | tr -d '\r' \
+        | awk -F':' 'NR > 1 && NF > 1 { print tolower($1) }' | sort | tr '\n' ' '
 }
-echo "bench: $RHIT_URL answers X-Cache/X-Cache-Tier = $rsecond, $rthird" >&2
+HIT_HEADERS="$(hit_headers "$CGMEM/2k/x")"
+LIMIT_HEADERS="$(hit_headers "$LIMIT/2k/x")"
+say "cachegate memory hit headers: $HIT_HEADERS"
+say "limit headers:                $LIMIT_HEADERS"
+[[ "$HIT_HEADERS" == "$LIMIT_HEADERS" ]] \
+    || say "warning: the limit's header names differ from a cachegate hit's (compare the lines above)"
+{ curl -s --max-time 5 -D - -o /dev/null "$CGMEM/2k/x"; curl -s --max-time 5 -D - -o /dev/null "$LIMIT/2k/x"; } \
+    >"$WORKDIR/headers.txt" 2>/dev/null || true
+
+# The Redis-hit row cycles through 1000 URLs: fill them all, then check every one is a Redis hit.
+REDIS_URLS=1000
+bounded 120 python3 "$BENCH_DIR/fill.py" 127.0.0.1 "$CGRED_PORT" "/2k/r?i=" "$REDIS_URLS" HIT/redis 60 \
+    || { cat "$WORKDIR/cg-redis.log" >&2; die "the Redis-hit URLs are not all Redis hits"; }
 
 # Redis lookups are EVALSHA calls; counting them around the measurement shows that every
-# measured request was a Redis lookup (none answered from memory, none skipped as "redis down").
+# measured request was one Redis lookup (none answered from memory or coalesced, none a miss).
 evalsha_calls() {
     redis info commandstats | tr -d '\r' | awk -F'[:=,]' '$1 == "cmdstat_evalsha" { print $3 }' | grep . || echo 0
 }
+now_s() { date +%s.%N; }
+# The instances' own background scripts (their coherence heartbeat) are EVALSHA calls too:
+# their rate over one idle second is subtracted. The pauses let requests still in flight from
+# the warm-up (before) and from the measurement (after) finish first.
+lookups_before() { # base path of the row's files
+    local c0
+    pause 0.5
+    c0="$(evalsha_calls)"
+    pause 1
+    echo "$(( $(evalsha_calls) - c0 ))" >"$1.idle"
+    echo "$(evalsha_calls) $(now_s)" >"$1.lookups"
+}
+lookups_after() {
+    pause 0.5
+    echo "$(evalsha_calls) $(now_s)" >>"$1.lookups"
+}
 
-# Each request gets its own query string: <nonce>-<thread>-<counter>. The nonce (a script
-# argument) differs per wrk invocation, so the warm-up does not pre-fill the measured URLs.
-cat >"$WORKDIR/miss.lua" <<'EOF'
-local thread_count = 0
-function setup(thread)
-    thread_count = thread_count + 1
-    thread:set("tid", thread_count)
-end
-function init(args)
-    nonce = args[1] or "run"
-    counter = 0
-end
-function request()
-    counter = counter + 1
-    return wrk.format(nil, "/lectures/1/?bench=" .. nonce .. "-" .. tid .. "-" .. counter)
-end
-EOF
+# --- CPU accounting -------------------------------------------------------------------------------
+# ticks PID...: utime + stime (clock ticks) summed over these processes and their descendants.
+ticks() {
+    [[ $# -gt 0 ]] || { echo 0; return; }
+    local files=() p
+    for p in $(descendants "$@"); do
+        files+=("/proc/$p/stat")
+    done
+    # Fields 14 and 15; the command name (field 2) may contain spaces, so count after ") ".
+    cat "${files[@]}" 2>/dev/null | awk '{ sub(/^.*\) /, ""); s += $12 + $13 } END { print s + 0 }'
+}
 
-# run_wrk name url [lua-script]: warm up, measure, write "rps p50_ms p99_ms requests errors non2xx".
-# BEFORE_MEASURE / AFTER_MEASURE, when set, are commands run right around the measurement.
-run_wrk() {
-    local name="$1" url="$2" script="${3:-}" args=() limit
-    if [[ -n "$script" ]]; then
-        args=(-s "$script")
-    fi
-    limit=$(( DURATION_S + WARMUP_S + 60 ))
-    if (( WARMUP_S > 0 )); then
-        echo "bench: warming up '$name' for ${WARMUP_S}s" >&2
-        bounded "$limit" wrk -t "$THREADS" -c "$CONNECTIONS" -d "${WARMUP_S}s" --timeout 5s \
-            "${args[@]}" "$url" -- "warm$RANDOM" >/dev/null || die "wrk warm-up failed for $name"
-    fi
-    echo "bench: measuring '$name' for ${DURATION_S}s: $url" >&2
-    if [[ -n "${BEFORE_MEASURE:-}" ]]; then "$BEFORE_MEASURE" "$name"; fi
-    bounded "$limit" wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION_S}s" --timeout 5s --latency \
-        "${args[@]}" "$url" -- "$name" >"$WORKDIR/$name.txt" || die "wrk failed for $name"
-    if [[ -n "${AFTER_MEASURE:-}" ]]; then "$AFTER_MEASURE" "$name"; fi
-    python3 - "$WORKDIR/$name.txt" >"$WORKDIR/$name.res" <<'EOF'
+# --- rows -----------------------------------------------------------------------------------------
+# name, label, body size, kind (limit, origin, hit, redis_hit, miss, redis_miss)
+ROWS=(
+    "limit_2k|limit: bare hyper, 2 KiB|2k|limit"
+    "limit_32k|limit: bare hyper, 32 KiB|32k|limit"
+    "origin_2k|origin direct, 2 KiB|2k|origin"
+    "cg_mem_hit_2k|cachegate memory hit, 2 KiB|2k|hit"
+    "cg_mem_hit_32k|cachegate memory hit, 32 KiB|32k|hit"
+    "cg_redis_hit_2k|cachegate Redis hit (memory off), 2 KiB|2k|redis_hit"
+    "cg_miss_mem_2k|cachegate miss, memory only, 2 KiB|2k|miss"
+    "cg_miss_redis_2k|cachegate miss, memory + Redis, 2 KiB|2k|redis_miss"
+)
+if (( HAVE_NGINX )); then
+    ROWS+=(
+        "nginx_hit_2k|nginx proxy_cache hit, 2 KiB|2k|hit"
+        "nginx_hit_32k|nginx proxy_cache hit, 32 KiB|32k|hit"
+        "nginx_miss_2k|nginx proxy_cache miss, 2 KiB|2k|miss"
+    )
+fi
+if (( HAVE_VARNISH )); then
+    ROWS+=(
+        "varnish_hit_2k|Varnish hit, 2 KiB|2k|hit"
+        "varnish_hit_32k|Varnish hit, 32 KiB|32k|hit"
+        "varnish_miss_2k|Varnish miss, 2 KiB|2k|miss"
+    )
+fi
+: >"$WORKDIR/rows.tsv"
+for row in "${ROWS[@]}"; do
+    IFS='|' read -r name label size kind <<<"$row"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$label" "$size" "$kind" >>"$WORKDIR/rows.tsv"
+done
+
+# The wrk results as "rps p50_ms p99_ms requests errors non2xx".
+parse_wrk() {
+    python3 - "$1" <<'EOF'
 import re, sys
 text = open(sys.argv[1]).read()
 units = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
@@ -330,105 +617,157 @@ if not rps or not total:
 err = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
 errors = sum(int(g) for g in err.groups()) if err else 0
 non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print(float(rps.group(1)), latency(50), latency(99), total.group(1), errors,
-      non2xx.group(1) if non2xx else 0)
+print(float(rps.group(1)), latency(50), latency(99), total.group(1), errors, non2xx.group(1) if non2xx else 0)
 EOF
 }
 
-# The instance's own background scripts (its coherence heartbeat, every 100 ms) are EVALSHA
-# calls too: their rate is measured over one idle second before the run and subtracted. The
-# pauses let requests still in flight from the warm-up (before) and from the measurement (after)
-# finish, so that they are counted with the right run.
-now_s() { date +%s.%N; }
-lookups_before() {
-    local c0
-    sleep 0.5
-    c0="$(evalsha_calls)"
-    sleep 1
-    echo "$(( $(evalsha_calls) - c0 ))" >"$WORKDIR/$1.idle"
-    echo "$(evalsha_calls) $(now_s)" >"$WORKDIR/$1.lookups"
+# measure ROW RUN: warm up, then measure with CPU samples right around the measured wrk run.
+measure() {
+    local name label size kind run="$2" base url proxy_pids="" redis_pids="" origin_pids="" header="" args=()
+    IFS='|' read -r name label size kind <<<"$1"
+    base="$RAW/$name.run$run"
+    case "$name" in
+        limit_*) url="$LIMIT/$size/x"; proxy_pids="$LIMIT_PID" ;;
+        origin_*) url="$ORIGIN/$size/x"; proxy_pids="$ORIGIN_PID" ;;
+        cg_mem_hit_*) url="$CGMEM/$size/x"; proxy_pids="$CGMEM_PID"; header=x-cache ;;
+        cg_redis_hit_*) url="$CGRED/$size/r"; proxy_pids="$CGRED_PID"; redis_pids="$REDIS_PID"
+            args=(-s "$BENCH_DIR/cycle.lua") ;;
+        cg_miss_mem_*) url="$CGMISS/$size/m"; proxy_pids="$CGMISS_PID" ;;
+        cg_miss_redis_*) url="$CGMIX/$size/m"; proxy_pids="$CGMIX_PID"; redis_pids="$REDIS_PID" ;;
+        nginx_hit_*) url="$NGINX/$size/x"; proxy_pids="$NGINX_PID"; header=x-cache-status ;;
+        nginx_miss_*) url="$NGINX/$size/m"; proxy_pids="$NGINX_PID" ;;
+        varnish_hit_*) url="$VARNISH/$size/x"; proxy_pids="$VARNISH_PID"; header=x-cache ;;
+        varnish_miss_*) url="$VARNISH/$size/m"; proxy_pids="$VARNISH_PID" ;;
+        *) die "unknown row $name" ;;
+    esac
+    case "$kind" in
+        hit | redis_hit | miss | redis_miss) origin_pids="$ORIGIN_PID" ;;
+    esac
+    local p
+    for p in $proxy_pids $redis_pids $origin_pids; do
+        kill -0 "$p" 2>/dev/null || die "$label: a server it needs (pid $p) is no longer running (see the logs in $WORKDIR)"
+    done
+    case "$kind" in
+        miss | redis_miss) args=(-s "$BENCH_DIR/unique.lua") ;;
+    esac
+    # Script arguments: unique.lua PATH NONCE; cycle.lua PREFIX N THREADS.
+    local path="/$size/m" limit=$(( DURATION_S + WARMUP_S + 60 )) script_args=()
+    if [[ "$kind" == redis_hit ]]; then
+        script_args=("/$size/r?i=" "$REDIS_URLS" "$THREADS")
+    elif (( ${#args[@]} )); then
+        script_args=("$path")
+    fi
+    if (( WARMUP_S > 0 )); then
+        say "run $run/$RUNS: warming up '$label' for ${WARMUP_S}s"
+        local warm_args=("${script_args[@]}")
+        [[ "$kind" == *miss ]] && warm_args+=("warm$run-$RANDOM")
+        bounded "$limit" wrk -t "$THREADS" -c "$CONNECTIONS" -d "${WARMUP_S}s" --timeout 5s \
+            "${args[@]}" "$url" -- "${warm_args[@]}" >/dev/null || die "wrk warm-up failed for $name"
+    fi
+    [[ "$kind" == *miss ]] && script_args+=("$name-$run")
+    if [[ "$kind" == redis_hit ]]; then lookups_before "$base"; fi
+    say "run $run/$RUNS: measuring '$label' for ${DURATION_S}s: $url"
+    local p0 r0 o0 p1 r1 o1 rc=0
+    p0="$(ticks $proxy_pids)" r0="$(ticks $redis_pids)" o0="$(ticks $origin_pids)"
+    bounded "$limit" wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION_S}s" --timeout 5s --latency \
+        "${args[@]}" "$url" -- "${script_args[@]}" >"$base.txt" || rc=$?
+    p1="$(ticks $proxy_pids)" r1="$(ticks $redis_pids)" o1="$(ticks $origin_pids)"
+    (( rc == 0 )) || die "wrk failed for $name (exit $rc): $(cat "$base.txt")"
+    if [[ "$kind" == redis_hit ]]; then lookups_after "$base"; fi
+    local result
+    result="$(parse_wrk "$base.txt")" || die "cannot read the wrk output of $name"
+    echo "$result $(( p1 - p0 )) $(( r1 - r0 )) $(( o1 - o0 ))" >"$base.res"
+    # Still hits after the run (the CPU of the origin in the table shows the same for every hit row).
+    if [[ -n "$header" ]]; then
+        local after
+        after="$(header_of "$url" "$header")"
+        [[ "$after" == "HIT" ]] || say "warning: after the run $url answered $header: '$after', not HIT"
+    fi
+    if [[ "$kind" == redis_hit ]]; then
+        local tier
+        tier="$(header_of "$url?i=7" x-cache-tier)"
+        [[ "$tier" == "redis" ]] || say "warning: after the run $url?i=7 answered X-Cache-Tier: '$tier', not redis"
+    fi
 }
-lookups_after() {
-    sleep 0.5
-    echo "$(evalsha_calls) $(now_s)" >>"$WORKDIR/$1.lookups"
-}
 
-run_wrk origin_direct "$ORIGIN/courses/"
-run_wrk memory_hit "$HIT_URL"
-BEFORE_MEASURE=lookups_before AFTER_MEASURE=lookups_after run_wrk redis_hit "$RHIT_URL"
-run_wrk miss "$PROXY/lectures/1/" "$WORKDIR/miss.lua"
+SERIES_START=$SECONDS
+for run in $(seq "$RUNS"); do
+    for row in "${ROWS[@]}"; do
+        measure "$row" "$run"
+    done
+done
+say "series done in $(( SECONDS - SERIES_START ))s"
 
-# After the run the Redis instance still answers from Redis (not memory, not the origin).
-after="$(cache_and_tier "$RHIT_URL")"
-[[ "$after" == "HIT/redis" ]] || echo "bench: warning: after the run $RHIT_URL answered '$after', not HIT/redis" >&2
+# Proof that the misses were stored: a URL from the last measured miss run is now a hit.
+for pair in "cg_miss_mem_2k|$CGMISS" "cg_miss_redis_2k|$CGMIX"; do
+    IFS='|' read -r name base_url <<<"$pair"
+    stored="$(header_of "$base_url/2k/m?bench=$name-$RUNS-1-10" x-cache)"
+    [[ "$stored" == "HIT" ]] || say "warning: a URL from the $name run was not stored (X-Cache: '$stored')"
+done
 
-# A URL from the miss run must now be stored: proof that the misses were stored. (Not the
-# first one: wrk calls request() once per thread before sending anything.)
-stored="$(x_cache "$PROXY/lectures/1/?bench=miss-1-10")"
-[[ "$stored" == "HIT" ]] || echo "bench: warning: a URL from the miss run was not stored (X-Cache: '$stored')" >&2
+# --- purge cost -----------------------------------------------------------------------------------
+if [[ -n "$PURGE_BIN" ]]; then
+    say "running the purge bench ($PURGE_BIN)"
+    bounded 900 "$PURGE_BIN" --bench >"$WORKDIR/purge.txt" 2>"$WORKDIR/purge.log" \
+        || { tail -20 "$WORKDIR/purge.log" >&2; say "warning: the purge bench failed or timed out (see purge.log)"; }
+fi
 
-python3 - "$WORKDIR" "$DURATION_S" "$THREADS" "$CONNECTIONS" <<'EOF'
-import sys
-workdir, duration, threads, conns = sys.argv[1:5]
-res = {}
-for name in ("origin_direct", "memory_hit", "redis_hit", "miss"):
-    rps, p50, p99, total, errors, non2xx = open(f"{workdir}/{name}.res").read().split()
-    res[name] = dict(rps=float(rps), p50=float(p50), p99=float(p99), total=int(total),
-                     errors=int(errors), non2xx=int(non2xx))
-labels = {
-    "origin_direct": "(a) origin direct (no proxy)",
-    "memory_hit": "(b) cachegate, memory-tier hit",
-    "miss": "(c) cachegate, miss + store",
-    "redis_hit": "(d) cachegate, Redis-tier hit",
-}
-print()
-print(f"wrk: {threads} threads, {conns} connections, {duration}s per measurement")
-print()
-print(f"| {'scenario':<32} | {'req/s':>10} | {'p50 ms':>8} | {'p99 ms':>8} | {'requests':>9} | {'errors':>6} | {'non-2xx':>7} |")
-print(f"|{'-' * 34}|{'-' * 11}:|{'-' * 9}:|{'-' * 9}:|{'-' * 10}:|{'-' * 7}:|{'-' * 8}:|")
-for name, label in labels.items():
-    r = res[name]
-    print(f"| {label:<32} | {r['rps']:>10.0f} | {r['p50']:>8.3f} | {r['p99']:>8.3f} | {r['total']:>9} | {r['errors']:>6} | {r['non2xx']:>7} |")
-print()
-o, h, m, d = res["origin_direct"], res["memory_hit"], res["miss"], res["redis_hit"]
-idle_rate = int(open(f"{workdir}/redis_hit.idle").read().split()[0])  # per second
-(c1, t1), (c2, t2) = [l.split() for l in open(f"{workdir}/redis_hit.lookups").read().splitlines()]
-background = round(idle_rate * (float(t2) - float(t1)))
-lookups = int(c2) - int(c1) - background
-per_request = lookups / d["total"] if d["total"] else float("nan")
-print(f"(d) Redis lookups during the measurement: {lookups} for {d['total']} requests"
-      f" = {per_request:.3f} per request ({int(c2) - int(c1)} EVALSHA calls minus ~{background}"
-      f" background calls at the idle rate of {idle_rate}/s)")
-def ratio(a, b):
-    return a / b if b else float("nan")
-def rows(title, pairs):
-    print(title)
-    for label, a, b in pairs:
-        print(f"  {label:<34}: req/s {ratio(a['rps'], b['rps']):5.2f}x"
-              f" | p50 {ratio(a['p50'], b['p50']):5.2f} ({a['p50']:.3f} vs {b['p50']:.3f} ms)"
-              f" | p99 {ratio(a['p99'], b['p99']):5.2f} ({a['p99']:.3f} vs {b['p99']:.3f} ms)")
-print()
-rows("Ratios (req/s: higher is better; latency: lower is better)", [
-    ("memory hit / origin direct", h, o),
-    ("memory hit / miss", h, m),
-    ("redis hit / origin direct", d, o),
-    ("memory hit / redis hit", h, d),
-    ("redis hit / miss", d, m),
-])
-bad = [labels[n] for n, r in res.items() if r["errors"] or r["non2xx"]]
-if bad:
-    print("\nwarning: socket errors or non-2xx answers in: " + ", ".join(bad))
-# wrk stops counting with up to one request per connection still in flight, so up to that many
-# more lookups than counted requests are expected (plus a little noise from the background
-# estimate). Fewer lookups than requests would mean memory hits or a Redis outage; many more,
-# misses (a miss is a lookup plus a guarded store).
-slack = int(conns) + 20 + d["total"] // 200
-extra = lookups - d["total"]
-if not -slack <= extra <= int(conns) + slack:
-    print(f"\nwarning: (d) made {lookups} Redis lookups for {d['total']} requests (expected one per"
-          " request, plus those still in flight): not every request was a Redis hit")
-EOF
+# --- bounded memory -------------------------------------------------------------------------------
+if [[ "$MEMORY" != 0 ]]; then
+    RUST_LOG=warn start cg-bound "$CACHEGATE_BIN" run --config "$WORKDIR/cg-bound.toml"
+    CGBOUND_PID=$LAST_PID
+    wait_ready "cachegate (bounded memory)" "http://127.0.0.1:$CGBOUND_ADMIN/healthz" "$WORKDIR/cg-bound.log"
+    mem_sample() { # t -> "t rss_kib tier_bytes entries"
+        local rss stats
+        rss="$(awk '$1 == "VmRSS:" { print $2 }' "/proc/$CGBOUND_PID/status" 2>/dev/null || echo -)"
+        stats="$(curl -s --max-time 5 "http://127.0.0.1:$CGBOUND_ADMIN/admin/stats" | python3 -c '
+import json, sys
+try:
+    m = json.load(sys.stdin)["memory"]
+    print(m["bytes"], m["entries"])
+except Exception:
+    print("- -")
+')"
+        echo "$1 ${rss:--} $stats"
+    }
+    say "bounded memory: ${MEMORY_DURATION_S}s of unique 32 KiB misses through a 64 MiB memory tier"
+    : >"$WORKDIR/memory.tsv"
+    mem_sample 0 >>"$WORKDIR/memory.tsv"
+    timeout $(( MEMORY_DURATION_S + 60 )) wrk -t "$THREADS" -c "$CONNECTIONS" -d "${MEMORY_DURATION_S}s" \
+        --timeout 5s --latency -s "$BENCH_DIR/unique.lua" "http://127.0.0.1:$CGBOUND_PORT/32k/m" -- /32k/m memory \
+        >"$WORKDIR/memory.wrk.txt" &
+    CHILD=$!
+    mem_start=$SECONDS
+    next=5
+    while kill -0 "$CHILD" 2>/dev/null; do
+        if (( SECONDS - mem_start >= next )); then
+            mem_sample "$next" >>"$WORKDIR/memory.tsv"
+            next=$(( next + 5 ))
+        fi
+        sleep 0.2
+    done
+    wait "$CHILD" || say "warning: wrk for the bounded-memory run failed"
+    CHILD=""
+    # One last sample at the end of the load, unless the periodic one was just taken.
+    if (( SECONDS - mem_start > next - 5 )); then
+        mem_sample "$(( SECONDS - mem_start ))" >>"$WORKDIR/memory.tsv"
+    fi
+    stop_tree "$CGBOUND_PID"
+fi
+
+# --- summary --------------------------------------------------------------------------------------
+{
+    echo "## Run of $(date -u '+%F %T') UTC"
+    echo
+    echo "- cores (nproc): $CORES; load average before the summary: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- cachegate commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src/ has uncommitted changes)')"
+    echo "- work directory (nginx cache files) on: $(stat -f -c %T "$WORKDIR" 2>/dev/null || echo unknown) ($(dirname "$WORKDIR"))"
+    echo "- $(redis-server --version | cut -d' ' -f1-3)$( (( HAVE_NGINX )) && echo "; $(nginx -v 2>&1)")$( (( HAVE_VARNISH )) && echo "; $(varnishd -V 2>&1 | head -1)")"
+    (( HAVE_NGINX && HAVE_VARNISH )) || [[ "$ANCHORS" == 0 ]] || echo "- nginx/Varnish rows missing: not installed"
+    echo
+    CLK_TCK="$CLK_TCK" THREADS="$THREADS" CONNECTIONS="$CONNECTIONS" RUNS="$RUNS" DURATION="$DURATION_S" \
+        WARMUP="$WARMUP_S" MEMORY_BOUND="$MEMORY_BOUND" MEMORY_DURATION="$MEMORY_DURATION_S" \
+        python3 "$BENCH_DIR/summary.py" "$WORKDIR"
+} >"$WORKDIR/summary.md"
 echo
-echo "cores (nproc): $(nproc)"
-echo "date: $(date -u '+%F %T') UTC"
-echo "cachegate commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src/ has uncommitted changes)')"
+cat "$WORKDIR/summary.md"

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Summary of a scripts/bench.sh run: `summary.py RESULTS_DIR`.
+
+Reads RESULTS_DIR/rows.tsv (name, label, size, kind per row, in table order), the per-run
+results RESULTS_DIR/raw/<row>.run<k>.res written by bench.sh ("rps p50_ms p99_ms requests errors
+non2xx proxy_ticks redis_ticks origin_ticks"), the Redis lookup counts of the Redis-hit row, and,
+when present, purge.txt (output of `cargo bench --bench purge`) and memory.tsv / memory.wrk.txt
+(the bounded-memory run). Prints Markdown."""
+import os
+import statistics
+import sys
+
+d = sys.argv[1]
+env = os.environ
+CLK_TCK = int(env.get("CLK_TCK", "100"))
+THREADS = int(env.get("THREADS", "2"))
+CONNECTIONS = int(env.get("CONNECTIONS", "64"))
+RUNS = int(env.get("RUNS", "1"))
+
+rows = []  # (name, label, size, kind)
+with open(f"{d}/rows.tsv") as f:
+    for line in f:
+        if line.strip():
+            rows.append(tuple(line.rstrip("\n").split("\t")))
+
+
+def load(name, run):
+    path = f"{d}/raw/{name}.run{run}.res"
+    if not os.path.exists(path):
+        return None
+    v = open(path).read().split()
+    rps, p50, p99 = float(v[0]), float(v[1]), float(v[2])
+    total, errors, non2xx = int(v[3]), int(v[4]), int(v[5])
+    proxy, redis, origin = int(v[6]), int(v[7]), int(v[8])
+    us = lambda ticks: ticks * 1e6 / CLK_TCK / total if total else float("nan")  # noqa: E731
+    return dict(rps=rps, p50=p50, p99=p99, total=total, errors=errors, non2xx=non2xx,
+                cpu=us(proxy + redis), redis_cpu=us(redis), origin_cpu=us(origin))
+
+
+res = {}  # name -> list of per-run results
+for name, *_ in rows:
+    res[name] = [r for r in (load(name, k) for k in range(1, RUNS + 1)) if r is not None]
+
+
+def med(name, key):
+    vals = [r[key] for r in res.get(name, [])]
+    return statistics.median(vals) if vals else None
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def fmt(v, spec, none="n/a"):
+    return none if v is None else format(v, spec)
+
+
+print(f"wrk {THREADS} threads, {CONNECTIONS} connections, {env.get('DURATION', '?')} s per measurement after a "
+      f"{env.get('WARMUP', '?')} s warm-up; {RUNS} run(s), interleaved; medians per row.")
+print()
+print("| row | req/s | p50 ms | p99 ms | server CPU µs/req | of which Redis | origin CPU µs/req "
+      "| req/s ÷ limit | CPU ÷ limit |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for name, label, size, kind in rows:
+    if not res[name]:
+        continue
+    limit = f"limit_{size}"
+    has_redis = kind.startswith("redis")
+    print(f"| {label} | {med(name, 'rps'):,.0f} | {med(name, 'p50'):.3f} | {med(name, 'p99'):.3f} "
+          f"| {med(name, 'cpu'):.1f} | {fmt(med(name, 'redis_cpu') if has_redis else None, '.1f', '')} "
+          f"| {fmt(med(name, 'origin_cpu') if kind not in ('limit', 'origin') else None, '.1f', '')} "
+          f"| {fmt(ratio(med(name, 'rps'), med(limit, 'rps')), '.2f')}× "
+          f"| {fmt(ratio(med(name, 'cpu'), med(limit, 'cpu')), '.2f')}× |")
+print()
+print("server CPU = utime + stime of the serving process tree (nginx master + workers, varnishd manager + "
+      "child, cachegate, bench_server), plus redis-server for the rows that use Redis (its share is the "
+      "'of which Redis' column), between right before and right after the measured wrk run, divided by the "
+      f"requests wrk counted (clock ticks of 1/{CLK_TCK} s). 'origin CPU' is the origin's share behind a "
+      "proxy (about 0 for hits, so it also shows hits were hits). Ratios compare with the limit row of the "
+      "same body size.")
+
+# Noise: the per-run ratio of memory hit to the limit.
+print()
+print("Per-run req/s ratio, cachegate memory hit ÷ limit (shows the run-to-run noise):")
+for size in ("2k", "32k"):
+    hit, lim = res.get(f"cg_mem_hit_{size}", []), res.get(f"limit_{size}", [])
+    vals = [f"{h['rps'] / l['rps']:.2f}" for h, l in zip(hit, lim) if l["rps"]]
+    print(f"- {size}: {' / '.join(vals) if vals else 'n/a'}")
+
+# Redis lookups per request in the pure Redis-hit row.
+print()
+for k, r in enumerate(res.get("cg_redis_hit_2k", []), start=1):
+    base = f"{d}/raw/cg_redis_hit_2k.run{k}"
+    try:
+        idle = int(open(f"{base}.idle").read().split()[0])
+        (c1, t1), (c2, t2) = [line.split() for line in open(f"{base}.lookups").read().splitlines()]
+    except (OSError, ValueError):
+        continue
+    background = round(idle * (float(t2) - float(t1)))
+    lookups = int(c2) - int(c1) - background
+    per = lookups / r["total"] if r["total"] else float("nan")
+    print(f"Redis hit, run {k}: {lookups:,} Redis lookups (EVALSHA) for {r['total']:,} requests = {per:.3f} "
+          f"per request ({int(c2) - int(c1):,} calls minus ~{background} background calls)")
+    slack = CONNECTIONS + 20 + r["total"] // 200
+    if not -slack <= lookups - r["total"] <= CONNECTIONS + slack:
+        print(f"  warning: not one Redis lookup per request: the Redis-hit row was not a pure Redis hit")
+
+# Goals.
+checks = []
+
+
+def check(label, value, op, bound, what):
+    if value is None or bound is None:
+        checks.append(f"- n/a: {label} (missing {what})")
+        return
+    ok = value >= bound if op == ">=" else value <= bound
+    checks.append(f"- {'PASS' if ok else 'MISS'}: {label}: {value:.3f} {'≥' if op == '>=' else '≤'} {bound:.3f}")
+
+
+for size in ("2k", "32k"):
+    hit, lim, ngx = f"cg_mem_hit_{size}", f"limit_{size}", f"nginx_hit_{size}"
+    check(f"memory hit {size} req/s ÷ limit", ratio(med(hit, "rps"), med(lim, "rps")), ">=", 0.85, "rows")
+    check(f"memory hit {size} CPU/req ÷ limit", ratio(med(hit, "cpu"), med(lim, "cpu")), "<=", 1.2, "rows")
+    check(f"memory hit {size} p99 ms vs nginx hit p99 ms", med(hit, "p99"), "<=", med(ngx, "p99"), "nginx row")
+check("Redis hit req/s ÷ limit 2k", ratio(med("cg_redis_hit_2k", "rps"), med("limit_2k", "rps")), ">=", 0.45, "rows")
+check("miss (memory only) req/s ÷ nginx miss", ratio(med("cg_miss_mem_2k", "rps"), med("nginx_miss_2k", "rps")),
+      ">=", 1.0, "nginx row")
+check("miss (with Redis) req/s ÷ nginx miss", ratio(med("cg_miss_redis_2k", "rps"), med("nginx_miss_2k", "rps")),
+      ">=", 0.7, "nginx row")
+print()
+print("Goals:")
+print("\n".join(checks))
+
+bad = [label for name, label, *_ in rows for r in res[name] if r["errors"] or r["non2xx"]]
+if bad:
+    print()
+    print("warning: socket errors or non-2xx answers in: " + ", ".join(sorted(set(bad))))
+
+# Purge cost (cargo bench --bench purge).
+purge = f"{d}/purge.txt"
+if os.path.exists(purge):
+    lines = [line.rstrip() for line in open(purge)]
+    table = [line for line in lines if line.startswith("|")]
+    print()
+    print("Purge cost (`cargo bench --bench purge`, one tag covering 1 / 1k / 10k / 100k entries):")
+    print()
+    if table:
+        print("\n".join(table))
+        print()
+        print("\n".join(f"- {line}" for line in lines if line.startswith("median ")))
+    else:
+        print("(no table in the purge bench output; see purge.txt)")
+
+# Bounded memory under a miss-heavy load.
+mem = f"{d}/memory.tsv"
+if os.path.exists(mem):
+    samples = []  # (t, rss_kib, tier_bytes, entries)
+    for line in open(mem):
+        p = line.split()
+        if len(p) == 4 and p[1].isdigit() and p[2].isdigit():
+            samples.append((float(p[0]), int(p[1]), int(p[2]), int(p[3])))
+    bound = int(env.get("MEMORY_BOUND", str(64 << 20)))
+    duration = float(env.get("MEMORY_DURATION", "0"))
+    print()
+    print(f"Bounded memory: memory_capacity = {bound / 1048576:.0f} MiB, {duration:.0f} s of unique 32 KiB URLs "
+          f"(misses, each stored), sampled every 5 s ({len(samples)} samples).")
+    wrk = f"{d}/memory.wrk.txt"
+    if os.path.exists(wrk):
+        for line in open(wrk):
+            if "requests in" in line or line.startswith("Requests/sec"):
+                print(f"- wrk: {line.strip()}")
+    if samples:
+        max_tier = max(s[2] for s in samples)
+        fifth = min(samples, key=lambda s: abs(s[0] - duration / 5))
+        end = samples[-1]
+        growth = (end[1] - fifth[1]) / 1024
+        pct = 100.0 * (end[1] - fifth[1]) / fifth[1] if fifth[1] else float("nan")
+        ok = max_tier / bound <= 1.10
+        print(f"- {'PASS' if ok else 'MISS'}: max memory-tier bytes ÷ bound = {max_tier:,} ÷ {bound:,} = "
+              f"{max_tier / bound:.3f} (goal ≤ 1.10)")
+        print(f"- RSS at {fifth[0]:.0f} s (first fifth): {fifth[1] / 1024:.1f} MiB; at the end ({end[0]:.0f} s): "
+              f"{end[1] / 1024:.1f} MiB; growth {growth:+.1f} MiB ({pct:+.1f}%)")
+        print()
+        print("| t s | RSS MiB | tier MiB | entries |")
+        print("|---:|---:|---:|---:|")
+        for t, rss, tier, entries in samples:
+            print(f"| {t:.0f} | {rss / 1024:.1f} | {tier / 1048576:.1f} | {entries:,} |")
