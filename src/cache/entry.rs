@@ -1,9 +1,10 @@
 //! A stored response, ready to be answered from without copying its body.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::invalidation::Stamps;
 
@@ -27,6 +28,9 @@ pub struct CachedResponse {
     pub stamps: Stamps,
     /// How long past freshness it may still be served.
     pub stale: StaleWindows,
+    /// `headers` plus what every fresh hit adds, built on the first hit (see
+    /// [`CachedResponse::hit_headers`]).
+    pub hit_headers: OnceLock<HeaderMap>,
 }
 
 /// Windows past freshness in which an entry may still be served.
@@ -89,10 +93,27 @@ impl CachedResponse {
         (self.initial_age + now.saturating_duration_since(self.stored_at)).as_secs()
     }
 
+    /// `headers` followed by `extra`, built once per entry. A hit clones this map and only
+    /// replaces values in it, so it never grows (or reallocates) per request; `extra` should
+    /// hold every header the hit then sets.
+    pub fn hit_headers(&self, extra: &[(HeaderName, HeaderValue)]) -> &HeaderMap {
+        self.hit_headers.get_or_init(|| {
+            let mut h = HeaderMap::with_capacity(self.headers.len() + extra.len());
+            for (k, v) in &self.headers {
+                h.append(k.clone(), v.clone());
+            }
+            for (k, v) in extra {
+                h.insert(k.clone(), v.clone());
+            }
+            h
+        })
+    }
+
     /// Approximate memory cost, for the tier's byte bound.
     pub fn weight(&self) -> u32 {
+        // Counted twice: the prepared hit headers are a second copy of the map.
         let headers: usize = self.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
-        u32::try_from(self.body.len() + headers + 128).unwrap_or(u32::MAX)
+        u32::try_from(self.body.len() + 2 * headers + 256).unwrap_or(u32::MAX)
     }
 }
 

@@ -173,16 +173,37 @@ pub struct BaseKey {
 /// Builds the base key (without the origin's `Vary` headers).
 pub fn base_key(prefix: &str, route: &str, path: &str, query: &str, id: KeyIdentity<'_>) -> BaseKey {
     let mut k = String::with_capacity(prefix.len() + route.len() + path.len() + query.len() + 48);
-    let _ = write!(k, "{prefix}:{route}:");
+    for part in [prefix, ":", route, ":"] {
+        k.push_str(part);
+    }
     let head = k.len();
-    let _ = write!(k, "{path}:{query}:");
+    for part in [path, ":", query, ":"] {
+        k.push_str(part);
+    }
     for part in [id.role, id.tenant, id.user] {
         if let Some(v) = part {
-            let _ = write!(k, "{}", utf8_percent_encode(v, COMPONENT));
+            push_component(&mut k, v);
         }
         k.push(':');
     }
     BaseKey { text: k, head }
+}
+
+/// Appends `v` percent-encoded; values that need no encoding (the usual case) are copied as is.
+fn push_component(out: &mut String, v: &str) {
+    if v.bytes().all(is_unreserved) {
+        out.push_str(v);
+    } else {
+        out.extend(utf8_percent_encode(v, COMPONENT));
+    }
+}
+
+impl BaseKey {
+    /// The key when the origin's answer varies on no request header: the base key itself,
+    /// unless it is too long and must be hashed.
+    pub fn as_full_key(&self) -> Option<&str> {
+        (self.text.len() <= MAX_KEY_LEN).then_some(self.text.as_str())
+    }
 }
 
 /// Appends the request's values of the origin's `Vary` headers and hashes long keys.

@@ -11,6 +11,7 @@ pub mod entry;
 pub mod key;
 pub mod policy;
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,14 +137,17 @@ impl Cache {
 
     /// The full key for a request: the base key plus the values of the headers the origin's
     /// answer for this URL varies on.
-    pub async fn key_for(&self, base: &BaseKey, headers: &HeaderMap) -> String {
+    pub async fn key_for<'a>(&self, base: &'a BaseKey, headers: &HeaderMap) -> Cow<'a, str> {
         if self.seen_vary.load(Ordering::Relaxed) {
             // Boxed: only origins that send `Vary` pay for this lookup's future.
             if let Some(names) = Box::pin(self.vary_index.get(base.text.as_str())).await {
-                return key::full_key(base, &names, headers);
+                return Cow::Owned(key::full_key(base, &names, headers));
             }
         }
-        key::full_key(base, &[], headers)
+        match base.as_full_key() {
+            Some(k) => Cow::Borrowed(k),
+            None => Cow::Owned(key::full_key(base, &[], headers)),
+        }
     }
 
     /// A memory entry that is unpurged, trusted (see [`Cache::memory_trusted`]) and not past
@@ -241,6 +245,7 @@ impl Cache {
             fresh_for: wire.fresh_for,
             stamps,
             stale: wire.stale,
+            hit_headers: Default::default(),
         }
     }
 

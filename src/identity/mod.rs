@@ -39,8 +39,9 @@ pub struct Claims {
 /// The resolved identity of a request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
-    /// Role (the anonymous role when nothing identifies the caller).
-    pub role: Option<String>,
+    /// Role (the anonymous role when nothing identifies the caller). Shared: most requests
+    /// carry the same few roles, the anonymous one above all.
+    pub role: Option<Arc<str>>,
     /// Tenant, when known.
     pub tenant: Option<String>,
     /// User, when known.
@@ -63,6 +64,7 @@ pub enum Depth {
 /// Resolves identities with the configured sources.
 pub struct Resolver {
     cfg: IdentityConfig,
+    anonymous: Arc<str>,
     jwt: Option<JwtVerifier>,
     /// Session lookups (public so the write path can forget sessions).
     pub lookup: Option<SessionLookup>,
@@ -91,6 +93,7 @@ impl Resolver {
             .as_ref()
             .map(|l| SessionLookup::new(l, origin, &cfg.anonymous_role, metrics));
         Ok(Resolver {
+            anonymous: Arc::from(cfg.anonymous_role.as_str()),
             cfg: cfg.clone(),
             jwt,
             lookup,
@@ -108,9 +111,8 @@ impl Resolver {
         let role = header_text(headers, &self.cfg.role_header);
         let tenant = header_text(headers, &self.cfg.tenant_header);
         let from_header = role.is_some() || tenant.is_some();
-        let anonymous = || self.cfg.anonymous_role.clone();
         let mut id = Identity {
-            role: Some(role.unwrap_or_else(anonymous)),
+            role: Some(role.map_or_else(|| self.anonymous.clone(), Arc::from)),
             tenant,
             user: None,
             unresolved_credentials: false,
@@ -150,7 +152,7 @@ impl Resolver {
             }
         }
         if let (false, Some(c)) = (from_header, claims) {
-            id.role = Some(c.role);
+            id.role = Some(Arc::from(c.role));
             id.tenant = c.tenant;
             id.user = c.user;
         }

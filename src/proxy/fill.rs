@@ -138,6 +138,7 @@ impl Proxy {
             fresh_for: fresh.remaining(),
             stamps: Stamps::default(),
             stale: policy::stale_windows(&parts.headers, route, &self.config.cache),
+            hit_headers: Default::default(),
         };
         let target = Target {
             base,

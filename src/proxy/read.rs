@@ -45,6 +45,13 @@ enum LeaseWait {
     Proceed,
 }
 
+/// What a fresh hit adds to the stored headers (`Age` is replaced per answer).
+static HIT_EXTRA: [(http::HeaderName, HeaderValue); 3] = [
+    (header::AGE, HeaderValue::from_static("0")),
+    (headers::X_CACHE, HeaderValue::from_static("HIT")),
+    (headers::CACHE_STATUS, HeaderValue::from_static("cachegate; hit")),
+];
+
 /// The keys of a request the memory tier could not answer.
 struct MissKey<'a> {
     base: &'a key::BaseKey,
@@ -229,7 +236,23 @@ impl Proxy {
         };
         out.tier = Some(tier);
         let now = self.cache.clock.now();
-        let (status, mut headers, body) = if headers::not_modified(asked.headers, &entry.headers) {
+        let age = headers::age_value(entry.age_secs(now));
+        let not_modified = headers::not_modified(asked.headers, &entry.headers);
+        if how == Serve::Hit && !not_modified && !self.config.server.debug_headers {
+            // The common case: a clone of the prepared map, with its `Age` slot filled in.
+            let mut headers = entry.hit_headers(&HIT_EXTRA).clone();
+            headers.insert(header::AGE, age);
+            let body = if asked.head {
+                ProxyBody::Empty
+            } else {
+                ProxyBody::Full(Some(entry.body.clone()))
+            };
+            let mut resp = Response::new(body);
+            *resp.status_mut() = entry.status;
+            *resp.headers_mut() = headers;
+            return resp;
+        }
+        let (status, mut headers, body) = if not_modified {
             (
                 StatusCode::NOT_MODIFIED,
                 headers::not_modified_headers(&entry.headers),
@@ -244,7 +267,7 @@ impl Proxy {
                 ProxyBody::Full(Some(entry.body.clone())),
             )
         };
-        headers.insert(header::AGE, HeaderValue::from(entry.age_secs(now)));
+        headers.insert(header::AGE, age);
         let (x_cache, status_text) = match how {
             Serve::Hit => ("HIT", "cachegate; hit"),
             Serve::Stale => ("STALE", "cachegate; hit; detail=stale"),
