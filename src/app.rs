@@ -208,7 +208,9 @@ where
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let svc = service_fn(move |req| {
-            let fut = handler(req, peer);
+            // Boxed once here: hyper moves the future it is given more than once per request,
+            // and moving a box is moving a pointer.
+            let fut = Box::pin(handler(req, peer));
             async move { Ok::<_, Infallible>(fut.await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
