@@ -22,7 +22,8 @@ type Cell = Arc<AtomicU64>;
 /// The generation table of this instance.
 #[derive(Debug, Default)]
 pub struct Generations {
-    cells: RwLock<HashMap<Box<str>, Cell>>,
+    /// foldhash: a purge or fill hashes several scope names, SipHash made that a visible cost.
+    cells: RwLock<HashMap<Box<str>, Cell, foldhash::fast::RandomState>>,
     /// Counts every purge; lets a fill whose scopes are only known after the response (the
     /// origin's surrogate keys) detect that some purge happened while it was fetching.
     epoch: AtomicU64,

@@ -41,7 +41,7 @@ impl Flight {
 /// The table of fetches in progress.
 #[derive(Default)]
 pub struct Coalescer {
-    flights: Mutex<HashMap<String, Arc<Flight>>>,
+    flights: Mutex<HashMap<String, Arc<Flight>, foldhash::fast::RandomState>>,
 }
 
 /// The role a request takes for its key.

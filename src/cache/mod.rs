@@ -74,7 +74,7 @@ pub struct Fill {
 pub struct Cache {
     memory: MemoryTier,
     /// `Vary` header names learned per base key.
-    vary_index: moka::future::Cache<Arc<str>, Arc<[HeaderName]>>,
+    vary_index: moka::future::Cache<Arc<str>, Arc<[HeaderName]>, foldhash::fast::RandomState>,
     /// Has any origin answer carried `Vary`? Until then no hit pays for an index lookup. One
     /// flag rather than one per route, so a config reload that reorders routes keeps it right.
     seen_vary: AtomicBool,
@@ -105,7 +105,7 @@ impl Cache {
             vary_index: moka::future::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(ttl)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             seen_vary: AtomicBool::new(false),
             generations,
             clock,

@@ -46,10 +46,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+    for n in &named {
         headers.remove(n);
     }
+    remove_present(headers, &HOP_BY_HOP);
     headers.remove(header::UPGRADE);
+}
+
+/// Removes `names` from `headers`. A message carries a handful of headers and almost never
+/// one of these, so one pass over what is there beats hashing every name for a `remove`.
+fn remove_present(headers: &mut HeaderMap, names: &[HeaderName]) {
+    while let Some(n) = headers.keys().find(|k| names.contains(k)).cloned() {
+        headers.remove(&n);
+    }
 }
 
 /// Appends our `Via` entry.
@@ -94,37 +103,34 @@ pub fn take_surrogate_tags(headers: &mut HeaderMap) -> Vec<String> {
 /// Request headers some frameworks let override the URL, method, host or scheme. They are not
 /// part of the key, so a fill that forwarded them would let one client poison the entry for
 /// everyone (cache poisoning): cache fills never carry them.
-const OVERRIDES: [&str; 9] = [
-    "x-original-url",
-    "x-rewrite-url",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-forwarded-scheme",
-    "x-forwarded-port",
-    "x-forwarded-server",
-    "x-host",
+const OVERRIDES: [HeaderName; 9] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-host"),
 ];
 
 /// Removes the [`OVERRIDES`] headers.
 pub fn strip_overrides(headers: &mut HeaderMap) {
-    for n in OVERRIDES {
-        headers.remove(n);
-    }
+    remove_present(headers, &OVERRIDES);
 }
 
 /// Headers a cache fill must not forward: the fill wants the full, unconditional answer.
 pub fn strip_conditionals(headers: &mut HeaderMap) {
-    for n in [
+    const CONDITIONALS: [HeaderName; 6] = [
         header::IF_NONE_MATCH,
         header::IF_MODIFIED_SINCE,
         header::IF_MATCH,
         header::IF_UNMODIFIED_SINCE,
         header::IF_RANGE,
         header::RANGE,
-    ] {
-        headers.remove(n);
-    }
+    ];
+    remove_present(headers, &CONDITIONALS);
 }
 
 /// Whether a conditional request is satisfied by the stored validators (RFC 9110 §13.2.2):
