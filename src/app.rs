@@ -30,6 +30,7 @@ use crate::reload::Reloader;
 use crate::secrets::Secrets;
 use crate::tiers::redis::RedisTier;
 use crate::warm::Warmer;
+use crate::watchdog::Watchdog;
 use arc_swap::ArcSwap;
 
 /// How long open connections get to finish after shutdown starts.
@@ -128,16 +129,27 @@ pub async fn start_with(config: Config, secrets: Secrets) -> std::io::Result<Run
         warmer.clone(),
     ));
     let (stop, stop_rx) = watch::channel(false);
+    let client_timeout = config.server.client_timeout;
     let mut tasks = vec![
-        tokio::spawn(serve(proxy_listener, stop_rx.clone(), move |req, peer| {
-            // Loaded per request: a reload swaps it, in-flight requests keep the one they have.
-            let proxy = proxy.load_full();
-            async move { proxy.handle(req, peer).await }
-        })),
-        tokio::spawn(serve(admin_listener, stop_rx.clone(), move |req, _peer| {
-            let admin = admin.clone();
-            async move { admin.handle(req).await }
-        })),
+        tokio::spawn(serve(
+            proxy_listener,
+            client_timeout,
+            stop_rx.clone(),
+            move |req, peer| {
+                // Loaded per request: a reload swaps it, in-flight requests keep the one they have.
+                let proxy = proxy.load_full();
+                async move { proxy.handle(req, peer).await }
+            },
+        )),
+        tokio::spawn(serve(
+            admin_listener,
+            client_timeout,
+            stop_rx.clone(),
+            move |req, _peer| {
+                let admin = admin.clone();
+                async move { admin.handle(req).await }
+            },
+        )),
         tokio::spawn(prune_generations(cache.clone(), stop_rx.clone())),
     ];
     if let (Some(job), Some(w)) = (scheduled, &config.warm) {
@@ -180,18 +192,21 @@ impl Running {
 }
 
 /// Accept loop for one listener: HTTP/1.1 and HTTP/2 (prior knowledge) on each connection.
-async fn serve<H, F>(listener: TcpListener, mut stop: watch::Receiver<bool>, handler: H)
+async fn serve<H, F>(listener: TcpListener, client_timeout: Duration, mut stop: watch::Receiver<bool>, handler: H)
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Request heads are timed by the watchdog, not by hyper (see `watchdog`).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(None)
         .max_buf_size(64 * 1024);
+    let dog = Watchdog::new(client_timeout);
+    let sweeper = tokio::spawn(dog.clone().run(stop.clone()));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -207,21 +222,35 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let watched = dog.open();
+        let tracker = watched.tracker();
         let svc = service_fn(move |req| {
+            let in_flight = tracker.request();
             // Boxed once here: hyper moves the future it is given more than once per request,
             // and moving a box is moving a pointer.
             let fut = Box::pin(handler(req, peer));
-            async move { Ok::<_, Infallible>(fut.await) }
+            async move {
+                let resp = fut.await;
+                drop(in_flight);
+                Ok::<_, Infallible>(resp)
+            }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        let io = watched.io(TokioIo::new(stream));
+        let conn = builder.serve_connection(io, svc).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                },
+                () = watched.expired() => {
+                    tracing::debug!(%peer, "connection closed: no request head, idle, or not reading for [server] client_timeout");
+                }
             }
         });
     }
     drop(listener);
+    sweeper.abort();
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after {DRAIN:?}; closing them");
     }

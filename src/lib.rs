@@ -18,6 +18,7 @@
 //! * [`secrets`]: secrets named by the config, read once
 //! * [`clock`]: the clock freshness is judged by
 //! * [`reload`]: config hot reload (SIGHUP, `POST /admin/reload`)
+//! * [`watchdog`]: closes client connections that send no request head, idle, or stop reading
 //! * [`app`]: wiring, listeners and graceful shutdown
 
 #![forbid(unsafe_code)]
@@ -39,3 +40,4 @@ pub mod route;
 pub mod secrets;
 pub mod tiers;
 pub mod warm;
+pub mod watchdog;

@@ -43,7 +43,12 @@ fn restart_only(c: &Config) -> String {
     format!(
         "{:?}",
         (
-            (c.server.listen, c.server.admin_listen, &c.server.tls),
+            (
+                c.server.listen,
+                c.server.admin_listen,
+                &c.server.tls,
+                c.server.client_timeout
+            ),
             (
                 &c.cache.redis_urls,
                 &c.cache.key_prefix,
@@ -115,7 +120,7 @@ impl Reloader {
         let old = self.config.load();
         if restart_only(&old) != restart_only(&new) {
             return Err(format!(
-                "{}: listeners, TLS, [cache] redis_url/key_prefix/memory_capacity/memory_ttl/redis_timeout/degraded_memory_ttl, identity headers, [purge] and [warm] only change with a restart",
+                "{}: listeners, TLS, client_timeout, [cache] redis_url/key_prefix/memory_capacity/memory_ttl/redis_timeout/degraded_memory_ttl, identity headers, [purge] and [warm] only change with a restart",
                 self.path.display()
             ));
         }

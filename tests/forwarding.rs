@@ -381,3 +381,38 @@ async fn origin_reset_mid_body_stores_nothing() {
     );
     server.abort();
 }
+
+/// `[server] client_timeout` closes a connection whose request head never completes (slowloris)
+/// and one left idle after its answer, but never one whose answer is still being prepared: the
+/// origin here takes longer than the timeout.
+#[tokio::test]
+async fn client_timeout_closes_stalled_and_idle_connections_but_not_busy_ones() {
+    let origin = Origin::start_async(|seen| async move {
+        if seen.path == "/slow" {
+            // The view's own duration, longer than client_timeout: what is being tested.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+        }
+        respond(200, &[], "slow answer")
+    })
+    .await;
+    let config = ROUTES.replace("max_body = \"64KiB\"", "max_body = \"64KiB\"\nclient_timeout = \"1s\"");
+    let proxy = Proxy::start(&origin, &config).await;
+
+    let mut stalled = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stalled.write_all(b"GET /plain HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), stalled.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a connection with an unfinished head stayed open");
+    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+    assert_eq!(origin.hits(), 0);
+
+    let mut busy = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    // Keep-alive: the read ends only when cachegate closes the idle connection.
+    let read = tokio::time::timeout(Duration::from_secs(15), busy.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(read.is_ok(), "an idle keep-alive connection stayed open; got {text}");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("slow answer"), "{text}");
+}

@@ -124,6 +124,9 @@ fn server(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<ServerConfig> {
     let max_body = s.size(ctx, "max_body").unwrap_or(10 * 1024 * 1024);
     let debug_headers = s.bool(ctx, "debug_headers").unwrap_or(false);
     let access_log = s.bool(ctx, "access_log").unwrap_or(false);
+    let client_timeout = s
+        .duration(ctx, "client_timeout")
+        .unwrap_or(std::time::Duration::from_secs(30));
     s.finish(ctx);
     Some(ServerConfig {
         listen: listen?,
@@ -132,6 +135,7 @@ fn server(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<ServerConfig> {
         max_body,
         debug_headers,
         access_log,
+        client_timeout,
     })
 }
 

@@ -59,6 +59,9 @@ pub struct ServerConfig {
     pub debug_headers: bool,
     /// Log one line per request at info (target `cachegate::access`).
     pub access_log: bool,
+    /// How long a client connection may go without progress: for its request head to arrive,
+    /// idle between requests, or not reading an answer. Then it is closed.
+    pub client_timeout: std::time::Duration,
 }
 
 /// `tls = { cert, key }`.

@@ -11,6 +11,8 @@ use crate::cache::entry::CachedResponse;
 /// The memory tier. Stores opaque entries; freshness and purges are decided by the caller.
 #[derive(Clone)]
 pub struct MemoryTier {
+    /// `memory_capacity = "0B"` turns the tier off: nothing is inserted only to be evicted.
+    off: bool,
     cache: Cache<Arc<str>, Arc<CachedResponse>, foldhash::fast::RandomState>,
 }
 
@@ -40,7 +42,10 @@ impl MemoryTier {
             // foldhash rather than SipHash: several times cheaper per key, and randomly seeded
             // per process, so keys cannot be chosen to collide.
             .build_with_hasher(foldhash::fast::RandomState::default());
-        MemoryTier { cache }
+        MemoryTier {
+            off: capacity == 0,
+            cache,
+        }
     }
 
     /// The entry under `key`, if any (fresh or not).
@@ -50,6 +55,9 @@ impl MemoryTier {
 
     /// Stores an entry.
     pub async fn put(&self, key: Arc<str>, entry: Arc<CachedResponse>) {
+        if self.off {
+            return;
+        }
         self.cache.insert(key, entry).await;
     }
 
