@@ -174,6 +174,37 @@ pub fn not_modified_headers(stored: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// Ages below this have a prepared `Age` value.
+const PREPARED_AGES: u64 = 3_600;
+
+/// The `Age` header value for `secs`: prepared once for the first hour, so a hit formats and
+/// allocates nothing.
+pub fn age_value(secs: u64) -> HeaderValue {
+    static AGES: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    if secs >= PREPARED_AGES {
+        return HeaderValue::from(secs);
+    }
+    let ages = AGES.get_or_init(|| {
+        // One leaked string holding every number: static values, so cloning one is a copy.
+        let mut text = String::new();
+        let mut ends = Vec::with_capacity(PREPARED_AGES as usize);
+        for n in 0..PREPARED_AGES {
+            let _ = write!(text, "{n}");
+            ends.push(text.len());
+        }
+        let text: &'static str = Box::leak(text.into_boxed_str());
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let v = HeaderValue::from_static(&text[start..end]);
+                start = end;
+                v
+            })
+            .collect()
+    });
+    ages[secs as usize].clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,35 +241,4 @@ mod tests {
         req.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"v2\""));
         assert!(!not_modified(&req, &stored));
     }
-}
-
-/// Ages below this have a prepared `Age` value.
-const PREPARED_AGES: u64 = 3_600;
-
-/// The `Age` header value for `secs`: prepared once for the first hour, so a hit formats and
-/// allocates nothing.
-pub fn age_value(secs: u64) -> HeaderValue {
-    static AGES: OnceLock<Vec<HeaderValue>> = OnceLock::new();
-    if secs >= PREPARED_AGES {
-        return HeaderValue::from(secs);
-    }
-    let ages = AGES.get_or_init(|| {
-        // One leaked string holding every number: static values, so cloning one is a copy.
-        let mut text = String::new();
-        let mut ends = Vec::with_capacity(PREPARED_AGES as usize);
-        for n in 0..PREPARED_AGES {
-            let _ = write!(text, "{n}");
-            ends.push(text.len());
-        }
-        let text: &'static str = Box::leak(text.into_boxed_str());
-        let mut start = 0;
-        ends.into_iter()
-            .map(|end| {
-                let v = HeaderValue::from_static(&text[start..end]);
-                start = end;
-                v
-            })
-            .collect()
-    });
-    ages[secs as usize].clone()
 }
