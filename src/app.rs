@@ -256,16 +256,17 @@ where
     }
 }
 
-/// Periodically forgets scope counters nothing refers to any more.
+/// Forgets scope counters nothing refers to any more: every minute, and sooner when the table
+/// has doubled since the last time (a stream of new URLs adds one counter per miss).
 async fn prune_generations(cache: Arc<Cache>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                let n = cache.generations.prune();
-                tracing::trace!(pruned = n, "generation table pruned");
-            }
+            _ = tick.tick() => {}
+            _ = cache.generations.prune_wanted.notified() => {}
             _ = stop.changed() => return,
         }
+        let n = cache.generations.prune();
+        tracing::trace!(pruned = n, "generation table pruned");
     }
 }

@@ -10,11 +10,16 @@
 //! handful of atomic loads and no map lookups.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+
+use tokio::sync::Notify;
 
 use crate::cache::key::encode_component;
 use crate::config::PurgeScope;
+
+/// Growth past twice the last pruned size (plus this) wakes the pruner early.
+const PRUNE_SLACK: usize = 10_000;
 
 /// The counter of one scope.
 type Cell = Arc<AtomicU64>;
@@ -27,6 +32,12 @@ pub struct Generations {
     /// Counts every purge; lets a fill whose scopes are only known after the response (the
     /// origin's surrogate keys) detect that some purge happened while it was fetching.
     epoch: AtomicU64,
+    /// Table size after the last prune. Under a stream of new URLs the table grows by one
+    /// counter per miss; once it doubles, the pruner is woken early instead of waiting for its
+    /// next tick, so memory stays proportional to what is cached.
+    pruned_len: AtomicUsize,
+    /// Wakes the pruner.
+    pub prune_wanted: Notify,
 }
 
 /// The generations of an entry's scopes, captured before its fetch.
@@ -71,6 +82,9 @@ impl Generations {
                 let g = c.load(Ordering::Acquire);
                 out.push((c, g));
             }
+            if cells.len() > 2 * self.pruned_len.load(Ordering::Relaxed) + PRUNE_SLACK {
+                self.prune_wanted.notify_one();
+            }
         }
         Stamps(out)
     }
@@ -99,6 +113,7 @@ impl Generations {
         let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
         let before = cells.len();
         cells.retain(|_, c| Arc::strong_count(c) > 1);
+        self.pruned_len.store(cells.len(), Ordering::Relaxed);
         before - cells.len()
     }
 
