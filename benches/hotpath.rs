@@ -58,7 +58,7 @@ fn keys(c: &mut Criterion) {
 }
 
 fn routes(c: &mut Criterion) {
-    // The shipped proxy.toml's patterns, in file order; the proxy takes the first that matches.
+    // Six typical patterns, in file order; the proxy takes the first that matches.
     let patterns: Vec<PathPattern> = [
         "/courses/",
         "/courses/{id}/",
