@@ -45,14 +45,18 @@ fn keys(c: &mut Criterion) {
         user: None,
     };
     g.bench_function("base_key", |b| {
-        b.iter(|| key::base_key("cachegate:v1", "course_list", black_box("/courses/"), "page=2", who))
+        b.iter(|| key::base_key("cachegate:v1", "course_list", "", black_box("/courses/"), "page=2", who))
     });
-    let base = key::base_key("cachegate:v1", "course_list", "/courses/", "page=2", who);
+    let base = key::base_key("cachegate:v1", "course_list", "", "/courses/", "page=2", who);
     let mut headers = HeaderMap::new();
     headers.insert("accept-language", HeaderValue::from_static("de-CH"));
     let vary = [http::header::ACCEPT_LANGUAGE];
     g.bench_function("full_key/vary_one", |b| {
-        b.iter(|| key::full_key(black_box(&base), &vary, &headers))
+        let input = key::VaryInput {
+            headers: &headers,
+            cookies: "",
+        };
+        b.iter(|| key::full_key(black_box(&base), &vary, input))
     });
     g.finish();
 }

@@ -108,6 +108,15 @@ fn run(config: cachegate::config::Config) -> ExitCode {
         for feature in config.inactive_features() {
             tracing::warn!("configured but not active yet: {feature}");
         }
+        let id = &config.identity;
+        if id.trust_headers_from.is_empty() {
+            if id.named_headers {
+                tracing::warn!("[identity] names identity headers but trust_headers_from is empty: no peer is believed, and those headers are removed from every request; list your auth gateway's address in trust_headers_from");
+            }
+        } else {
+            let peers: Vec<String> = id.trust_headers_from.iter().map(ToString::to_string).collect();
+            tracing::info!(peers = %peers.join(", "), "identity and forwarding headers are believed from these peers only");
+        }
         if config.cache.redis_urls.is_empty() {
             tracing::info!("no [cache] redis_url: memory tier only (entries are not shared between instances)");
             warn_memory_ttl(&config);

@@ -3,10 +3,14 @@
 //! storage rules) and lands in every tier.
 //!
 //! The identity travels in the trusted `[identity] role_header` / `tenant_header`, sent from this
-//! process to its own listener. That relies on the listener's address (loopback when it binds
-//! `0.0.0.0`) being in `[identity] trust_headers_from`, which is the default; when it is not, the
-//! proxy would strip the headers and every variant would be warmed as anonymous, so warming with
-//! roles or tenants is refused with [`WarmError::Untrusted`] instead.
+//! process to its own listener. That needs two things, or warming with roles or tenants is
+//! refused rather than storing the wrong answer under a role's key:
+//! * the listener's address (loopback when it binds `0.0.0.0`) is in `[identity]
+//!   trust_headers_from` (not by default); otherwise the proxy strips the headers
+//!   ([`WarmError::Untrusted`]);
+//! * no JWT or session lookup is configured: such an origin learns who asks from the token or
+//!   session, which warming cannot present, so it would answer anonymously
+//!   ([`WarmError::CredentialIdentity`]).
 //!
 //! Used by `POST /admin/warm` and by the scheduled warmer of `[warm]`.
 
@@ -35,6 +39,8 @@ pub use job::{
 pub struct Warmer {
     target: SocketAddr,
     trusted: bool,
+    /// The origin learns identity from credentials (JWT, session), not from the headers.
+    credential_identity: bool,
     role_header: HeaderName,
     tenant_header: HeaderName,
     timeout: Duration,
@@ -49,12 +55,13 @@ impl Warmer {
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             ip => ip,
         };
-        // Identity headers from `ip` are believed only when it is in trust_headers_from (loopback
-        // is by default); `check` refuses identities otherwise rather than warm them as anonymous.
+        // Identity headers from `ip` are believed only when it is in trust_headers_from; `check`
+        // refuses identities otherwise rather than warm them as anonymous.
         let trust: &[IpNet] = &config.identity.trust_headers_from;
         Warmer {
             target: SocketAddr::new(ip, proxy_addr.port()),
             trusted: trust.iter().any(|n| n.contains(&ip)),
+            credential_identity: config.identity.jwt.is_some() || config.identity.lookup.is_some(),
             role_header: config.identity.role_header.clone(),
             tenant_header: config.identity.tenant_header.clone(),
             // The proxy answers within the origin timeout; leave room for reading the body.
@@ -63,11 +70,14 @@ impl Warmer {
         }
     }
 
-    /// Refuses a job whose identity headers the public listener would strip.
+    /// Refuses a job whose identities would not reach the origin as they are keyed.
     ///
     /// # Errors
-    /// [`WarmError::Untrusted`].
+    /// [`WarmError::Untrusted`], [`WarmError::CredentialIdentity`].
     pub fn check(&self, job: &WarmJob) -> Result<(), WarmError> {
+        if job.has_identity() && self.credential_identity {
+            return Err(WarmError::CredentialIdentity);
+        }
         if job.has_identity() && !self.trusted {
             return Err(WarmError::Untrusted(self.target.ip()));
         }

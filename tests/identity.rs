@@ -118,7 +118,7 @@ async fn teachers_of_one_tenant_share_the_role_entry() {
     assert_eq!(bob.x_cache(), "HIT", "same role and tenant: shared");
     assert_eq!(bob.body, ann.body);
     assert!(
-        bob.header("x-cache-key").ends_with(":teacher:1::"),
+        bob.header("x-cache-key").contains(":teacher:1::"),
         "{}",
         bob.header("x-cache-key")
     );
@@ -229,7 +229,7 @@ async fn list_valued_role_claim_uses_the_priority() {
     let t = hs(json!({ "role": ["student", "teacher"], "org_id": 1, "sub": "a", "exp": now() + 60 }));
     let r = p.get("/courses/").header("authorization", &bearer(&t)).send().await;
     assert!(
-        r.header("x-cache-key").ends_with(":teacher:1::"),
+        r.header("x-cache-key").contains(":teacher:1::"),
         "{}",
         r.header("x-cache-key")
     );
@@ -264,7 +264,7 @@ async fn jwt_from_a_cookie_and_nested_claims() {
         .send()
         .await;
     assert!(
-        r.header("x-cache-key").ends_with(":teacher:7::"),
+        r.header("x-cache-key").contains(":teacher:7::"),
         "{}",
         r.header("x-cache-key")
     );
@@ -310,7 +310,7 @@ async fn rs256_es256_and_jwks_tokens_verify() {
     assert!(
         keyed_with_public_key(&o, Algorithm::RS256, &rs, "rsa_private.pem", None)
             .await
-            .ends_with(":teacher:3::")
+            .contains(":teacher:3::")
     );
     let es = format!(
         "{{ algorithms = [\"ES256\"], public_key = \"{}\", tenant_claim = \"tenant\" }}",
@@ -318,7 +318,7 @@ async fn rs256_es256_and_jwks_tokens_verify() {
     );
     assert!(keyed_with_public_key(&o, Algorithm::ES256, &es, "ec_private.pem", None)
         .await
-        .ends_with(":teacher:3::"));
+        .contains(":teacher:3::"));
     let jwks = format!(
         "{{ algorithms = [\"RS256\"], jwks_file = \"{}\", tenant_claim = \"tenant\" }}",
         fixture("jwks.json")
@@ -326,7 +326,7 @@ async fn rs256_es256_and_jwks_tokens_verify() {
     assert!(
         keyed_with_public_key(&o, Algorithm::RS256, &jwks, "rsa_private.pem", Some("k1"))
             .await
-            .ends_with(":teacher:3::")
+            .contains(":teacher:3::")
     );
     // An ES256 token against an RS256-only config is refused.
     let key = keyed_with_public_key(&o, Algorithm::ES256, &rs, "ec_private.pem", None).await;
@@ -335,7 +335,7 @@ async fn rs256_es256_and_jwks_tokens_verify() {
 
 fn lookup_config(extra: &str) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndebug_headers = true\n[identity]\ncredential_cookies = [\"sessionid\", \"csrftoken\"]\nlookup = {{ path = \"/api/whoami/\", cookie = \"sessionid\", ttl = \"60s\", role_field = \"role\", tenant_field = \"tenant\", user_field = \"user\"{extra} }}\n{ROUTES}\n[[invalidate]]\npath = \"/courses/{{*rest}}\"\ntags = [\"x\"]\n"
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndebug_headers = true\n[identity]\ncredential_cookies = [\"sessionid\", \"csrftoken\"]\nstrip_cookies = [\"_ga*\"]\nlookup = {{ path = \"/api/whoami/\", cookie = \"sessionid\", ttl = \"60s\", role_field = \"role\", tenant_field = \"tenant\", user_field = \"user\"{extra} }}\n{ROUTES}\n[[invalidate]]\npath = \"/courses/{{*rest}}\"\ntags = [\"x\"]\n"
     )
 }
 
@@ -350,7 +350,7 @@ async fn sessions_are_resolved_by_lookup_and_shared_per_role() {
         .await;
     assert_eq!(a.x_cache(), "MISS");
     assert!(
-        a.header("x-cache-key").ends_with(":teacher:1::"),
+        a.header("x-cache-key").contains(":teacher:1::"),
         "{}",
         a.header("x-cache-key")
     );
@@ -480,7 +480,7 @@ async fn trusted_header_takes_precedence_over_a_valid_token() {
         .send()
         .await;
     assert!(
-        r.header("x-cache-key").ends_with(":admin:9::"),
+        r.header("x-cache-key").contains(":admin:9::"),
         "{}",
         r.header("x-cache-key")
     );

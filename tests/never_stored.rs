@@ -221,10 +221,13 @@ async fn empty_vary_without_public_still_bypasses_credentials() {
     let p = Proxy::start(&o, ROUTES).await;
     p.get("/anyone/").send().await;
     assert_eq!(
-        p.get("/anyone/").role("admin").send().await.x_cache(),
+        p.get("/anyone/").send().await.x_cache(),
         "HIT",
         "one entry for everyone"
     );
+    // A caller identified by a trusted gateway is somebody: the origin may answer them
+    // differently, so the shared entry neither serves nor stores their answer.
+    assert_never_stored(&p, &o, "/anyone/", "credentials", &[("x-user-role", "admin")]).await;
     assert_never_stored(&p, &o, "/anyone/", "credentials", &[("cookie", "sessionid=x")]).await;
 }
 

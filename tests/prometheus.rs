@@ -124,6 +124,10 @@ impl Prometheus {
             .ok()?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.ok()?.to_bytes();
+        if status == 503 {
+            // Still starting (replaying its write-ahead log): not up yet.
+            return None;
+        }
         let json = serde_json::from_slice(&body)
             .unwrap_or_else(|e| panic!("Prometheus answered {query:?} with non-JSON ({e}): {body:?}"));
         Some((status, json))

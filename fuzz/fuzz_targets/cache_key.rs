@@ -89,7 +89,7 @@ fuzz_target!(|input: Input| {
         tenant: input.tenant.as_deref(),
         user: input.user.as_deref(),
     };
-    let base = key::base_key(&input.prefix, &input.route, &path, &query, id);
+    let base = key::base_key(&input.prefix, &input.route, "", &path, &query, id);
     let head = format!("{}:{}:", input.prefix, input.route);
     assert!(base.text.starts_with(&head));
 
@@ -112,7 +112,14 @@ fuzz_target!(|input: Input| {
             }
         }
     }
-    let full = key::full_key(&base, &vary, &headers);
+    let full = key::full_key(
+        &base,
+        &vary,
+        key::VaryInput {
+            headers: &headers,
+            cookies: "",
+        },
+    );
     assert!(full.starts_with(&head), "full key {full:?} lost its head {head:?}");
     if full.len() > MAX_KEY_LEN {
         let digest = &full[head.len()..];

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use http::{HeaderMap, HeaderName};
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{percent_decode_str, percent_encode, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 
 use crate::config::{QueryRule, Vary};
@@ -31,6 +31,10 @@ pub enum PathError {
     /// Not an origin-form path.
     #[error("path must start with '/'")]
     NotAbsolute,
+    /// `%2F` or `%5C`, or a raw `\\`: origins disagree on whether these separate segments (WSGI
+    /// decodes `%2F` to `/`), so routing, keying and forwarding could not agree on one path.
+    #[error("path contains an encoded slash or a backslash")]
+    EncodedSlash,
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -49,6 +53,9 @@ fn hex(b: u8) -> Option<u8> {
 pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
+    }
+    if raw.contains('\\') {
+        return Err(PathError::EncodedSlash);
     }
     let needs_work = raw.contains('%') || raw.contains("/.");
     if !needs_work {
@@ -69,6 +76,9 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
                 return Err(PathError::BadEscape);
             };
             let v = h * 16 + l;
+            if v == b'/' || v == b'\\' {
+                return Err(PathError::EncodedSlash);
+            }
             if is_unreserved(v) {
                 buf.push(v);
             } else {
@@ -101,41 +111,60 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(out))
 }
 
-fn form_decode(s: &str) -> Cow<'_, str> {
+/// Form decoding (`+` is a space) to bytes: two different invalid UTF-8 sequences must not
+/// become the same key, as a lossy decode would make them.
+fn form_decode(s: &str) -> Cow<'_, [u8]> {
     if !s.contains(['+', '%']) {
-        return Cow::Borrowed(s);
+        return Cow::Borrowed(s.as_bytes());
     }
     let plus = s.replace('+', " ");
-    Cow::Owned(percent_decode_str(&plus).decode_utf8_lossy().into_owned())
+    Cow::Owned(percent_decode_str(&plus).collect())
+}
+
+/// A decoded query parameter; `None` for a name without `=`.
+type QueryPair<'a> = (Cow<'a, [u8]>, Option<Cow<'a, [u8]>>);
+
+/// Whether a query rule may leave this parameter out of the key. Only plain names can be left
+/// out: a framework may read `page[]`, `pa.ge` or `x;page` as `page` (Rack, PHP), and a value
+/// holding `;` is two parameters to parsers that split on it, so those are always keyed.
+fn droppable(name: &[u8], value: Option<&[u8]>) -> bool {
+    name.iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        && !value.is_some_and(|v| v.contains(&b';'))
 }
 
 /// The query part of a key: selected parameters decoded (form semantics), re-encoded canonically
-/// and sorted, so `?b=2&a=1` and `?a=%31&b=2` give the same string.
+/// and sorted by name, so `?b=2&a=1` and `?a=%31&b=2` give the same string. Repeated names keep
+/// their relative order (origins read the last or the first value: `?page=2&page=1` is not
+/// `?page=1&page=2`), and `?a` stays distinct from `?a=` (Rack reads nil and "").
 pub fn normalize_query(raw: Option<&str>, rule: &QueryRule) -> String {
     let Some(raw) = raw.filter(|q| !q.is_empty()) else {
         return String::new();
     };
-    let mut pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> = raw
+    let mut pairs: Vec<QueryPair<'_>> = raw
         .split('&')
         .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((n, v)) => (form_decode(n), form_decode(v)),
-            None => (form_decode(p), Cow::Borrowed("")),
+        .filter_map(|p| {
+            let (name, value) = match p.split_once('=') {
+                Some((n, v)) => (form_decode(n), Some(form_decode(v))),
+                None => (form_decode(p), None),
+            };
+            let keep = !droppable(&name, value.as_deref()) || std::str::from_utf8(&name).is_ok_and(|n| rule.keeps(n));
+            keep.then_some((name, value))
         })
-        .filter(|(n, _)| rule.keeps(n))
         .collect();
-    pairs.sort();
+    // Stable: equal names stay in request order.
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = String::with_capacity(raw.len());
     for (i, (n, v)) in pairs.iter().enumerate() {
         if i > 0 {
             out.push('&');
         }
-        let _ = write!(
-            out,
-            "{}={}",
-            utf8_percent_encode(n, COMPONENT),
-            utf8_percent_encode(v, COMPONENT)
-        );
+        out.extend(percent_encode(n, COMPONENT));
+        if let Some(v) = v {
+            out.push('=');
+            out.extend(percent_encode(v, COMPONENT));
+        }
     }
     out
 }
@@ -170,13 +199,19 @@ pub struct BaseKey {
     head: usize,
 }
 
-/// Builds the base key (without the origin's `Vary` headers).
-pub fn base_key(prefix: &str, route: &str, path: &str, query: &str, id: KeyIdentity<'_>) -> BaseKey {
-    let mut k = String::with_capacity(prefix.len() + route.len() + path.len() + query.len() + 48);
+/// Builds the base key (without the origin's `Vary` headers). `site` is what the origin learns
+/// of the addressed site (see `Inbound::site`): usually empty, and then absent from the key;
+/// otherwise encoded before the path, which starts with `/` and so cannot be confused with it.
+pub fn base_key(prefix: &str, route: &str, site: &str, path: &str, query: &str, id: KeyIdentity<'_>) -> BaseKey {
+    let mut k = String::with_capacity(prefix.len() + route.len() + site.len() + path.len() + query.len() + 48);
     for part in [prefix, ":", route, ":"] {
         k.push_str(part);
     }
     let head = k.len();
+    if !site.is_empty() {
+        push_component(&mut k, site);
+        k.push(':');
+    }
     for part in [path, ":", query, ":"] {
         k.push_str(part);
     }
@@ -206,8 +241,19 @@ impl BaseKey {
     }
 }
 
+/// What a request offers to the origin's `Vary`: its headers, and its cookies other than the
+/// credentials that identity keying already answers.
+#[derive(Debug, Clone, Copy)]
+pub struct VaryInput<'a> {
+    /// The normalised request headers.
+    pub headers: &'a HeaderMap,
+    /// Non-credential cookies, as forwarded.
+    pub cookies: &'a str,
+}
+
 /// Appends the request's values of the origin's `Vary` headers and hashes long keys.
-pub fn full_key(base: &BaseKey, vary: &[HeaderName], headers: &HeaderMap) -> String {
+/// `Cookie` is keyed by the non-credential cookies only.
+pub fn full_key(base: &BaseKey, vary: &[HeaderName], input: VaryInput<'_>) -> String {
     let head = base.head;
     let mut base = if vary.is_empty() {
         base.text.clone()
@@ -222,15 +268,27 @@ pub fn full_key(base: &BaseKey, vary: &[HeaderName], headers: &HeaderMap) -> Str
         }
         base.push_str(name.as_str());
         base.push('=');
-        for (j, v) in headers.get_all(name).iter().enumerate() {
+        if *name == http::header::COOKIE {
+            base.extend(utf8_percent_encode(input.cookies, COMPONENT));
+            continue;
+        }
+        for (j, v) in input.headers.get_all(name).iter().enumerate() {
             if j > 0 {
                 base.push(',');
             }
-            let text = String::from_utf8_lossy(v.as_bytes());
-            let _ = write!(base, "{}", utf8_percent_encode(text.trim(), COMPONENT));
+            base.extend(percent_encode(trim_bytes(v.as_bytes()), COMPONENT));
         }
     }
     hash_if_long(base, head)
+}
+
+fn trim_bytes(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
 }
 
 fn hash_if_long(key: String, head: usize) -> String {
@@ -258,7 +316,7 @@ mod tests {
     #[test]
     fn path_normalisation() {
         assert_eq!(normalize_path("/a/b/").unwrap(), "/a/b/");
-        assert_eq!(normalize_path("/%61/%2f/").unwrap(), "/a/%2F/");
+        assert_eq!(normalize_path("/%61/%3f/").unwrap(), "/a/%3F/");
         assert_eq!(normalize_path("/a/./b").unwrap(), "/a/b");
         assert_eq!(normalize_path("/a/.").unwrap(), "/a/");
         assert_eq!(normalize_path("/a/%2e%2e/b"), Err(PathError::DotDot));
@@ -287,12 +345,50 @@ mod tests {
     }
 
     #[test]
+    fn repeated_query_parameters_keep_their_order() {
+        let all = QueryRule::All;
+        assert_eq!(normalize_query(Some("page=2&b=1&page=1"), &all), "b=1&page=2&page=1");
+        assert_ne!(
+            normalize_query(Some("page=2&page=1"), &all),
+            normalize_query(Some("page=1&page=2"), &all)
+        );
+    }
+
+    #[test]
+    fn query_names_a_framework_may_read_differently_are_always_keyed() {
+        let inc = QueryRule::Include(vec!["page".into()]);
+        assert_eq!(normalize_query(Some("page%5B%5D=2"), &inc), "page%5B%5D=2");
+        assert_eq!(normalize_query(Some("x=1;page=2"), &inc), "x=1%3Bpage%3D2");
+        assert_eq!(normalize_query(Some("a=1"), &inc), "");
+        assert_ne!(
+            normalize_query(Some("a"), &QueryRule::All),
+            normalize_query(Some("a="), &QueryRule::All)
+        );
+        assert_ne!(
+            normalize_query(Some("q=%FF"), &QueryRule::All),
+            normalize_query(Some("q=%FE"), &QueryRule::All)
+        );
+    }
+
+    #[test]
+    fn encoded_slashes_are_refused() {
+        for p in ["/lectures%2F5/", "/a%2fb", "/a%5Cb", "/a\\b"] {
+            assert_eq!(normalize_path(p), Err(PathError::EncodedSlash), "{p}");
+        }
+    }
+
+    #[test]
     fn long_keys_are_hashed() {
         let long = "x".repeat(2 * MAX_KEY_LEN);
+        let headers = HeaderMap::new();
+        let input = VaryInput {
+            headers: &headers,
+            cookies: "",
+        };
         let k = full_key(
-            &base_key("p:v1", "r", &format!("/{long}"), "", KeyIdentity::default()),
+            &base_key("p:v1", "r", "", &format!("/{long}"), "", KeyIdentity::default()),
             &[],
-            &HeaderMap::new(),
+            input,
         );
         assert!(k.starts_with("p:v1:r:#"), "{k}");
         assert_eq!(k.len(), "p:v1:r:#".len() + 64);

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{AUTHORIZATION, COOKIE, VARY};
+use http::header::{AUTHORIZATION, VARY};
 use http::{HeaderMap, HeaderName};
 
 use crate::clock::Clock;
@@ -27,7 +27,7 @@ use crate::tiers::memory::MemoryTier;
 use crate::tiers::redis::{Gens, Lookup, RedisTier};
 use coalesce::{Coalescer, Done};
 use entry::{CachedResponse, Staleness, WireEntry};
-use key::BaseKey;
+use key::{BaseKey, VaryInput};
 
 /// Where a hit came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,16 +137,16 @@ impl Cache {
 
     /// The full key for a request: the base key plus the values of the headers the origin's
     /// answer for this URL varies on.
-    pub async fn key_for<'a>(&self, base: &'a BaseKey, headers: &HeaderMap) -> Cow<'a, str> {
+    pub async fn key_for<'a>(&self, base: &'a BaseKey, input: VaryInput<'_>) -> Cow<'a, str> {
         if self.seen_vary.load(Ordering::Relaxed) {
             // Boxed: only origins that send `Vary` pay for this lookup's future.
             if let Some(names) = Box::pin(self.vary_index.get(base.text.as_str())).await {
-                return Cow::Owned(key::full_key(base, &names, headers));
+                return Cow::Owned(key::full_key(base, &names, input));
             }
         }
         match base.as_full_key() {
             Some(k) => Cow::Borrowed(k),
-            None => Cow::Owned(key::full_key(base, &[], headers)),
+            None => Cow::Owned(key::full_key(base, &[], input)),
         }
     }
 
@@ -365,7 +365,7 @@ impl Cache {
 
     /// The key an entry is stored under.
     pub fn full_key(&self, target: &Target<'_>) -> String {
-        key::full_key(target.base, &target.vary, target.headers)
+        key::full_key(target.base, &target.vary, target.input)
     }
 
     /// Memory tier entry count and bytes (after applying pending maintenance).
@@ -381,8 +381,8 @@ pub struct Target<'a> {
     pub base: &'a BaseKey,
     /// The origin's `Vary` names.
     pub vary: Vec<HeaderName>,
-    /// The request's headers (for the `Vary` values).
-    pub headers: &'a HeaderMap,
+    /// The request's `Vary` values.
+    pub input: VaryInput<'a>,
 }
 
 fn unix_ms(t: std::time::SystemTime) -> u64 {
@@ -391,8 +391,8 @@ fn unix_ms(t: std::time::SystemTime) -> u64 {
 }
 
 /// The origin's `Vary` names that go into the key: lower-cased, sorted, deduplicated, without
-/// `Cookie` and `Authorization`, which identity keying already answers (a request reaching the
-/// cache has no unresolved credentials).
+/// `Authorization`, which identity keying already answers (a request reaching the cache has no
+/// unresolved credentials). `Cookie` stays: it is keyed by the non-credential cookies only.
 pub fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
     let mut names: Vec<HeaderName> = headers
         .get_all(VARY)
@@ -400,7 +400,7 @@ pub fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| *n != COOKIE && *n != AUTHORIZATION)
+        .filter(|n| *n != AUTHORIZATION)
         .collect();
     names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     names.dedup();

@@ -71,6 +71,9 @@ fn read_root(ctx: &mut Ctx<'_>, root: toml_span::Value<'_>, file: &Path) -> Opti
     let warm = root.table(ctx, "warm").and_then(|s| warm(ctx, s));
     root.finish(ctx);
     check_unique_routes(ctx, &routes);
+    if let Some(Some(id)) = &identity {
+        check_identity_mappings(ctx, id, &routes);
+    }
     Some(Config {
         file: file.to_path_buf(),
         server: server??,
@@ -78,7 +81,7 @@ fn read_root(ctx: &mut Ctx<'_>, root: toml_span::Value<'_>, file: &Path) -> Opti
         cache: cache??,
         identity: identity??,
         purge: purge??,
-        routes: routes.into_iter().map(|(r, _)| r).collect(),
+        routes: routes.into_iter().map(|(r, _, _)| r).collect(),
         invalidations,
         warm,
     })
@@ -293,18 +296,18 @@ fn header_name(ctx: &mut Ctx<'_>, s: &mut Section<'_>, key: &'static str, defaul
 }
 
 fn identity(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<IdentityConfig> {
+    let named_headers = ["role_header", "tenant_header", "user_header"]
+        .iter()
+        .any(|k| s.contains_key(k));
     let role_header = header_name(ctx, &mut s, "role_header", "x-user-role");
     let tenant_header = header_name(ctx, &mut s, "tenant_header", "x-org-id");
+    let user_header = s.parsed::<HeaderName>(ctx, "user_header", "a header name");
+    // No default trust: a TLS terminator or sidecar on loopback would otherwise make the
+    // identity headers forgeable by every client behind it.
     let trust = s
         .strings(ctx, "trust_headers_from")
-        .map(|list| list.iter().filter_map(|n| parse_net(ctx, n)).collect::<Vec<_>>());
-    let trust = trust.unwrap_or_else(|| {
-        // Loopback: an auth gateway on the same host.
-        vec![
-            IpNet::new_assert(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)), 8),
-            IpNet::new_assert(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 128),
-        ]
-    });
+        .map(|list| list.iter().filter_map(|n| parse_net(ctx, n)).collect::<Vec<_>>())
+        .unwrap_or_default();
     let jwt = s.table(ctx, "jwt").and_then(|t| super::load_ident::jwt(ctx, t));
     let lookup = s.table(ctx, "lookup").and_then(|t| super::load_ident::lookup(ctx, t));
     let anonymous_role = s.string(ctx, "anonymous_role");
@@ -320,15 +323,32 @@ fn identity(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<IdentityConfig> {
             CredentialCookies::Named(list.into_iter().map(|c| c.value).collect())
         }
     });
+    let strip_cookies = s.strings(ctx, "strip_cookies").unwrap_or_default();
+    for c in &strip_cookies {
+        let name = c.value.strip_suffix('*').unwrap_or(&c.value);
+        if name.is_empty() || name.contains(['*', ';', '=', ' ']) {
+            ctx.issue(
+                c.offset,
+                &c.key,
+                format!(
+                    "expected a cookie name or a prefix ending in '*' (e.g. \"_ga*\"), found {:?}",
+                    c.value
+                ),
+            );
+        }
+    }
     s.finish(ctx);
     Some(IdentityConfig {
         role_header,
         tenant_header,
+        user_header,
+        named_headers,
         trust_headers_from: trust,
         jwt,
         lookup,
         anonymous_role: anonymous_role.map_or_else(|| "anonymous".to_string(), |a| a.value),
         credential_cookies: cookies.unwrap_or(CredentialCookies::All),
+        strip_cookies: strip_cookies.into_iter().map(|c| c.value).collect(),
     })
 }
 
@@ -479,7 +499,13 @@ fn tags(ctx: &mut Ctx<'_>, s: &mut Section<'_>, path: Option<&PathPattern>) -> V
         .collect()
 }
 
-fn route(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<(RouteConfig, Spanned<String>)> {
+/// Where a route's `vary` is (or would be) written, for messages about it.
+struct VaryAt {
+    offset: usize,
+    key: String,
+}
+
+fn route(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<(RouteConfig, Spanned<String>, VaryAt)> {
     let offset = s.offset();
     let name = s.string(ctx, "name");
     if name.is_none() {
@@ -513,10 +539,22 @@ fn route(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<(RouteConfig, Spanned<
             parse_duration(ctx, &t).map(Ttl::Fixed)
         }
     });
-    let vary = s.strings(ctx, "vary").map(|v| vary(ctx, &v));
+    let vary_list = s.strings(ctx, "vary");
+    let vary_at = VaryAt {
+        offset: vary_list.as_ref().and_then(|l| l.first()).map_or(offset, |v| v.offset),
+        key: s.key_path("vary"),
+    };
+    let vary = vary_list.as_ref().map(|v| vary(ctx, v));
     let query = s.take("query").and_then(|f| query(ctx, f));
     let tags = tags(ctx, &mut s, path.as_ref());
     let public = s.bool(ctx, "public").unwrap_or(false);
+    if public && vary.is_some_and(|v| !v.is_empty()) {
+        ctx.issue(
+            vary_at.offset,
+            &vary_at.key,
+            "a `public = true` route's answer depends on nobody, so it cannot vary on role, tenant or user; remove `public` or set `vary = []`",
+        );
+    }
     let swr = s.duration(ctx, "stale_while_revalidate");
     let sie = s.duration(ctx, "stale_if_error");
     let strip_set_cookie = s.bool(ctx, "strip_set_cookie").unwrap_or(false);
@@ -527,9 +565,10 @@ fn route(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<(RouteConfig, Spanned<
             name: name.value.clone(),
             path: path?,
             ttl: ttl.unwrap_or(Ttl::Origin),
+            // A public route varies on nobody; any other route on role and tenant by default.
             vary: vary.unwrap_or(Vary {
-                role: true,
-                tenant: true,
+                role: !public,
+                tenant: !public,
                 user: false,
             }),
             query: query.unwrap_or(QueryRule::All),
@@ -540,6 +579,7 @@ fn route(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<(RouteConfig, Spanned<
             strip_set_cookie,
         },
         name,
+        vary_at,
     ))
 }
 
@@ -638,13 +678,44 @@ fn invalidate(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<InvalidateConfig>
     })
 }
 
-fn check_unique_routes(ctx: &mut Ctx<'_>, routes: &[(RouteConfig, Spanned<String>)]) {
-    for (i, (r, name)) in routes.iter().enumerate() {
-        if routes[..i].iter().any(|(o, _)| o.name == r.name) {
+fn check_unique_routes(ctx: &mut Ctx<'_>, routes: &[(RouteConfig, Spanned<String>, VaryAt)]) {
+    for (i, (r, name, _)) in routes.iter().enumerate() {
+        if routes[..i].iter().any(|(o, _, _)| o.name == r.name) {
             ctx.issue(
                 name.offset,
                 &name.key,
                 format!("route name {:?} is used twice; names must be unique", r.name),
+            );
+        }
+    }
+}
+
+/// Resolved or bypass, checked before start: a route that varies on `tenant` or `user` while an
+/// enabled identity source cannot provide that part would bypass for every caller of that
+/// source, which is almost always a forgotten claim or header name.
+fn check_identity_mappings(ctx: &mut Ctx<'_>, id: &IdentityConfig, routes: &[(RouteConfig, Spanned<String>, VaryAt)]) {
+    for (r, _, at) in routes {
+        let mut missing: Vec<(&str, &str)> = Vec::new();
+        if r.vary.tenant && id.jwt.as_ref().is_some_and(|j| j.tenant_claim.is_none()) {
+            missing.push((
+                "tenant",
+                "[identity] jwt has no `tenant_claim` (e.g. tenant_claim = \"org_id\")",
+            ));
+        }
+        if r.vary.user && !id.trust_headers_from.is_empty() && id.user_header.is_none() {
+            missing.push((
+                "user",
+                "trusted identity headers carry no user: set [identity] `user_header` (e.g. \"X-User-Id\")",
+            ));
+        }
+        for (part, why) in missing {
+            ctx.issue(
+                at.offset,
+                &at.key,
+                format!(
+                    "route {:?} varies on {part}, but {why}; say where the {part} comes from, or drop {part:?} from this route's `vary`",
+                    r.name
+                ),
             );
         }
     }

@@ -78,7 +78,7 @@ pub(super) fn jwt(ctx: &mut Ctx<'_>, mut t: Section<'_>) -> Option<JwtConfig> {
         algorithms: algorithms.into_iter().map(|a| a.value).collect(),
         role_claim: role_claim.unwrap_or_else(|| "role".to_string()),
         tenant_claim,
-        user_claim,
+        user_claim: user_claim.unwrap_or_else(|| "sub".to_string()),
         issuer,
         audience,
         role_priority: role_priority.into_iter().map(|r| r.value).collect(),
@@ -133,8 +133,8 @@ pub(super) fn lookup(ctx: &mut Ctx<'_>, mut t: Section<'_>) -> Option<LookupConf
         cookie: cookie?.value,
         ttl,
         role_field: role_field.unwrap_or_else(|| "role".to_string()),
-        tenant_field,
-        user_field,
+        tenant_field: tenant_field.unwrap_or_else(|| "tenant".to_string()),
+        user_field: user_field.unwrap_or_else(|| "user".to_string()),
         reset_paths,
     })
 }

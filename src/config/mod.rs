@@ -141,7 +141,13 @@ pub struct IdentityConfig {
     pub role_header: HeaderName,
     /// Trusted header carrying the tenant.
     pub tenant_header: HeaderName,
-    /// Peers whose identity headers are trusted; others have them stripped.
+    /// Trusted header carrying the user, when the gateway sends one. Without it, requests
+    /// identified by trusted headers have no user and bypass per-user routes.
+    pub user_header: Option<HeaderName>,
+    /// The config names identity headers itself (start-up warns when no peer is trusted).
+    pub named_headers: bool,
+    /// Peers whose identity and forwarding headers are believed (default: none). From every
+    /// other peer they are removed, in every spelling, before anything reads the request.
     pub trust_headers_from: Vec<IpNet>,
     /// JWT verification.
     pub jwt: Option<JwtConfig>,
@@ -151,6 +157,20 @@ pub struct IdentityConfig {
     pub anonymous_role: String,
     /// Which cookies are credentials.
     pub credential_cookies: CredentialCookies,
+    /// Cookies removed from every request before anything reads it (names, or prefixes ending
+    /// in `*`): analytics cookies the origin never reads, which would otherwise split entries
+    /// keyed by the origin's `Vary: Cookie`. Neither keyed nor forwarded.
+    pub strip_cookies: Vec<String>,
+}
+
+impl IdentityConfig {
+    /// Whether the cookie `name` is removed from requests.
+    pub fn strips_cookie(&self, name: &str) -> bool {
+        self.strip_cookies.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => p == name,
+        })
+    }
 }
 
 /// `jwt = { ... }`.
@@ -168,15 +188,15 @@ pub struct JwtConfig {
     pub jwks_file: Option<PathBuf>,
     /// Accepted algorithms.
     pub algorithms: Vec<String>,
-    /// Claim paths (dotted) for role, tenant and user.
+    /// Claim paths (dotted) for role (default `role`), tenant and user (default `sub`).
     pub role_claim: String,
-    /// Tenant claim path.
+    /// Tenant claim path; no default, so tokens resolve no tenant unless it is named.
     pub tenant_claim: Option<String>,
     /// User claim path.
-    pub user_claim: Option<String>,
-    /// Required issuer.
+    pub user_claim: String,
+    /// Issuer every token must carry.
     pub issuer: Option<String>,
-    /// Required audience.
+    /// Audience every token must carry.
     pub audience: Option<String>,
     /// When the role claim is a list, the first of these it contains is the role.
     pub role_priority: Vec<String>,
@@ -191,12 +211,12 @@ pub struct LookupConfig {
     pub cookie: String,
     /// How long an answer is reused.
     pub ttl: Duration,
-    /// JSON fields.
+    /// JSON field (dotted path) of the role; default `role`.
     pub role_field: String,
-    /// Tenant field.
-    pub tenant_field: Option<String>,
-    /// User field.
-    pub user_field: Option<String>,
+    /// JSON field of the tenant; default `tenant`.
+    pub tenant_field: String,
+    /// JSON field of the user; default `user`.
+    pub user_field: String,
     /// Writes to these paths (login, logout) drop the writer's session mapping.
     pub reset_paths: Vec<PathPattern>,
 }

@@ -5,7 +5,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
-use super::Claims;
+use super::{Claims, Part};
 use crate::config::JwtConfig;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
@@ -67,11 +67,15 @@ impl JwtVerifier {
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
         validation.validate_aud = cfg.audience.is_some();
+        // A configured issuer or audience is a required claim: a token that simply leaves it
+        // out must not pass as one that carries the right value.
         if let Some(aud) = &cfg.audience {
             validation.set_audience(&[aud]);
+            validation.required_spec_claims.insert("aud".to_string());
         }
         if let Some(iss) = &cfg.issuer {
             validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".to_string());
         }
         Ok(JwtVerifier {
             algorithms,
@@ -83,11 +87,12 @@ impl JwtVerifier {
         })
     }
 
-    /// Verifies `token` and extracts the identity claims.
+    /// Verifies `token` and extracts the identity claims; a part the token does not carry as
+    /// a non-empty scalar is unresolved.
     ///
     /// # Errors
     /// Why the token was refused (never logged with the token itself).
-    pub fn verify(&self, token: &str, anonymous: &str) -> Result<Claims, String> {
+    pub fn verify(&self, token: &str) -> Result<Claims, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
         if !self.algorithms.contains(&header.alg) {
             return Err(format!("algorithm {:?} is not accepted", header.alg));
@@ -113,39 +118,34 @@ impl JwtVerifier {
         let mut validation = self.validation.clone();
         validation.algorithms = vec![header.alg];
         let data = jsonwebtoken::decode::<Value>(token, key, &validation).map_err(|e| e.to_string())?;
-        self.claims(&data.claims, anonymous)
+        Ok(self.claims(&data.claims))
     }
 
-    fn claims(&self, claims: &Value, anonymous: &str) -> Result<Claims, String> {
+    /// A verified token always names somebody: a missing role is unresolved, never the
+    /// anonymous role, or a logged-in user's answer would be shared with visitors.
+    fn claims(&self, claims: &Value) -> Claims {
         let role = match lookup(claims, &self.cfg.role_claim) {
-            None | Some(Value::Null) => anonymous.to_string(),
-            Some(Value::Array(list)) => self.pick_role(list)?,
-            Some(v) => scalar(v).ok_or("role claim is not a string")?,
+            Some(Value::Array(list)) => self.pick_role(list),
+            Some(v) => part(v),
+            None => Part::Unresolved,
         };
-        let tenant = self
-            .cfg
-            .tenant_claim
-            .as_deref()
-            .and_then(|c| lookup(claims, c))
-            .and_then(scalar);
-        let user = self
-            .cfg
-            .user_claim
-            .as_deref()
-            .and_then(|c| lookup(claims, c))
-            .and_then(scalar);
-        Ok(Claims { role, tenant, user })
+        let tenant = match &self.cfg.tenant_claim {
+            Some(c) => lookup(claims, c).map_or(Part::Unresolved, part),
+            None => Part::Unresolved,
+        };
+        let user = lookup(claims, &self.cfg.user_claim).map_or(Part::Unresolved, part);
+        Claims { role, tenant, user }
     }
 
     /// A list-valued role claim: the first of `role_priority` it contains, or its only element.
-    fn pick_role(&self, list: &[Value]) -> Result<String, String> {
+    fn pick_role(&self, list: &[Value]) -> Part {
         let roles: Vec<String> = list.iter().filter_map(scalar).collect();
         if let Some(r) = self.cfg.role_priority.iter().find(|p| roles.contains(p)) {
-            return Ok(r.clone());
+            return Part::Known(r.clone());
         }
         match roles.as_slice() {
-            [only] => Ok(only.clone()),
-            _ => Err("role claim lists several roles and none is in role_priority".into()),
+            [only] if list.len() == 1 => Part::Known(only.clone()),
+            _ => Part::Unresolved,
         }
     }
 }
@@ -173,11 +173,16 @@ fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
 /// Strings as they are, numbers and booleans as text: user values compare as plain strings.
 pub(super) fn scalar(v: &Value) -> Option<String> {
     match v {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
+}
+
+/// A claim or field as an identity part: resolved only when it is a non-empty scalar.
+pub(super) fn part(v: &Value) -> Part {
+    scalar(v).map_or(Part::Unresolved, Part::Known)
 }
 
 /// `lookup` for other modules.

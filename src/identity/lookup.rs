@@ -3,6 +3,10 @@
 //! The mapping is keyed by a SHA-256 of the cookie value (the raw value is never stored or
 //! logged), and concurrent first requests with one cookie share one lookup. Failed lookups are
 //! not remembered: the next request asks again.
+//!
+//! Forgetting a session (login, logout) must win over a lookup that was already asking: every
+//! answer records when its question was asked, and an answer asked before the session was last
+//! forgotten is thrown away when read.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,8 +18,8 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::jwt::{field, scalar};
-use super::Claims;
+use super::jwt::{field, part};
+use super::{Claims, Part};
 use crate::config::{LookupConfig, OriginConfig};
 use crate::metrics::Metrics;
 use crate::proxy::body::ProxyBody;
@@ -29,16 +33,28 @@ pub struct SessionLookup {
     cfg: LookupConfig,
     origin: Origin,
     origin_cfg: OriginConfig,
-    cache: moka::future::Cache<[u8; 32], Arc<Claims>>,
+    cache: moka::future::Cache<[u8; 32], Arc<Answer>>,
+    /// When each recently forgotten session was forgotten (in `clock` ticks).
+    forgotten: moka::future::Cache<[u8; 32], u64>,
+    /// Orders questions and forgets: a tick per event.
+    clock: AtomicU64,
     anonymous: String,
     asked: AtomicU64,
     metrics: Arc<Metrics>,
+}
+
+/// A lookup's answer and the tick at which it was asked.
+struct Answer {
+    claims: Arc<Claims>,
+    asked_at: u64,
 }
 
 impl SessionLookup {
     /// A lookup against `origin`.
     pub fn new(cfg: &LookupConfig, origin: Origin, anonymous: &str, metrics: Arc<Metrics>) -> Self {
         let origin_cfg = origin.config().clone();
+        // An answer outlives its question by at most the lookup timeout plus the TTL.
+        let remember_forgets = cfg.ttl + origin_cfg.timeout;
         SessionLookup {
             cfg: cfg.clone(),
             origin,
@@ -47,6 +63,11 @@ impl SessionLookup {
                 .max_capacity(1_000_000)
                 .time_to_live(cfg.ttl)
                 .build(),
+            forgotten: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(remember_forgets)
+                .build(),
+            clock: AtomicU64::new(0),
             anonymous: anonymous.to_string(),
             asked: AtomicU64::new(0),
             metrics,
@@ -78,28 +99,56 @@ impl SessionLookup {
     /// # Errors
     /// Why the session could not be resolved.
     pub async fn resolve(&self, value: &str) -> Result<Arc<Claims>, Arc<String>> {
-        self.cache
-            .try_get_with(Self::hash(value), async {
-                let start = std::time::Instant::now();
-                let answer = self.ask(value).await;
-                let result = if answer.is_ok() { "ok" } else { "error" };
-                self.metrics.identity_lookups.with_label_values(&[result]).inc();
-                self.metrics
-                    .identity_lookup_duration
-                    .observe(start.elapsed().as_secs_f64());
-                answer.map(Arc::new)
-            })
-            .await
+        let hash = Self::hash(value);
+        // Twice at most: an answer found stale (asked before a forget) is asked again once.
+        for _ in 0..2 {
+            let answer = self
+                .cache
+                .try_get_with(hash, async {
+                    let asked_at = self.clock.fetch_add(1, Ordering::SeqCst);
+                    let start = std::time::Instant::now();
+                    let answer = self.ask(value).await;
+                    let result = if answer.is_ok() { "ok" } else { "error" };
+                    self.metrics.identity_lookups.with_label_values(&[result]).inc();
+                    self.metrics
+                        .identity_lookup_duration
+                        .observe(start.elapsed().as_secs_f64());
+                    answer.map(|claims| {
+                        Arc::new(Answer {
+                            claims: Arc::new(claims),
+                            asked_at,
+                        })
+                    })
+                })
+                .await?;
+            if self.current(&hash, &answer).await {
+                return Ok(answer.claims.clone());
+            }
+            self.cache.invalidate(&hash).await;
+        }
+        Err(Arc::new(
+            "session was forgotten while it was being looked up".to_string(),
+        ))
     }
 
     /// The identity of a session if already known; never asks the origin.
     pub async fn known(&self, value: &str) -> Option<Arc<Claims>> {
-        self.cache.get(&Self::hash(value)).await
+        let hash = Self::hash(value);
+        let answer = self.cache.get(&hash).await?;
+        self.current(&hash, &answer).await.then(|| answer.claims.clone())
     }
 
     /// Forgets a session (it logged in or out).
     pub async fn forget(&self, value: &str) {
-        self.cache.invalidate(&Self::hash(value)).await;
+        let hash = Self::hash(value);
+        let tick = self.clock.fetch_add(1, Ordering::SeqCst);
+        self.forgotten.insert(hash, tick).await;
+        self.cache.invalidate(&hash).await;
+    }
+
+    /// Whether an answer was asked after the session was last forgotten.
+    async fn current(&self, hash: &[u8; 32], answer: &Answer) -> bool {
+        self.forgotten.get(hash).await.is_none_or(|at| answer.asked_at > at)
     }
 
     async fn ask(&self, value: &str) -> Result<Claims, String> {
@@ -138,13 +187,26 @@ impl SessionLookup {
         if !json.is_object() {
             return Err("lookup answer is not a JSON object".into());
         }
-        let get = |f: &Option<String>| f.as_deref().and_then(|f| field(&json, f)).and_then(scalar);
-        Ok(Claims {
-            role: field(&json, &self.cfg.role_field)
-                .and_then(scalar)
-                .unwrap_or_else(|| self.anonymous.clone()),
-            tenant: get(&self.cfg.tenant_field),
-            user: get(&self.cfg.user_field),
-        })
+        Ok(self.claims(&json))
+    }
+
+    /// A 2xx answer without role, tenant or user is a logged-out session: anonymous. Any part
+    /// present must be a non-empty scalar; a missing part of a logged-in session is unresolved.
+    fn claims(&self, json: &Value) -> Claims {
+        let get = |f: &str| field(json, f).filter(|v| !v.is_null());
+        let (role, tenant, user) = (
+            get(&self.cfg.role_field),
+            get(&self.cfg.tenant_field),
+            get(&self.cfg.user_field),
+        );
+        if role.is_none() && tenant.is_none() && user.is_none() {
+            return Claims::anonymous(&self.anonymous);
+        }
+        let resolved = |v: Option<&Value>| v.map_or(Part::Unresolved, part);
+        Claims {
+            role: resolved(role),
+            tenant: resolved(tenant),
+            user: resolved(user),
+        }
     }
 }

@@ -25,29 +25,116 @@ use crate::secrets::Secrets;
 use jwt::JwtVerifier;
 use lookup::SessionLookup;
 
+/// One identity part (role, tenant or user) of a caller.
+///
+/// `Absent` and `Unresolved` differ on purpose: a caller without credentials has no tenant,
+/// and may share a tenant-less entry; a caller whose tenant exists but could not be read (no
+/// claim name configured, a missing claim, a list where a string was expected) must never be
+/// keyed as if it had none.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Part<T = String> {
+    /// The caller has none: anonymous, or a trusted gateway left it out on purpose.
+    #[default]
+    Absent,
+    /// Resolved to a non-empty scalar.
+    Known(T),
+    /// The caller has one, but it could not be resolved.
+    Unresolved,
+}
+
+impl<T> Part<T> {
+    /// The value, when resolved.
+    pub fn known(&self) -> Option<&T> {
+        match self {
+            Part::Known(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn or(self, other: Part<T>) -> Part<T> {
+        match self {
+            Part::Absent => other,
+            p => p,
+        }
+    }
+}
+
+impl<T: PartialEq> Part<T> {
+    /// Two sources about one caller: where they disagree, the origin may follow either.
+    fn agree(self, other: Part<T>) -> Part<T> {
+        if self == other {
+            self
+        } else {
+            Part::Unresolved
+        }
+    }
+}
+
 /// Identity parts read from a token or a lookup answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
     /// Role.
-    pub role: String,
+    pub role: Part,
     /// Tenant.
-    pub tenant: Option<String>,
+    pub tenant: Part,
     /// User.
-    pub user: Option<String>,
+    pub user: Part,
+}
+
+impl Claims {
+    /// A credential that says "nobody in particular" (a logged-out session).
+    pub fn anonymous(role: &str) -> Self {
+        Claims {
+            role: Part::Known(role.to_string()),
+            tenant: Part::Absent,
+            user: Part::Absent,
+        }
+    }
+
+    fn unresolved() -> Self {
+        Claims {
+            role: Part::Unresolved,
+            tenant: Part::Unresolved,
+            user: Part::Unresolved,
+        }
+    }
+
+    fn agree(self, other: Claims) -> Claims {
+        Claims {
+            role: self.role.agree(other.role),
+            tenant: self.tenant.agree(other.tenant),
+            user: self.user.agree(other.user),
+        }
+    }
 }
 
 /// The resolved identity of a request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// Role (the anonymous role when nothing identifies the caller). Shared: most requests
+    /// Role; the anonymous role when nothing identifies the caller. Shared: most requests
     /// carry the same few roles, the anonymous one above all.
-    pub role: Option<Arc<str>>,
-    /// Tenant, when known.
-    pub tenant: Option<String>,
-    /// User, when known.
-    pub user: Option<String>,
+    pub role: Part<Arc<str>>,
+    /// Tenant.
+    pub tenant: Part,
+    /// User.
+    pub user: Part,
+    /// The request carries credentials or trusted identity headers: the caller is somebody,
+    /// so an answer shared with everybody must not be filled or served from it.
+    pub credentialed: bool,
     /// The request carries a credential nothing resolved.
     pub unresolved_credentials: bool,
+}
+
+impl Identity {
+    fn anonymous(role: &Arc<str>) -> Self {
+        Identity {
+            role: Part::Known(role.clone()),
+            tenant: Part::Absent,
+            user: Part::Absent,
+            credentialed: false,
+            unresolved_credentials: false,
+        }
+    }
 }
 
 /// How much resolving a request needs.
@@ -57,7 +144,7 @@ pub enum Depth {
     Read,
     /// A write: the writer's tenant scopes its purge; sessions only from the known mappings.
     Write,
-    /// Pass-through: only strip untrusted identity headers.
+    /// Pass-through, or a route whose answer depends on nobody: nothing to resolve.
     Strip,
 }
 
@@ -66,7 +153,7 @@ pub struct Resolver {
     cfg: IdentityConfig,
     anonymous: Arc<str>,
     jwt: Option<JwtVerifier>,
-    /// Session lookups (public so the write path can forget sessions).
+    /// Session lookups (public so the proxy can forget sessions on login and logout).
     pub lookup: Option<SessionLookup>,
 }
 
@@ -75,7 +162,14 @@ pub struct Resolver {
 struct Found {
     token: Option<String>,
     session: Option<String>,
+    /// A credential nothing can resolve, or an ambiguous one (sent twice).
     unresolvable: bool,
+}
+
+impl Found {
+    fn any(&self) -> bool {
+        self.token.is_some() || self.session.is_some() || self.unresolvable
+    }
 }
 
 impl Resolver {
@@ -100,87 +194,137 @@ impl Resolver {
         })
     }
 
-    /// Resolves the identity of a request. Identity headers from peers outside
-    /// `trust_headers_from` are removed before the request goes anywhere.
-    pub async fn resolve(&self, peer: IpAddr, headers: &mut HeaderMap, depth: Depth) -> Identity {
-        let trusted = self.cfg.trust_headers_from.iter().any(|n| n.contains(&peer));
-        if !trusted {
-            headers.remove(&self.cfg.role_header);
-            headers.remove(&self.cfg.tenant_header);
-        }
-        let role = header_text(headers, &self.cfg.role_header);
-        let tenant = header_text(headers, &self.cfg.tenant_header);
-        let from_header = role.is_some() || tenant.is_some();
-        let mut id = Identity {
-            role: Some(role.map_or_else(|| self.anonymous.clone(), Arc::from)),
-            tenant,
-            user: None,
-            unresolved_credentials: false,
-        };
+    /// Whether identity and forwarding headers from `peer` are believed.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        self.cfg.trust_headers_from.iter().any(|n| n.contains(&peer))
+    }
+
+    /// The identity header names (role, tenant and, when configured, user).
+    pub fn header_names(&self) -> impl Iterator<Item = &HeaderName> {
+        [&self.cfg.role_header, &self.cfg.tenant_header]
+            .into_iter()
+            .chain(self.cfg.user_header.as_ref())
+    }
+
+    /// Resolves the identity of a normalised request (identity headers from untrusted peers
+    /// are already gone). Every part is resolved from the first source that has it: trusted
+    /// headers, then the JWT and session credentials; a caller without any is anonymous.
+    pub async fn resolve(&self, trusted: bool, headers: &HeaderMap, depth: Depth) -> Identity {
+        let mut id = Identity::anonymous(&self.anonymous);
         if depth == Depth::Strip {
             return id;
         }
+        let (role, tenant, user) = if trusted {
+            (
+                header_part(headers, &self.cfg.role_header),
+                header_part(headers, &self.cfg.tenant_header),
+                self.cfg
+                    .user_header
+                    .as_ref()
+                    .map_or(Part::Absent, |h| header_part(headers, h)),
+            )
+        } else {
+            (Part::Absent, Part::Absent, Part::Absent)
+        };
+        let from_header = role != Part::Absent || tenant != Part::Absent || user != Part::Absent;
         let found = self.credentials(headers);
-        if found.unresolvable {
-            id.unresolved_credentials = true;
-            return id;
-        }
-        let mut claims = None;
+        id.credentialed = from_header || found.any();
+        id.unresolved_credentials = found.unresolvable;
+        let claims = if found.any() {
+            Box::pin(self.claims(&found, depth, &mut id.unresolved_credentials)).await
+        } else {
+            Claims::anonymous(&self.anonymous)
+        };
+        id.role = match role {
+            Part::Known(r) => Part::Known(Arc::from(r)),
+            Part::Unresolved => Part::Unresolved,
+            Part::Absent => match claims.role {
+                Part::Known(r) if *r == *self.anonymous => Part::Known(self.anonymous.clone()),
+                Part::Known(r) => Part::Known(Arc::from(r)),
+                Part::Absent => Part::Known(self.anonymous.clone()),
+                Part::Unresolved => Part::Unresolved,
+            },
+        };
+        id.tenant = tenant.or(claims.tenant);
+        id.user = user.or(claims.user);
+        id
+    }
+
+    /// What the request's JWT and session say; parts they cannot tell are unresolved.
+    async fn claims(&self, found: &Found, depth: Depth, unresolved: &mut bool) -> Claims {
+        let mut claims: Option<Claims> = None;
         if let (Some(token), Some(v)) = (&found.token, &self.jwt) {
-            match v.verify(token, &self.cfg.anonymous_role) {
+            match v.verify(token) {
                 Ok(c) => claims = Some(c),
                 Err(e) => {
                     tracing::debug!(reason = %e, "JWT refused");
-                    id.unresolved_credentials = true;
+                    *unresolved = true;
                 }
             }
+        } else if found.token.is_some() {
+            *unresolved = true;
         }
         if let (Some(session), Some(l)) = (&found.session, &self.lookup) {
             let resolved = match depth {
-                // Boxed: the lookup (an origin request) would otherwise size every request's future.
-                Depth::Read => Box::pin(l.resolve(session)).await.map_err(|e| e.to_string()),
-                _ => Box::pin(l.known(session))
+                Depth::Read => l.resolve(session).await.map_err(|e| e.to_string()),
+                _ => l
+                    .known(session)
                     .await
                     .ok_or_else(|| "session not known yet".to_string()),
             };
             match resolved {
-                Ok(c) => claims = claims.or_else(|| Some((*c).clone())),
+                Ok(c) => {
+                    let c = (*c).clone();
+                    claims = Some(match claims {
+                        Some(prev) => prev.agree(c),
+                        None => c,
+                    });
+                }
                 Err(e) => {
                     tracing::debug!(reason = %e, "session lookup failed");
-                    id.unresolved_credentials |= depth == Depth::Read;
+                    *unresolved = true;
+                    claims = None;
                 }
             }
         }
-        if let (false, Some(c)) = (from_header, claims) {
-            id.role = Some(Arc::from(c.role));
-            id.tenant = c.tenant;
-            id.user = c.user;
+        if *unresolved {
+            // Some credential the origin may read is not understood: none of its parts is known.
+            return Claims::unresolved();
         }
-        id
+        claims.unwrap_or_else(Claims::unresolved)
     }
 
     /// Sorts the request's credentials: the JWT, the session cookie, and anything else (which
-    /// nothing can resolve).
+    /// nothing can resolve). A credential sent twice is ambiguous: the origin may read either.
     fn credentials(&self, headers: &HeaderMap) -> Found {
         let mut found = Found::default();
         let jwt_header = self.jwt_header();
-        if let Some(auth) = headers.get(AUTHORIZATION) {
-            match (&jwt_header, auth.to_str().ok().and_then(bearer)) {
+        let mut auth = headers.get_all(AUTHORIZATION).iter();
+        if let Some(v) = auth.next() {
+            match (&jwt_header, v.to_str().ok().and_then(bearer)) {
                 (Some(h), Some(t)) if *h == AUTHORIZATION => found.token = Some(t.to_string()),
                 _ => found.unresolvable = true,
             }
+            found.unresolvable |= auth.next().is_some();
         }
         if let Some(h) = jwt_header.filter(|h| *h != AUTHORIZATION) {
-            if let Some(v) = headers.get(&h).and_then(|v| v.to_str().ok()) {
-                found.token = Some(bearer(v).unwrap_or(v).to_string());
+            let mut values = headers.get_all(&h).iter();
+            if let Some(v) = values.next() {
+                match v.to_str() {
+                    Ok(v) => found.token = Some(bearer(v).unwrap_or(v).to_string()),
+                    Err(_) => found.unresolvable = true,
+                }
+                found.unresolvable |= values.next().is_some();
             }
         }
         let jwt_cookie = self.cfg.jwt.as_ref().and_then(|j| j.cookie.as_deref());
         let session_cookie = self.lookup.as_ref().map(|l| l.cookie());
-        for (name, value) in cookies(headers) {
+        for (name, value) in cookie_pairs(headers) {
             if Some(name) == jwt_cookie {
+                found.unresolvable |= found.token.is_some();
                 found.token = Some(value.to_string());
             } else if Some(name) == session_cookie {
+                found.unresolvable |= found.session.is_some();
                 found.session = Some(value.to_string());
             } else if self.cfg.credential_cookies.is_credential(name) {
                 found.unresolvable = true;
@@ -198,10 +342,39 @@ impl Resolver {
         }
     }
 
+    /// Whether a cookie is a credential: identity keying answers it, so the origin's
+    /// `Vary: Cookie` need not key it.
+    pub fn is_credential_cookie(&self, name: &str) -> bool {
+        self.cfg.jwt.as_ref().and_then(|j| j.cookie.as_deref()) == Some(name)
+            || self.lookup.as_ref().map(|l| l.cookie()) == Some(name)
+            || self.cfg.credential_cookies.is_credential(name)
+    }
+
+    /// Whether the cookie `name` is removed from requests (`strip_cookies`).
+    pub fn strips_cookie(&self, name: &str) -> bool {
+        self.cfg.strips_cookie(name)
+    }
+
     /// The value of the session cookie on a request, if any.
     pub fn session_of<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
         let name = self.lookup.as_ref()?.cookie();
-        cookies(headers).find(|(n, _)| *n == name).map(|(_, v)| v)
+        cookie_pairs(headers).find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+/// A trusted identity header: absent, one visible-ASCII non-empty value, or unresolved (empty,
+/// non-ASCII, or sent twice, so the origin might read another value than we would).
+fn header_part(headers: &HeaderMap, name: &HeaderName) -> Part {
+    let mut values = headers.get_all(name).iter();
+    let Some(v) = values.next() else {
+        return Part::Absent;
+    };
+    if values.next().is_some() {
+        return Part::Unresolved;
+    }
+    match v.to_str().map(str::trim) {
+        Ok(t) if !t.is_empty() => Part::Known(t.to_string()),
+        _ => Part::Unresolved,
     }
 }
 
@@ -210,20 +383,16 @@ fn bearer(v: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn header_text(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let v = headers.get(name)?.to_str().ok()?.trim();
-    (!v.is_empty()).then(|| v.to_string())
-}
-
-/// `(name, value)` of every cookie on the request.
-fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+/// `(name, value)` of every cookie on the request, in order, split the way common frameworks
+/// split them (on `;`, whitespace trimmed); pieces without a name are skipped.
+pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| {
-            let (n, v) = c.split_once('=').unwrap_or((c, ""));
+            let (n, v) = c.split_once('=')?;
             let n = n.trim();
             (!n.is_empty()).then(|| (n, v.trim()))
         })

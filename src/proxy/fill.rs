@@ -143,7 +143,7 @@ impl Proxy {
         let target = Target {
             base,
             vary: vary_names(&parts.headers),
-            headers: &req_headers,
+            input: ctx.vary_input(&req_headers),
         };
         let key_text = self.config.server.debug_headers.then(|| self.cache.full_key(&target));
         let done = self.cache.put(fill, target, surrogate_scopes, entry).await;

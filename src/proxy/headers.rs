@@ -31,9 +31,12 @@ pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 pub const X_CACHE_KEY: HeaderName = HeaderName::from_static("x-cache-key");
 /// Debug: the tier that answered.
 pub const X_CACHE_TIER: HeaderName = HeaderName::from_static("x-cache-tier");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The client address chain.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The scheme the client used.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The host the client addressed.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const VIA_VALUE: &str = "1.1 cachegate";
 
 /// Removes hop-by-hop headers, including those named in `Connection`, and `Upgrade`
@@ -66,8 +69,10 @@ pub fn add_via(headers: &mut HeaderMap) {
     headers.append(header::VIA, HeaderValue::from_static(VIA_VALUE));
 }
 
-/// Sets `X-Forwarded-For` (appending the peer), `-Proto` and `-Host`.
-pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, client_host: Option<&HeaderValue>) {
+/// Sets `X-Forwarded-For` (appending the peer to what a trusted peer sent; normalisation
+/// removed anyone else's), `X-Forwarded-Proto`, and `X-Forwarded-Host` when the client's host
+/// is forwarded (and therefore keyed).
+pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &HeaderValue, host: Option<&HeaderValue>) {
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {peer}"),
         None => peer.to_string(),
@@ -75,9 +80,14 @@ pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, client_host: Option<
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    if let Some(h) = client_host {
-        headers.insert(X_FORWARDED_HOST, h.clone());
+    headers.insert(X_FORWARDED_PROTO, proto.clone());
+    match host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST, h.clone());
+        }
+        None => {
+            headers.remove(X_FORWARDED_HOST);
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! * [`fill`]: a miss: the origin fetch, storage, stale-if-error
 //! * [`write`]: unsafe methods and the purges they trigger
 //! * [`forward`]: the origin client
+//! * [`inbound`]: the request normalised once, before identity, keying and forwarding
 //! * [`headers`]: header hygiene
 //! * [`body`]: the body type
 
@@ -13,6 +14,7 @@ pub mod body;
 mod fill;
 pub mod forward;
 pub mod headers;
+mod inbound;
 mod read;
 mod write;
 
@@ -27,7 +29,7 @@ use prometheus::{Histogram, IntCounter};
 use crate::cache::policy::BypassReason;
 use crate::cache::{key, Cache, Tier};
 use crate::config::Config;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, UpstreamError};
 use crate::identity::{Depth, Resolver};
 use crate::invalidation::Purger;
 use crate::metrics::Metrics;
@@ -164,11 +166,20 @@ impl Proxy {
         }
     }
 
-    /// Sends to the origin, timing it and counting failures.
+    /// Sends to the origin, timing it.
     async fn send(&self, req: Request<ProxyBody>, out: &Outcome) -> Result<Response<Incoming>, ProxyError> {
+        Ok(self.send_for(req, out.route).await?)
+    }
+
+    /// Sends to the origin for the route at `route`, timing it.
+    async fn send_for(
+        &self,
+        req: Request<ProxyBody>,
+        route: Option<usize>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let start = std::time::Instant::now();
         let resp = self.origin.send(req).await?;
-        let route = out.route.map_or("none", |i| self.config.routes[i].name.as_str());
+        let route = route.map_or("none", |i| self.config.routes[i].name.as_str());
         self.metrics
             .origin_duration
             .with_label_values(&[route])
@@ -182,9 +193,7 @@ impl Proxy {
         peer: SocketAddr,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
-            return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
-        }
+        let inbound = self.normalize(&mut req, peer.ip())?;
         let uri = req.uri().clone();
         let path = key::normalize_path(uri.path())?;
         let method = req.method().clone();
@@ -192,24 +201,19 @@ impl Proxy {
             path: &path,
             query: uri.query(),
             peer,
+            inbound: &inbound,
         };
         out.route = self.config.routes.iter().position(|r| r.path.matches(&path));
         let read = method == Method::GET || method == Method::HEAD;
         let depth = match out.route {
-            // A public route keyed on nobody needs no identity at all.
-            Some(idx) if read => {
-                let route = &self.config.routes[idx];
-                if route.public && route.vary.is_empty() {
-                    Depth::Strip
-                } else {
-                    Depth::Read
-                }
-            }
+            // A public route's answer depends on nobody: no identity needed.
+            Some(idx) if read && self.config.routes[idx].public => Depth::Strip,
+            Some(_) if read => Depth::Read,
             _ if is_unsafe(&method) => Depth::Write,
             _ => Depth::Strip,
         };
         // One call site: each `.await` of it would otherwise add its state to this future.
-        let id = self.identity.resolve(peer.ip(), req.headers_mut(), depth).await;
+        let id = self.identity.resolve(inbound.trusted, req.headers(), depth).await;
         match out.route {
             Some(idx) if read => {
                 out.cached_route = true;
@@ -229,6 +233,7 @@ impl Proxy {
         reason: Option<BypassReason>,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let session = self.identity.session_of(req.headers()).map(str::to_owned);
         let (parts, body) = req.into_parts();
         let up = self.upstream_request(parts, ProxyBody::Stream(body), &ctx, false);
         let resp = self.send(up, out).await?;
@@ -236,14 +241,25 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::take_surrogate_tags(&mut parts.headers);
         headers::add_via(&mut parts.headers);
+        self.session_changes(session.as_deref(), ctx.path, &parts.headers).await;
         if let Some(r) = reason {
             mark_bypass(&mut parts.headers, r, out);
         }
         Ok(Response::from_parts(parts, ProxyBody::Stream(body)))
     }
 
-    /// The request sent to the origin: the normalised path, hop-by-hop headers removed,
-    /// forwarding headers added. A cache fill (`fill`) is always an unconditional GET.
+    /// Logins and logouts change who a session is, whatever the method (a GET logout too):
+    /// forget the mapping when the request went to a reset path or the answer sets the cookie.
+    async fn session_changes(&self, session: Option<&str>, path: &str, answer: &http::HeaderMap) {
+        if let (Some(s), Some(l)) = (session, &self.identity.lookup) {
+            if l.resets(path) || sets_cookie(answer, l.cookie()) {
+                l.forget(s).await;
+            }
+        }
+    }
+
+    /// The request sent to the origin: the normalised path and headers, forwarding headers
+    /// set. A cache fill (`fill`) is always an unconditional GET.
     fn upstream_request(
         &self,
         parts: http::request::Parts,
@@ -263,18 +279,13 @@ impl Proxy {
             .build()
             .unwrap_or_else(|_| Uri::from_static("/"));
         let mut headers = parts.headers;
-        let client_host = headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        headers::strip_hop_by_hop(&mut headers);
-        headers::add_forwarded(&mut headers, ctx.peer.ip(), client_host.as_ref());
+        // The client's host reaches the origin only with `preserve_host`, and is keyed then.
+        let client_host = ctx.inbound.client_host.as_ref().filter(|_| origin.preserve_host);
+        headers::add_forwarded(&mut headers, ctx.peer.ip(), &ctx.inbound.proto, client_host);
         headers::add_via(&mut headers);
-        let host = match (origin.preserve_host, client_host) {
-            (true, Some(h)) => h,
-            _ => HeaderValue::from_str(origin.authority.as_str()).unwrap_or(HeaderValue::from_static("localhost")),
+        let host = match client_host {
+            Some(h) => h.clone(),
+            None => HeaderValue::from_str(origin.authority.as_str()).unwrap_or(HeaderValue::from_static("localhost")),
         };
         headers.insert(header::HOST, host);
         let method = if fill {
@@ -294,6 +305,15 @@ impl Proxy {
     }
 }
 
+/// Whether the answer sets (or clears) the cookie `name`.
+fn sets_cookie(headers: &http::HeaderMap, name: &str) -> bool {
+    headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split_once('=').is_some_and(|(n, _)| n.trim() == name))
+}
+
 /// Per-request facts shared by the flows.
 #[derive(Clone, Copy)]
 struct Ctx<'a> {
@@ -302,6 +322,18 @@ struct Ctx<'a> {
     /// The raw query, forwarded as sent.
     query: Option<&'a str>,
     peer: SocketAddr,
+    /// What normalisation learnt.
+    inbound: &'a inbound::Inbound,
+}
+
+impl<'a> Ctx<'a> {
+    /// The request's values for the origin's `Vary`.
+    fn vary_input(&self, headers: &'a http::HeaderMap) -> key::VaryInput<'a> {
+        key::VaryInput {
+            headers,
+            cookies: &self.inbound.keyed_cookies,
+        }
+    }
 }
 
 fn is_unsafe(m: &Method) -> bool {

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 
 use super::body::ProxyBody;
 use super::fill::{add_debug, Miss};
+use super::inbound::Inbound;
 use super::{headers, CacheResult, Ctx, Outcome, Proxy};
 use crate::cache::coalesce::{Done, Join};
 use crate::cache::entry::{CachedResponse, Staleness};
@@ -21,7 +22,7 @@ use crate::cache::policy::BypassReason;
 use crate::cache::{Shared, Tier};
 use crate::config::RouteConfig;
 use crate::error::ProxyError;
-use crate::identity::Identity;
+use crate::identity::{Identity, Part};
 use crate::invalidation;
 
 /// How a stored entry is being served.
@@ -76,13 +77,20 @@ impl Proxy {
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let route = &self.config.routes[idx];
-        if let Some(reason) = bypass_reason(route, &id, &req) {
-            return Box::pin(self.pass(req, ctx, Some(reason), out)).await;
-        }
+        let who = match key_identity(route, &id, &req) {
+            Ok(who) => who,
+            Err(reason) => return Box::pin(self.pass(req, ctx, Some(reason), out)).await,
+        };
         let query = key::normalize_query(ctx.query, &route.query);
-        let who = KeyIdentity::select(route.vary, id.role.as_deref(), id.tenant.as_deref(), id.user.as_deref());
-        let base = key::base_key(&self.config.cache.key_prefix, &route.name, ctx.path, &query, who);
-        let full = self.cache.key_for(&base, req.headers()).await;
+        let base = key::base_key(
+            &self.config.cache.key_prefix,
+            &route.name,
+            &ctx.inbound.site,
+            ctx.path,
+            &query,
+            who,
+        );
+        let full = self.cache.key_for(&base, ctx.vary_input(req.headers())).await;
         let head = req.method() == Method::HEAD;
         let asked = Asked {
             headers: req.headers(),
@@ -142,7 +150,9 @@ impl Proxy {
                 if let Ok(Some(done)) = waited {
                     // The origin's Vary may have put the answer under another key than ours.
                     let now = self.cache.clock.now();
-                    if done.entry.is_usable(now) && self.cache.key_for(base, req.headers()).await == done.key {
+                    if done.entry.is_usable(now)
+                        && self.cache.key_for(base, ctx.vary_input(req.headers())).await == done.key
+                    {
                         return Ok(self.serve(&asked, &done.entry, Tier::Memory, &done.key, Serve::Hit, out));
                     }
                 }
@@ -290,16 +300,18 @@ impl Proxy {
         parts.method = Method::GET;
         parts.uri = req.uri().clone();
         parts.headers = req.headers().clone();
-        let (this, path, query, peer, id) = (
+        let (this, path, query, peer, id, inbound) = (
             self.clone(),
             ctx.path.to_string(),
             ctx.query.map(str::to_owned),
             ctx.peer,
             id.clone(),
+            ctx.inbound.clone(),
         );
-        tokio::spawn(async move { this.refresh(parts, idx, path, query, peer, id).await });
+        tokio::spawn(async move { this.refresh(parts, idx, path, query, peer, id, inbound).await });
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn refresh(
         self: Arc<Self>,
         parts: http::request::Parts,
@@ -308,12 +320,28 @@ impl Proxy {
         query: Option<String>,
         peer: SocketAddr,
         id: Identity,
+        inbound: Inbound,
     ) {
         let route = &self.config.routes[idx];
         let q = key::normalize_query(query.as_deref(), &route.query);
-        let who = KeyIdentity::select(route.vary, id.role.as_deref(), id.tenant.as_deref(), id.user.as_deref());
-        let base = key::base_key(&self.config.cache.key_prefix, &route.name, &path, &q, who);
-        let full = self.cache.key_for(&base, &parts.headers).await;
+        let Ok(who) = key_identity(route, &id, &parts) else {
+            return;
+        };
+        let base = key::base_key(
+            &self.config.cache.key_prefix,
+            &route.name,
+            &inbound.site,
+            &path,
+            &q,
+            who,
+        );
+        let ctx = Ctx {
+            path: &path,
+            query: query.as_deref(),
+            peer,
+            inbound: &inbound,
+        };
+        let full = self.cache.key_for(&base, ctx.vary_input(&parts.headers)).await;
         let params = route.path.params(&path).unwrap_or_default();
         let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
         let scopes = invalidation::entry_scopes(
@@ -335,11 +363,6 @@ impl Proxy {
             route: Some(idx),
             ..Outcome::default()
         };
-        let ctx = Ctx {
-            path: &path,
-            query: query.as_deref(),
-            peer,
-        };
         let miss = Miss {
             idx,
             base: &base,
@@ -355,16 +378,58 @@ impl Proxy {
     }
 }
 
-/// Why a request on a cached route must not use the cache.
-fn bypass_reason(route: &RouteConfig, id: &Identity, req: &Request<Incoming>) -> Option<BypassReason> {
-    if id.unresolved_credentials && !route.public {
-        return Some(BypassReason::Credentials);
+/// The identity parts a route's key takes, or why the request must not use the cache.
+///
+/// Resolved or bypass: every part the route varies on must be resolved. A tenant is absent
+/// only for anonymous callers and trusted gateways that leave it out; a user must be resolved.
+/// A route varying on nobody shares one answer with everyone, so only callers who are nobody
+/// in particular use it, unless it is `public`.
+fn key_identity<'a, R: Ranged>(
+    route: &RouteConfig,
+    id: &'a Identity,
+    req: &R,
+) -> Result<KeyIdentity<'a>, BypassReason> {
+    if req.has_range() {
+        return Err(BypassReason::Range);
     }
-    if route.vary.user && id.user.is_none() {
-        return Some(BypassReason::NoUser);
+    if route.public {
+        return Ok(KeyIdentity::default());
     }
-    if req.headers().contains_key(header::RANGE) {
-        return Some(BypassReason::Range);
+    if id.unresolved_credentials || (route.vary.is_empty() && id.credentialed) {
+        return Err(BypassReason::Credentials);
     }
-    None
+    let role = match (&id.role, route.vary.role) {
+        (_, false) => None,
+        (Part::Known(r), true) => Some(&**r),
+        _ => return Err(BypassReason::Credentials),
+    };
+    let tenant = match (&id.tenant, route.vary.tenant) {
+        (_, false) | (Part::Absent, true) => None,
+        (Part::Known(t), true) => Some(t.as_str()),
+        (Part::Unresolved, true) => return Err(BypassReason::Credentials),
+    };
+    let user = match (&id.user, route.vary.user) {
+        (_, false) => None,
+        (Part::Known(u), true) => Some(u.as_str()),
+        (Part::Absent, true) => return Err(BypassReason::NoUser),
+        (Part::Unresolved, true) => return Err(BypassReason::Credentials),
+    };
+    Ok(KeyIdentity { role, tenant, user })
+}
+
+/// A request (or its parts) that may ask for a byte range.
+trait Ranged {
+    fn has_range(&self) -> bool;
+}
+
+impl<B> Ranged for Request<B> {
+    fn has_range(&self) -> bool {
+        self.headers().contains_key(header::RANGE)
+    }
+}
+
+impl Ranged for http::request::Parts {
+    fn has_range(&self) -> bool {
+        self.headers.contains_key(header::RANGE)
+    }
 }

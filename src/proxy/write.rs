@@ -1,6 +1,13 @@
 //! Unsafe methods: forward, and on a 2xx/3xx purge what the write made stale before answering.
+//!
+//! The forward and its purge run in a task of their own: a client that disconnects after
+//! sending its write (or a connection that dies) must not leave the pre-write page cached when
+//! the origin committed it. A write whose outcome is unknown (the origin timed out or the
+//! connection broke after the request was sent) purges too: it may have been committed.
 
-use http::header::{self, HeaderMap};
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
@@ -8,44 +15,87 @@ use super::body::ProxyBody;
 use super::{headers, Ctx, Outcome, Proxy};
 use crate::cache::key;
 use crate::config::Ttl;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, UpstreamError};
 use crate::identity::Identity;
 use crate::invalidation::{self, purge_tag_scopes, Trigger};
 
+/// The write's target, owned so the purge can outlive the client's request.
+struct Written {
+    path: String,
+    query: Option<String>,
+    host: Option<HeaderValue>,
+    session: Option<String>,
+    method: http::Method,
+    route: Option<usize>,
+}
+
 impl Proxy {
     pub(super) async fn write(
-        &self,
+        self: &Arc<Self>,
         req: Request<Incoming>,
         ctx: Ctx<'_>,
         id: Identity,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let method = req.method().clone();
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned);
-        let session = self.identity.session_of(req.headers()).map(str::to_owned);
+        let written = Written {
+            path: ctx.path.to_string(),
+            query: ctx.query.map(str::to_owned),
+            host: ctx.inbound.client_host.clone(),
+            session: self.identity.session_of(req.headers()).map(str::to_owned),
+            method: req.method().clone(),
+            route: out.route,
+        };
+        // A writer whose tenant is not known purges every tenant's entries.
+        let rule_scopes = self.rule_scopes(&written.method, ctx.path, id.tenant.known().map(String::as_str));
         let (parts, body) = req.into_parts();
         let up = self.upstream_request(parts, ProxyBody::Stream(body), &ctx, false);
-        let resp = self.send(up, out).await?;
-        let (mut parts, body) = resp.into_parts();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = this.forward_write(up, written, rule_scopes).await;
+            // The client may be gone; the purge has happened either way.
+            let _ = tx.send(result);
+        });
+        let resp = rx
+            .await
+            .map_err(|_| ProxyError::Upstream(UpstreamError::Request("write task ended".into())))??;
+        Ok(resp)
+    }
+
+    /// Sends the write and purges for it; runs detached from the client's connection.
+    async fn forward_write(
+        &self,
+        up: Request<ProxyBody>,
+        w: Written,
+        mut scopes: Vec<String>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let result = self.send_for(up, w.route).await;
+        match &result {
+            Ok(resp) => {
+                self.session_changes(w.session.as_deref(), &w.path, resp.headers())
+                    .await;
+                let status = resp.status();
+                if !(status.is_success() || status.is_redirection()) {
+                    scopes.clear();
+                } else {
+                    scopes.extend(self.uri_scopes(&w.path, w.query.as_deref(), resp.headers(), w.host.as_ref()));
+                }
+            }
+            // Nothing reached the origin.
+            Err(UpstreamError::Connect(_)) => scopes.clear(),
+            Err(_) => {
+                tracing::debug!(path = %w.path, "write outcome unknown: purging as if it succeeded");
+                scopes.extend(self.uri_scopes(&w.path, w.query.as_deref(), &HeaderMap::new(), None));
+            }
+        }
+        if !scopes.is_empty() {
+            let outcome = self.purger.purge(&scopes, false, Trigger::Write).await;
+            tracing::debug!(path = %w.path, method = %w.method, scopes = outcome.scopes, shared = outcome.shared, acks = outcome.acks, "write purge");
+        }
+        let (mut parts, body) = result?.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::take_surrogate_tags(&mut parts.headers);
         headers::add_via(&mut parts.headers);
-        if let (Some(s), Some(l)) = (&session, &self.identity.lookup) {
-            // Logins and logouts change who a session is: forget the mapping.
-            if l.resets(ctx.path) || sets_cookie(&parts.headers, l.cookie()) {
-                l.forget(s).await;
-            }
-        }
-        if parts.status.is_success() || parts.status.is_redirection() {
-            let mut scopes = self.rule_scopes(&method, ctx.path, id.tenant.as_deref());
-            scopes.extend(self.uri_scopes(ctx, &parts.headers, host.as_deref()));
-            let outcome = self.purger.purge(&scopes, false, Trigger::Write).await;
-            tracing::debug!(path = ctx.path, %method, scopes = outcome.scopes, shared = outcome.shared, acks = outcome.acks, "write purge");
-        }
         Ok(Response::from_parts(parts, ProxyBody::Stream(body)))
     }
 
@@ -64,8 +114,9 @@ impl Proxy {
     /// RFC 9111 §4.4 on `ttl = "origin"` routes: the request URI, `Location` and
     /// `Content-Location` (same host only). Fixed-TTL routes are purged by their rules alone, so
     /// a tenant-scoped rule is not widened to every tenant by the URI.
-    fn uri_scopes(&self, ctx: Ctx<'_>, resp: &HeaderMap, host: Option<&str>) -> Vec<String> {
-        let mut targets: Vec<(String, Option<String>)> = vec![(ctx.path.to_string(), ctx.query.map(str::to_owned))];
+    fn uri_scopes(&self, path: &str, query: Option<&str>, resp: &HeaderMap, host: Option<&HeaderValue>) -> Vec<String> {
+        let host = host.and_then(|h| h.to_str().ok());
+        let mut targets: Vec<(String, Option<String>)> = vec![(path.to_string(), query.map(str::to_owned))];
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(t) = resp
                 .get(name)
@@ -88,20 +139,11 @@ impl Proxy {
     }
 }
 
-/// Whether the answer sets (or clears) the cookie `name`.
-fn sets_cookie(headers: &HeaderMap, name: &str) -> bool {
-    headers
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split_once('=').is_some_and(|(n, _)| n.trim() == name))
-}
-
 /// The path and query of a `Location`-style value, when it points at this host.
 fn same_origin_target(value: &str, host: Option<&str>) -> Option<(String, Option<String>)> {
     let uri: http::Uri = value.parse().ok()?;
     if let Some(a) = uri.authority() {
-        if Some(a.as_str()) != host {
+        if !host.is_some_and(|h| a.as_str().eq_ignore_ascii_case(h)) {
             return None;
         }
     }

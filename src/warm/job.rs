@@ -66,8 +66,11 @@ pub enum WarmError {
     #[error("{0}")]
     Invalid(String),
     /// Identity headers from our own address would be stripped by the proxy.
-    #[error("cannot warm for roles or tenants: requests from {0} to the public listener are not in [identity] trust_headers_from, so their identity headers would be stripped; add \"{0}\" to trust_headers_from (loopback is trusted by default)")]
+    #[error("cannot warm for roles or tenants: requests from {0} to the public listener are not in [identity] trust_headers_from, so their identity headers would be stripped; add \"{0}/32\" to trust_headers_from")]
     Untrusted(IpAddr),
+    /// The origin learns identity from JWTs or sessions, which warming cannot present.
+    #[error("cannot warm for roles or tenants: [identity] jwt / lookup is configured, so the origin learns who asks from the token or session, which a warm request cannot present; it would answer anonymously and the answer would be stored under the role's key. Warm without roles and tenants (anonymous pages), or let a trusted gateway send identity headers instead")]
+    CredentialIdentity,
 }
 
 /// A validated warm: every path for every role × tenant.

@@ -218,8 +218,21 @@ impl Drop for Proxy {
     }
 }
 
+/// Identity lines every test config gets unless it says otherwise: the test client on
+/// loopback plays a trusted auth gateway that sends role, tenant and user headers. Tests of
+/// untrusted callers set `trust_headers_from` themselves.
+const TEST_GATEWAY: &str = "trust_headers_from = [\"127.0.0.1/32\"]\nuser_header = \"X-User-Id\"\n";
+
 /// A config for `origin` with test listeners, followed by `rest` (routes, rules, sections).
 pub fn config_text(origin: &Origin, rest: &str) -> String {
+    let rest = if rest.contains("trust_headers_from") {
+        rest.to_string()
+    } else if rest.contains("[identity]\n") {
+        rest.replacen("[identity]\n", &format!("[identity]\n{TEST_GATEWAY}"), 1)
+    } else {
+        format!("[identity]\n{TEST_GATEWAY}{rest}")
+    };
+    let rest = rest.as_str();
     let server = if rest.contains("[server]") {
         String::new()
     } else {
