@@ -75,6 +75,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> std::io::Result<Run
     let clock = Arc::new(Clock::default());
     let generations = Arc::new(Generations::default());
     let metrics = Arc::new(Metrics::new());
+    metrics.prime(config.routes.iter().map(|r| r.name.as_str()));
     let shared = match config.cache.redis_urls.first() {
         Some(url) => {
             let redis = RedisTier::new(

@@ -210,7 +210,11 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    fn as_str(self) -> &'static str {
+    /// Every trigger, so each `cachegate_purges_total` series can exist before the first purge.
+    pub const ALL: [Trigger; 3] = [Trigger::Write, Trigger::Webhook, Trigger::Cli];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Write => "write",
             Trigger::Webhook => "webhook",
@@ -219,14 +223,51 @@ impl Trigger {
     }
 }
 
-/// The `kind` label of a scope: what sort of thing it names.
-fn scope_kind(scope: &str) -> &'static str {
-    match scope.split(':').next() {
-        Some("tag") => "tag",
-        Some("route") => "route",
-        Some("url") => "path",
-        Some("tenant") => "tenant",
-        _ => "all",
+/// What sort of thing a scope names (the `kind` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ScopeKind {
+    /// A tag, across tenants or for one.
+    Tag,
+    /// Every entry of a route.
+    Route,
+    /// One URL of a route.
+    Path,
+    /// Every entry keyed with one tenant.
+    Tenant,
+    /// Every entry.
+    All,
+}
+
+impl ScopeKind {
+    /// Every kind, so each `cachegate_purges_total` series can exist before the first purge.
+    pub const ALL: [ScopeKind; 5] = [
+        ScopeKind::Tag,
+        ScopeKind::Route,
+        ScopeKind::Path,
+        ScopeKind::Tenant,
+        ScopeKind::All,
+    ];
+
+    /// The kind of `scope`, from the prefix its constructor gave it.
+    fn of(scope: &str) -> ScopeKind {
+        match scope.split(':').next() {
+            Some("tag") => ScopeKind::Tag,
+            Some("route") => ScopeKind::Route,
+            Some("url") => ScopeKind::Path,
+            Some("tenant") => ScopeKind::Tenant,
+            _ => ScopeKind::All,
+        }
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeKind::Tag => "tag",
+            ScopeKind::Route => "route",
+            ScopeKind::Path => "path",
+            ScopeKind::Tenant => "tenant",
+            ScopeKind::All => "all",
+        }
     }
 }
 
@@ -255,11 +296,14 @@ impl Purger {
     /// once they have all been told (or the lease time has passed). A soft purge marks Redis
     /// entries stale instead of invalid; memory copies are always dropped.
     pub async fn purge(&self, scopes: &[String], soft: bool, trigger: Trigger) -> PurgeOutcome {
-        let mut kinds: Vec<&str> = scopes.iter().map(|s| scope_kind(s)).collect();
+        let mut kinds: Vec<ScopeKind> = scopes.iter().map(|s| ScopeKind::of(s)).collect();
         kinds.sort_unstable();
         kinds.dedup();
         for k in kinds {
-            self.metrics.purges.with_label_values(&[trigger.as_str(), k]).inc();
+            self.metrics
+                .purges
+                .with_label_values(&[trigger.as_str(), k.as_str()])
+                .inc();
         }
         self.metrics.purged.inc_by(scopes.len() as u64);
         for s in scopes {
@@ -286,6 +330,36 @@ impl Purger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_lists_name_every_variant_once() {
+        for t in Trigger::ALL {
+            // Exhaustive on purpose: a new trigger stops this compiling until it is listed in `ALL`.
+            match t {
+                Trigger::Write | Trigger::Webhook | Trigger::Cli => {}
+            }
+        }
+        for k in ScopeKind::ALL {
+            // Likewise for a new scope kind.
+            match k {
+                ScopeKind::Tag | ScopeKind::Route | ScopeKind::Path | ScopeKind::Tenant | ScopeKind::All => {}
+            }
+        }
+        let triggers: std::collections::HashSet<_> = Trigger::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(triggers.len(), Trigger::ALL.len());
+        let kinds: std::collections::HashSet<_> = ScopeKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(kinds.len(), ScopeKind::ALL.len());
+    }
+
+    #[test]
+    fn scope_kinds_follow_the_scope_constructors() {
+        assert_eq!(ScopeKind::of(&tag_scope("t")), ScopeKind::Tag);
+        assert_eq!(ScopeKind::of(&tenant_tag_scope("t", Some("x"))), ScopeKind::Tag);
+        assert_eq!(ScopeKind::of(&route_scope("r")), ScopeKind::Route);
+        assert_eq!(ScopeKind::of(&url_scope("r", "/p", "")), ScopeKind::Path);
+        assert_eq!(ScopeKind::of(&tenant_scope("x")), ScopeKind::Tenant);
+        assert_eq!(ScopeKind::of(ALL), ScopeKind::All);
+    }
 
     #[test]
     fn bump_invalidates_earlier_stamps_only() {

@@ -8,11 +8,25 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
+use crate::error::UpstreamError;
+use crate::invalidation::{ScopeKind, Trigger};
+use crate::tiers::redis;
+
 /// Latency buckets from 25 µs to 30 s.
 const BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0, 30.0,
 ];
+
+/// The `result` label of an operation that either works or not (config reloads, session
+/// lookups).
+pub fn result_label(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "error"
+    }
+}
 
 /// All metrics.
 #[derive(Clone)]
@@ -167,6 +181,30 @@ impl Metrics {
             ),
             identity_lookup_duration: lookup_duration,
             registry: reg,
+        }
+    }
+
+    /// Creates at 0 every series whose labels are known before anything is counted: those of each
+    /// route in `routes` (the config's route names) and of every fixed reason, kind, trigger,
+    /// operation and result. Otherwise a labelled family is absent until its first event:
+    /// dashboards show "No data" instead of 0, and `rate()` and absence alerts misread it. Call
+    /// again after a reload for the new routes; series of removed routes stay, like their counts.
+    pub fn prime<'a>(&self, routes: impl IntoIterator<Item = &'a str>) {
+        crate::proxy::prime_route_series(self, routes);
+        for kind in UpstreamError::KINDS {
+            self.origin_errors.with_label_values(&[kind]);
+        }
+        for trigger in Trigger::ALL {
+            for kind in ScopeKind::ALL {
+                self.purges.with_label_values(&[trigger.as_str(), kind.as_str()]);
+            }
+        }
+        for op in redis::error_ops() {
+            self.redis_errors.with_label_values(&[op]);
+        }
+        for ok in [true, false] {
+            self.config_reloads.with_label_values(&[result_label(ok)]);
+            self.identity_lookups.with_label_values(&[result_label(ok)]);
         }
     }
 

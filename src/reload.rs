@@ -102,8 +102,10 @@ impl Reloader {
     pub async fn reload(&self) -> Result<String, String> {
         let _one_at_a_time = self.lock.lock().await;
         let result = self.try_reload().await;
-        let label = if result.is_ok() { "ok" } else { "error" };
-        self.metrics.config_reloads.with_label_values(&[label]).inc();
+        self.metrics
+            .config_reloads
+            .with_label_values(&[crate::metrics::result_label(result.is_ok())])
+            .inc();
         match &result {
             Ok(msg) => tracing::info!("{msg}"),
             Err(e) => tracing::error!("config reload refused, still running the previous config:\n{e}"),
@@ -133,6 +135,7 @@ impl Reloader {
             self.metrics.clone(),
         )?;
         let routes = config.routes.len();
+        self.metrics.prime(config.routes.iter().map(|r| r.name.as_str()));
         self.proxy.store(Arc::new(proxy));
         self.config.store(config);
         self.loaded_at.store(unix_now(), std::sync::atomic::Ordering::Relaxed);

@@ -12,11 +12,12 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Tier};
 use crate::config::Config;
 use crate::invalidation::{Purger, Trigger};
 use crate::metrics::Metrics;
 use crate::proxy::body::ProxyBody;
+use crate::proxy::{CacheResult, NO_TIER};
 use crate::reload::Reloader;
 use crate::secrets::Secrets;
 use arc_swap::ArcSwap;
@@ -137,9 +138,10 @@ impl Admin {
             .iter()
             .map(|r| {
                 let n = r.name.as_str();
-                let hits = lookups(n, "hit", "memory") + lookups(n, "hit", "redis");
-                let misses = lookups(n, "miss", "none");
-                let bypasses = lookups(n, "bypass", "none");
+                let hit = CacheResult::Hit.as_str();
+                let hits = lookups(n, hit, Tier::Memory.as_str()) + lookups(n, hit, Tier::Redis.as_str());
+                let misses = lookups(n, CacheResult::Miss.as_str(), NO_TIER);
+                let bypasses = lookups(n, CacheResult::Bypass.as_str(), NO_TIER);
                 let ratio = if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 };
                 serde_json::json!({ "route": n, "hits": hits, "misses": misses, "bypasses": bypasses, "hit_ratio": ratio })
             })

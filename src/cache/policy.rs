@@ -46,6 +46,24 @@ pub enum BypassReason {
 }
 
 impl BypassReason {
+    /// Every reason, so each `cachegate_bypass_total` series can exist before its first bypass.
+    pub const ALL: [BypassReason; 14] = [
+        BypassReason::Method,
+        BypassReason::Credentials,
+        BypassReason::NoUser,
+        BypassReason::Range,
+        BypassReason::NoRoute,
+        BypassReason::NoStore,
+        BypassReason::Private,
+        BypassReason::NoCache,
+        BypassReason::SetCookie,
+        BypassReason::Status,
+        BypassReason::TooLarge,
+        BypassReason::VaryStar,
+        BypassReason::NoFreshness,
+        BypassReason::Purged,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -243,6 +261,31 @@ fn vary_star(headers: &HeaderMap) -> bool {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn all_lists_every_bypass_reason_once() {
+        for r in BypassReason::ALL {
+            // Exhaustive on purpose: a new reason stops this compiling until it is listed in `ALL`.
+            match r {
+                BypassReason::Method
+                | BypassReason::Credentials
+                | BypassReason::NoUser
+                | BypassReason::Range
+                | BypassReason::NoRoute
+                | BypassReason::NoStore
+                | BypassReason::Private
+                | BypassReason::NoCache
+                | BypassReason::SetCookie
+                | BypassReason::Status
+                | BypassReason::TooLarge
+                | BypassReason::VaryStar
+                | BypassReason::NoFreshness
+                | BypassReason::Purged => {}
+            }
+        }
+        let labels: std::collections::HashSet<_> = BypassReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), BypassReason::ALL.len(), "each reason listed once");
+    }
 
     fn h(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();

@@ -108,8 +108,10 @@ impl SessionLookup {
                     let asked_at = self.clock.fetch_add(1, Ordering::SeqCst);
                     let start = std::time::Instant::now();
                     let answer = self.ask(value).await;
-                    let result = if answer.is_ok() { "ok" } else { "error" };
-                    self.metrics.identity_lookups.with_label_values(&[result]).inc();
+                    self.metrics
+                        .identity_lookups
+                        .with_label_values(&[crate::metrics::result_label(answer.is_ok())])
+                        .inc();
                     self.metrics
                         .identity_lookup_duration
                         .observe(start.elapsed().as_secs_f64());

@@ -103,7 +103,7 @@ impl Proxy {
 
     /// Metrics and the decision log line for one answered request.
     fn record(&self, method: &Method, resp: &Response<ProxyBody>, out: &Outcome, took: std::time::Duration) {
-        let route = out.route.map_or("none", |i| self.config.routes[i].name.as_str());
+        let route = out.route.map_or(NO_ROUTE, |i| self.config.routes[i].name.as_str());
         let m = &self.metrics;
         let status = resp.status();
         if let (Some(idx), CacheResult::Hit, Some(Tier::Memory), &Method::GET, StatusCode::OK, false) = (
@@ -115,17 +115,23 @@ impl Proxy {
             self.config.server.access_log,
         ) {
             let series = self.hit_series[idx].get_or_init(|| HitSeries {
-                requests: m.requests.with_label_values(&[route, "GET", "200"]),
-                duration: m.request_duration.with_label_values(&[route, "hit"]),
-                lookups: m.lookups.with_label_values(&[route, "hit", "memory"]),
+                requests: m
+                    .requests
+                    .with_label_values(&[route, method_label(&Method::GET), StatusCode::OK.as_str()]),
+                duration: m
+                    .request_duration
+                    .with_label_values(&[route, CacheResult::Hit.as_str()]),
+                lookups: m
+                    .lookups
+                    .with_label_values(&[route, CacheResult::Hit.as_str(), Tier::Memory.as_str()]),
             });
             series.requests.inc();
             series.duration.observe(took.as_secs_f64());
             series.lookups.inc();
             tracing::debug!(
                 route,
-                result = "hit",
-                tier = "memory",
+                result = CacheResult::Hit.as_str(),
+                tier = Tier::Memory.as_str(),
                 duration_us = took.as_micros() as u64,
                 "cache decision"
             );
@@ -139,7 +145,7 @@ impl Proxy {
             .with_label_values(&[route, cache])
             .observe(took.as_secs_f64());
         if out.cached_route {
-            let tier = out.tier.map_or("none", |t| t.as_str());
+            let tier = out.tier.map_or(NO_TIER, |t| t.as_str());
             m.lookups.with_label_values(&[route, cache, tier]).inc();
         }
         if let Some(r) = out.reason {
@@ -148,7 +154,7 @@ impl Proxy {
         tracing::debug!(
             route,
             result = cache,
-            tier = out.tier.map_or("none", |t| t.as_str()),
+            tier = out.tier.map_or(NO_TIER, |t| t.as_str()),
             reason = out.reason.map_or("", |r| r.as_str()),
             duration_us = took.as_micros() as u64,
             "cache decision"
@@ -179,7 +185,7 @@ impl Proxy {
     ) -> Result<Response<Incoming>, UpstreamError> {
         let start = std::time::Instant::now();
         let resp = self.origin.send(req).await?;
-        let route = route.map_or("none", |i| self.config.routes[i].name.as_str());
+        let route = route.map_or(NO_ROUTE, |i| self.config.routes[i].name.as_str());
         self.metrics
             .origin_duration
             .with_label_values(&[route])
@@ -352,9 +358,15 @@ pub(crate) struct Outcome {
     reason: Option<BypassReason>,
 }
 
+/// The `route` label of requests no route matches.
+const NO_ROUTE: &str = "none";
+
+/// The `tier` label of lookups no tier answered (misses and bypasses).
+pub(crate) const NO_TIER: &str = "none";
+
 /// The `cache` / `result` label.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum CacheResult {
+pub(crate) enum CacheResult {
     /// Not a cache request (writes, other methods).
     #[default]
     Pass,
@@ -365,7 +377,28 @@ enum CacheResult {
 }
 
 impl CacheResult {
-    fn as_str(self) -> &'static str {
+    /// Every value, for the `cache` label of `cachegate_request_duration_seconds`.
+    const ALL: [CacheResult; 5] = [
+        CacheResult::Pass,
+        CacheResult::Hit,
+        CacheResult::Stale,
+        CacheResult::Miss,
+        CacheResult::Bypass,
+    ];
+
+    /// The `(result, tier)` pairs [`Proxy::record`] counts lookups under: entries are served
+    /// (fresh or stale) by a tier, misses and bypasses by none.
+    const LOOKUPS: [(CacheResult, Option<Tier>); 6] = [
+        (CacheResult::Hit, Some(Tier::Memory)),
+        (CacheResult::Hit, Some(Tier::Redis)),
+        (CacheResult::Stale, Some(Tier::Memory)),
+        (CacheResult::Stale, Some(Tier::Redis)),
+        (CacheResult::Miss, None),
+        (CacheResult::Bypass, None),
+    ];
+
+    /// The label value.
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CacheResult::Pass => "pass",
             CacheResult::Hit => "hit",
@@ -374,6 +407,38 @@ impl CacheResult {
             CacheResult::Bypass => "bypass",
         }
     }
+}
+
+/// Creates at 0 the series [`Proxy::record`] and [`Proxy::send`] write for `routes` and for
+/// requests no route matches, so a route's families are scraped before its first request.
+pub(crate) fn prime_route_series<'a>(m: &Metrics, routes: impl IntoIterator<Item = &'a str>) {
+    // Statuses are open-ended: only the commonest answer is created, which is enough for the
+    // family and each route to show.
+    let get = method_label(&Method::GET);
+    let ok = StatusCode::OK.as_str();
+    for route in routes {
+        m.requests.with_label_values(&[route, get, ok]);
+        for cache in CacheResult::ALL {
+            m.request_duration.with_label_values(&[route, cache.as_str()]);
+        }
+        for (result, tier) in CacheResult::LOOKUPS {
+            m.lookups
+                .with_label_values(&[route, result.as_str(), tier.map_or(NO_TIER, |t| t.as_str())]);
+        }
+        // `no-route` is only ever counted under `route="none"`.
+        for reason in BypassReason::ALL.into_iter().filter(|r| *r != BypassReason::NoRoute) {
+            m.bypass.with_label_values(&[route, reason.as_str()]);
+        }
+        m.origin_duration.with_label_values(&[route]);
+        m.coalesced.with_label_values(&[route]);
+    }
+    // Unmatched requests are never looked up or coalesced: reads are bypassed, the rest passed.
+    m.requests.with_label_values(&[NO_ROUTE, get, ok]);
+    for cache in [CacheResult::Bypass, CacheResult::Pass] {
+        m.request_duration.with_label_values(&[NO_ROUTE, cache.as_str()]);
+    }
+    m.bypass.with_label_values(&[NO_ROUTE, BypassReason::NoRoute.as_str()]);
+    m.origin_duration.with_label_values(&[NO_ROUTE]);
 }
 
 /// Method label: the standard ones, everything else as `other` (labels stay bounded).
@@ -397,5 +462,23 @@ fn mark_bypass(headers: &mut http::HeaderMap, reason: BypassReason, out: &mut Ou
     let status = format!("cachegate; fwd=bypass; detail={}", reason.as_str());
     if let Ok(v) = HeaderValue::from_str(&status) {
         headers.insert(headers::CACHE_STATUS, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_result_lists_every_value_once() {
+        for c in CacheResult::ALL {
+            // Exhaustive on purpose: a new value stops this compiling until it is listed in `ALL`.
+            match c {
+                CacheResult::Pass | CacheResult::Hit | CacheResult::Stale | CacheResult::Miss | CacheResult::Bypass => {
+                }
+            }
+        }
+        let labels: std::collections::HashSet<_> = CacheResult::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(labels.len(), CacheResult::ALL.len());
     }
 }

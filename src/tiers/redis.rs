@@ -22,6 +22,74 @@ pub const MAX_ENTRY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// old entry valid again.
 const COUNTER_TTL: Duration = Duration::from_secs(8 * 24 * 3600);
 
+/// An operation on the tier: the `op` label of `cachegate_redis_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Entry lookup with its scope counters.
+    Lookup,
+    /// Entry store, guarded by its scope counters.
+    Store,
+    /// Counter bumps and the purge message.
+    Purge,
+    /// Registering this instance as live.
+    Heartbeat,
+    /// Leaving the instance set on shutdown.
+    Deregister,
+    /// A message on the purge channel.
+    Publish,
+    /// Taking or releasing a fill lease.
+    Lease,
+    /// A key set only if absent (replay protection).
+    SetOnce,
+    /// `INFO memory`, for stats.
+    Info,
+}
+
+impl Op {
+    /// Every operation, so each `cachegate_redis_errors_total` series can exist before the first
+    /// failure.
+    pub const ALL: [Op; 9] = [
+        Op::Lookup,
+        Op::Store,
+        Op::Purge,
+        Op::Heartbeat,
+        Op::Deregister,
+        Op::Publish,
+        Op::Lease,
+        Op::SetOnce,
+        Op::Info,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Lookup => "lookup",
+            Op::Store => "store",
+            Op::Purge => "purge",
+            Op::Heartbeat => "heartbeat",
+            Op::Deregister => "deregister",
+            Op::Publish => "publish",
+            Op::Lease => "lease",
+            Op::SetOnce => "set_once",
+            Op::Info => "info",
+        }
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `op` label of a [`TierError::Down`]: nothing was sent, so no operation failed.
+const DOWN: &str = "down";
+
+/// Every `op` label of `cachegate_redis_errors_total`.
+pub fn error_ops() -> impl Iterator<Item = &'static str> {
+    Op::ALL.into_iter().map(Op::as_str).chain([DOWN])
+}
+
 /// Why a Redis operation did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum TierError {
@@ -32,7 +100,7 @@ pub enum TierError {
     #[error("redis {op} timed out after {timeout:?}")]
     Timeout {
         /// Operation.
-        op: &'static str,
+        op: Op,
         /// Limit.
         timeout: Duration,
     },
@@ -40,7 +108,7 @@ pub enum TierError {
     #[error("redis {op} failed: {source}")]
     Redis {
         /// Operation.
-        op: &'static str,
+        op: Op,
         /// Cause.
         source: redis::RedisError,
     },
@@ -351,8 +419,8 @@ impl RedisTier {
     fn mark_down(&self, err: &TierError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let op = match err {
-            TierError::Down => "down",
-            TierError::Timeout { op, .. } | TierError::Redis { op, .. } => op,
+            TierError::Down => DOWN,
+            TierError::Timeout { op, .. } | TierError::Redis { op, .. } => op.as_str(),
         };
         self.metrics.redis_errors.with_label_values(&[op]).inc();
         if self.up.swap(false, Ordering::AcqRel) {
@@ -363,7 +431,7 @@ impl RedisTier {
     /// Runs one command with the timeout, marking the tier down on failure.
     async fn run<T>(
         &self,
-        op: &'static str,
+        op: Op,
         f: impl AsyncFnOnce(ConnectionManager) -> redis::RedisResult<T>,
     ) -> Result<T, TierError> {
         if !self.is_up() {
@@ -394,7 +462,7 @@ impl RedisTier {
     pub async fn lookup(&self, key: &str, scopes: &[String]) -> Result<Lookup, TierError> {
         let epoch = format!("{}_epoch", self.prefix);
         let value: Vec<Value> = self
-            .run("lookup", async |mut c| {
+            .run(Op::Lookup, async |mut c| {
                 let mut inv = self.lookup.key(key);
                 inv.arg(&self.prefix).arg(&epoch);
                 for s in scopes {
@@ -404,7 +472,7 @@ impl RedisTier {
             })
             .await?;
         parse_lookup(value).ok_or(TierError::Redis {
-            op: "lookup",
+            op: Op::Lookup,
             source: redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected lookup reply")),
         })
     }
@@ -439,7 +507,7 @@ impl RedisTier {
         value.extend_from_slice(payload);
         let ttl_ms = ttl.min(MAX_ENTRY_TTL).as_millis().max(1) as u64;
         let stored: i64 = self
-            .run("store", async |mut c| {
+            .run(Op::Store, async |mut c| {
                 let mut inv = self.store.key(key);
                 inv.arg(&value[..]).arg(ttl_ms);
                 for (s, g) in scopes.iter().zip(&gens.scopes) {
@@ -476,7 +544,7 @@ impl RedisTier {
         }
         let kind = if soft { "_s" } else { "_g" };
         let result: Result<(i64, i64), TierError> = self
-            .run("purge", async |mut c| {
+            .run(Op::Purge, async |mut c| {
                 let mut inv = self.purge.key(self.instances_key());
                 for s in scopes {
                     inv.key(self.counter_key(kind, s));
@@ -509,7 +577,7 @@ impl RedisTier {
 
     /// Registers this instance as live for `ttl` and publishes its heartbeat, atomically.
     pub async fn heartbeat(&self, me: u64, ttl: Duration, channel: &str, message: &str) -> Result<(), TierError> {
-        self.run("heartbeat", async |mut c| {
+        self.run(Op::Heartbeat, async |mut c| {
             self.heartbeat
                 .key(self.instances_key())
                 .arg(ttl.as_millis() as u64)
@@ -527,7 +595,7 @@ impl RedisTier {
     pub async fn deregister(&self, me: u64) {
         let key = self.instances_key();
         let _ = self
-            .run("deregister", async |mut c| {
+            .run(Op::Deregister, async |mut c| {
                 redis::cmd("ZREM").arg(&key).arg(me).query_async::<i64>(&mut c).await
             })
             .await;
@@ -535,7 +603,7 @@ impl RedisTier {
 
     /// Publishes a small message (heartbeats, acks).
     pub async fn publish(&self, channel: &str, message: &str) -> Result<(), TierError> {
-        self.run("publish", async |mut c| {
+        self.run(Op::Publish, async |mut c| {
             redis::cmd("PUBLISH")
                 .arg(channel)
                 .arg(message)
@@ -550,7 +618,7 @@ impl RedisTier {
     pub async fn try_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, TierError> {
         let lease = format!("{}_lease:{key}", self.prefix);
         let r: Option<String> = self
-            .run("lease", async |mut c| {
+            .run(Op::Lease, async |mut c| {
                 redis::cmd("SET")
                     .arg(&lease)
                     .arg(token)
@@ -570,7 +638,7 @@ impl RedisTier {
         let script =
             Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0");
         let _ = self
-            .run("lease", async |mut c| {
+            .run(Op::Lease, async |mut c| {
                 script.key(&lease).arg(token).invoke_async::<i64>(&mut c).await
             })
             .await;
@@ -580,7 +648,7 @@ impl RedisTier {
     pub async fn set_once(&self, key: &str, ttl: Duration) -> Result<bool, TierError> {
         let key = format!("{}{key}", self.prefix);
         let r: Option<String> = self
-            .run("set_once", async |mut c| {
+            .run(Op::SetOnce, async |mut c| {
                 redis::cmd("SET")
                     .arg(&key)
                     .arg(1)
@@ -596,7 +664,7 @@ impl RedisTier {
 
     /// `INFO memory` used_memory and `DBSIZE`, for stats.
     pub async fn usage(&self) -> Result<(u64, u64), TierError> {
-        self.run("info", async |mut c| {
+        self.run(Op::Info, async |mut c| {
             let info: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await?;
             let keys: u64 = redis::cmd("DBSIZE").query_async(&mut c).await?;
             let used = info
@@ -658,4 +726,33 @@ fn parse_lookup(reply: Vec<Value>) -> Option<Lookup> {
     } else {
         Lookup::Miss(gens)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_op_once() {
+        for op in Op::ALL {
+            // Exhaustive on purpose: a new operation stops this compiling until it is listed in `ALL`.
+            match op {
+                Op::Lookup
+                | Op::Store
+                | Op::Purge
+                | Op::Heartbeat
+                | Op::Deregister
+                | Op::Publish
+                | Op::Lease
+                | Op::SetOnce
+                | Op::Info => {}
+            }
+        }
+        let labels: std::collections::HashSet<_> = error_ops().collect();
+        assert_eq!(
+            labels.len(),
+            Op::ALL.len() + 1,
+            "each label listed once, `down` included"
+        );
+    }
 }
