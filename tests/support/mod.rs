@@ -389,6 +389,15 @@ impl<'a> Req<'a> {
     }
 }
 
+/// A client whose connections leave from `local`: another loopback address (127.0.0.2) lets a
+/// test act as a peer with different trust, such as an auth gateway.
+pub fn client_from(local: std::net::IpAddr) -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some(local));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
 /// Polls `f` until it returns true or `deadline` passes.
 pub async fn eventually(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = tokio::time::Instant::now() + deadline;
