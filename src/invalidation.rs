@@ -154,6 +154,12 @@ pub fn tenant_tag_scope(tag: &str, tenant: Option<&str>) -> String {
     format!("tag:{}@{t}", encode_component(tag))
 }
 
+/// Scope of one session's identity mapping (by the hash of its cookie): a login or logout
+/// purges it, so every instance forgets the mapping before the answer is sent.
+pub fn session_scope(hash_hex: &str) -> String {
+    format!("session:{hash_hex}")
+}
+
 /// Scope of every entry keyed with one tenant.
 pub fn tenant_scope(tenant: &str) -> String {
     format!("tenant:{}", encode_component(tenant))
@@ -236,16 +242,19 @@ pub enum ScopeKind {
     Tenant,
     /// Every entry.
     All,
+    /// One session's identity mapping.
+    Session,
 }
 
 impl ScopeKind {
     /// Every kind, so each `cachegate_purges_total` series can exist before the first purge.
-    pub const ALL: [ScopeKind; 5] = [
+    pub const ALL: [ScopeKind; 6] = [
         ScopeKind::Tag,
         ScopeKind::Route,
         ScopeKind::Path,
         ScopeKind::Tenant,
         ScopeKind::All,
+        ScopeKind::Session,
     ];
 
     /// The kind of `scope`, from the prefix its constructor gave it.
@@ -255,6 +264,7 @@ impl ScopeKind {
             Some("route") => ScopeKind::Route,
             Some("url") => ScopeKind::Path,
             Some("tenant") => ScopeKind::Tenant,
+            Some("session") => ScopeKind::Session,
             _ => ScopeKind::All,
         }
     }
@@ -267,6 +277,7 @@ impl ScopeKind {
             ScopeKind::Path => "path",
             ScopeKind::Tenant => "tenant",
             ScopeKind::All => "all",
+            ScopeKind::Session => "session",
         }
     }
 }
@@ -342,7 +353,12 @@ mod tests {
         for k in ScopeKind::ALL {
             // Likewise for a new scope kind.
             match k {
-                ScopeKind::Tag | ScopeKind::Route | ScopeKind::Path | ScopeKind::Tenant | ScopeKind::All => {}
+                ScopeKind::Tag
+                | ScopeKind::Route
+                | ScopeKind::Path
+                | ScopeKind::Tenant
+                | ScopeKind::All
+                | ScopeKind::Session => {}
             }
         }
         let triggers: std::collections::HashSet<_> = Trigger::ALL.iter().map(|t| t.as_str()).collect();
@@ -359,6 +375,7 @@ mod tests {
         assert_eq!(ScopeKind::of(&url_scope("r", "/p", "")), ScopeKind::Path);
         assert_eq!(ScopeKind::of(&tenant_scope("x")), ScopeKind::Tenant);
         assert_eq!(ScopeKind::of(ALL), ScopeKind::All);
+        assert_eq!(ScopeKind::of(&session_scope("ab")), ScopeKind::Session);
     }
 
     #[test]

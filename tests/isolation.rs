@@ -1578,6 +1578,7 @@ fill_lease = "0s"
 role_header = "X-User-Role"
 tenant_header = "X-Org-Id"
 trust_headers_from = ["127.0.0.2/32"]
+user_header = "X-User-Id"
 credential_cookies = ["sessionid"]
 jwt = {{ header = "Authorization", secret_env = "ISOLATION_JWT_SECRET", algorithms = ["HS256"], role_claim = "role", tenant_claim = "org_id", user_claim = "sub" }}
 lookup = {{ path = "/api/whoami/", cookie = "sessionid", ttl = "60s", reset_paths = ["/logout/"] }}

@@ -4,9 +4,11 @@
 //! logged), and concurrent first requests with one cookie share one lookup. Failed lookups are
 //! not remembered: the next request asks again.
 //!
-//! Forgetting a session (login, logout) must win over a lookup that was already asking: every
-//! answer records when its question was asked, and an answer asked before the session was last
-//! forgotten is thrown away when read.
+//! Forgetting a session (login, logout) must reach every instance and win over a lookup that
+//! was already asking: each answer records the generation of the session's purge scope
+//! ([`invalidation::session_scope`]) taken before the question was asked, and is valid only
+//! while that generation holds. The proxy forgets a session by purging its scope, which every
+//! instance acknowledges before the login or logout is answered.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use sha2::{Digest, Sha256};
 use super::jwt::{field, part};
 use super::{Claims, Part};
 use crate::config::{LookupConfig, OriginConfig};
+use crate::invalidation::{self, Generations, Stamps};
 use crate::metrics::Metrics;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::forward::Origin;
@@ -34,27 +37,28 @@ pub struct SessionLookup {
     origin: Origin,
     origin_cfg: OriginConfig,
     cache: moka::future::Cache<[u8; 32], Arc<Answer>>,
-    /// When each recently forgotten session was forgotten (in `clock` ticks).
-    forgotten: moka::future::Cache<[u8; 32], u64>,
-    /// Orders questions and forgets: a tick per event.
-    clock: AtomicU64,
+    generations: Arc<Generations>,
     anonymous: String,
     asked: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
-/// A lookup's answer and the tick at which it was asked.
+/// A lookup's answer, valid while the session's scope is unpurged since it was asked.
 struct Answer {
     claims: Arc<Claims>,
-    asked_at: u64,
+    stamps: Stamps,
 }
 
 impl SessionLookup {
     /// A lookup against `origin`.
-    pub fn new(cfg: &LookupConfig, origin: Origin, anonymous: &str, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        cfg: &LookupConfig,
+        origin: Origin,
+        anonymous: &str,
+        generations: Arc<Generations>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let origin_cfg = origin.config().clone();
-        // An answer outlives its question by at most the lookup timeout plus the TTL.
-        let remember_forgets = cfg.ttl + origin_cfg.timeout;
         SessionLookup {
             cfg: cfg.clone(),
             origin,
@@ -63,11 +67,7 @@ impl SessionLookup {
                 .max_capacity(1_000_000)
                 .time_to_live(cfg.ttl)
                 .build(),
-            forgotten: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(remember_forgets)
-                .build(),
-            clock: AtomicU64::new(0),
+            generations,
             anonymous: anonymous.to_string(),
             asked: AtomicU64::new(0),
             metrics,
@@ -105,7 +105,7 @@ impl SessionLookup {
             let answer = self
                 .cache
                 .try_get_with(hash, async {
-                    let asked_at = self.clock.fetch_add(1, Ordering::SeqCst);
+                    let stamps = self.generations.stamp(&[Self::scope(&hash)]);
                     let start = std::time::Instant::now();
                     let answer = self.ask(value).await;
                     self.metrics
@@ -118,12 +118,12 @@ impl SessionLookup {
                     answer.map(|claims| {
                         Arc::new(Answer {
                             claims: Arc::new(claims),
-                            asked_at,
+                            stamps,
                         })
                     })
                 })
                 .await?;
-            if self.current(&hash, &answer).await {
+            if answer.stamps.valid() {
                 return Ok(answer.claims.clone());
             }
             self.cache.invalidate(&hash).await;
@@ -135,22 +135,17 @@ impl SessionLookup {
 
     /// The identity of a session if already known; never asks the origin.
     pub async fn known(&self, value: &str) -> Option<Arc<Claims>> {
-        let hash = Self::hash(value);
-        let answer = self.cache.get(&hash).await?;
-        self.current(&hash, &answer).await.then(|| answer.claims.clone())
+        let answer = self.cache.get(&Self::hash(value)).await?;
+        answer.stamps.valid().then(|| answer.claims.clone())
     }
 
-    /// Forgets a session (it logged in or out).
-    pub async fn forget(&self, value: &str) {
-        let hash = Self::hash(value);
-        let tick = self.clock.fetch_add(1, Ordering::SeqCst);
-        self.forgotten.insert(hash, tick).await;
-        self.cache.invalidate(&hash).await;
+    /// The purge scope that forgets this session on every instance.
+    pub fn scope_of(&self, value: &str) -> String {
+        Self::scope(&Self::hash(value))
     }
 
-    /// Whether an answer was asked after the session was last forgotten.
-    async fn current(&self, hash: &[u8; 32], answer: &Answer) -> bool {
-        self.forgotten.get(hash).await.is_none_or(|at| answer.asked_at > at)
+    fn scope(hash: &[u8; 32]) -> String {
+        invalidation::session_scope(&hex::encode(hash))
     }
 
     async fn ask(&self, value: &str) -> Result<Claims, String> {

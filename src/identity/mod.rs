@@ -19,6 +19,7 @@ use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderMap, HeaderName};
 
 use crate::config::IdentityConfig;
+use crate::invalidation::Generations;
 use crate::metrics::Metrics;
 use crate::proxy::forward::Origin;
 use crate::secrets::Secrets;
@@ -177,7 +178,13 @@ impl Resolver {
     ///
     /// # Errors
     /// A missing JWT secret or unreadable key file.
-    pub fn new(cfg: &IdentityConfig, secrets: &Secrets, origin: Origin, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn new(
+        cfg: &IdentityConfig,
+        secrets: &Secrets,
+        origin: Origin,
+        generations: Arc<Generations>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let jwt = match &cfg.jwt {
             Some(j) => Some(JwtVerifier::new(j, secrets.jwt_secret.as_deref())?),
             None => None,
@@ -185,7 +192,7 @@ impl Resolver {
         let lookup = cfg
             .lookup
             .as_ref()
-            .map(|l| SessionLookup::new(l, origin, &cfg.anonymous_role, metrics));
+            .map(|l| SessionLookup::new(l, origin, &cfg.anonymous_role, generations, metrics));
         Ok(Resolver {
             anonymous: Arc::from(cfg.anonymous_role.as_str()),
             cfg: cfg.clone(),

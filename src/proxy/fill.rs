@@ -93,6 +93,9 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers);
         let surrogate = headers::take_surrogate_tags(&mut parts.headers);
         headers::add_via(&mut parts.headers);
+        // A GET logout (or login) on a cached route changes who the session is, too.
+        self.session_changes(self.identity.session_of(&req_headers), ctx.path, &parts.headers)
+            .await;
         let now = self.cache.clock.system_now();
         let fresh = match policy::storable(parts.status, &parts.headers, route, &self.config.cache, now) {
             Ok(f) => f,

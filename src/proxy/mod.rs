@@ -31,7 +31,7 @@ use crate::cache::{key, Cache, Tier};
 use crate::config::Config;
 use crate::error::{ProxyError, UpstreamError};
 use crate::identity::{Depth, Resolver};
-use crate::invalidation::Purger;
+use crate::invalidation::{Purger, Trigger};
 use crate::metrics::Metrics;
 use crate::secrets::Secrets;
 use body::ProxyBody;
@@ -70,7 +70,13 @@ impl Proxy {
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let origin = Origin::new(&config.origin);
-        let identity = Resolver::new(&config.identity, secrets, origin.clone(), metrics.clone())?;
+        let identity = Resolver::new(
+            &config.identity,
+            secrets,
+            origin.clone(),
+            cache.generations.clone(),
+            metrics.clone(),
+        )?;
         let hit_series = config.routes.iter().map(|_| OnceLock::new()).collect();
         Ok(Proxy {
             hit_series,
@@ -255,11 +261,13 @@ impl Proxy {
     }
 
     /// Logins and logouts change who a session is, whatever the method (a GET logout too):
-    /// forget the mapping when the request went to a reset path or the answer sets the cookie.
+    /// when the request went to a reset path or the answer sets the cookie, every instance
+    /// forgets the mapping (a purge of the session's scope, acknowledged by all) before the
+    /// answer is sent.
     async fn session_changes(&self, session: Option<&str>, path: &str, answer: &http::HeaderMap) {
         if let (Some(s), Some(l)) = (session, &self.identity.lookup) {
             if l.resets(path) || sets_cookie(answer, l.cookie()) {
-                l.forget(s).await;
+                self.purger.purge(&[l.scope_of(s)], false, Trigger::Write).await;
             }
         }
     }
