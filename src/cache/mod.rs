@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{AUTHORIZATION, VARY};
+use http::header::{AUTHORIZATION, COOKIE, VARY};
 use http::{HeaderMap, HeaderName};
 
 use crate::clock::Clock;
@@ -392,15 +392,16 @@ fn unix_ms(t: std::time::SystemTime) -> u64 {
 
 /// The origin's `Vary` names that go into the key: lower-cased, sorted, deduplicated, without
 /// `Authorization`, which identity keying already answers (a request reaching the cache has no
-/// unresolved credentials). `Cookie` stays: it is keyed by the non-credential cookies only.
-pub fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
+/// unresolved credentials). `Cookie` is keyed by the non-credential cookies only, so it is left
+/// out when `every_cookie_is_credential` (`credential_cookies = ["*"]`): then it adds nothing.
+pub fn vary_names(headers: &HeaderMap, every_cookie_is_credential: bool) -> Vec<HeaderName> {
     let mut names: Vec<HeaderName> = headers
         .get_all(VARY)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| *n != AUTHORIZATION)
+        .filter(|n| *n != AUTHORIZATION && !(every_cookie_is_credential && *n == COOKIE))
         .collect();
     names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     names.dedup();

@@ -18,6 +18,7 @@ use crate::cache::entry::{CachedResponse, Staleness};
 use crate::cache::key::BaseKey;
 use crate::cache::policy::{self, BypassReason};
 use crate::cache::{vary_names, Fill, Target, Tier};
+use crate::config::CredentialCookies;
 use crate::error::{ProxyError, UpstreamError};
 use crate::invalidation::{self, Stamps};
 
@@ -145,7 +146,10 @@ impl Proxy {
         };
         let target = Target {
             base,
-            vary: vary_names(&parts.headers),
+            vary: vary_names(
+                &parts.headers,
+                self.config.identity.credential_cookies == CredentialCookies::All,
+            ),
             input: ctx.vary_input(&req_headers),
         };
         let key_text = self.config.server.debug_headers.then(|| self.cache.full_key(&target));

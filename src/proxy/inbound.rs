@@ -18,7 +18,6 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::uri::Authority;
 use http::{HeaderMap, Request, Version};
 
 use super::{headers, Proxy};
@@ -126,30 +125,58 @@ impl Proxy {
 }
 
 /// The authority the client addressed: the request target's (absolute form, HTTP/2), else the
-/// one `Host` header. HTTP/1.1 requires it.
+/// one `Host` header. HTTP/1.1 requires it. Checked by hand rather than parsed into an
+/// `Authority`: this runs for every request, and the usual `Host` needs no copy.
 fn client_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
-    let text = match (req.uri().authority(), host) {
-        (Some(a), _) => a.as_str(),
-        (None, Some(h)) => h.to_str().map_err(|_| ProxyError::BadRequest("invalid Host header"))?,
+    let value = match (req.uri().authority(), host) {
+        (Some(a), _) => HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest("invalid Host header"))?,
+        (None, Some(h)) => h.clone(),
         (None, None) if req.version() == Version::HTTP_11 => {
             return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
         }
         (None, None) => return Ok(None),
     };
-    let authority: Authority = text
-        .parse()
-        .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
-    if authority.as_str().contains('@') {
+    let bytes = value.as_bytes();
+    // RFC 3986 authority characters, without userinfo (`@`) or path (`/`).
+    let valid = !bytes.is_empty()
+        && bytes.iter().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'.' | b'-'
+                        | b'_'
+                        | b'~'
+                        | b':'
+                        | b'['
+                        | b']'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        });
+    if !valid {
         return Err(ProxyError::BadRequest("invalid Host header"));
     }
-    HeaderValue::from_str(&authority.as_str().to_ascii_lowercase())
-        .map(Some)
-        .map_err(|_| ProxyError::BadRequest("invalid Host header"))
+    if bytes.iter().any(u8::is_ascii_uppercase) {
+        let lower = HeaderValue::from_bytes(&bytes.to_ascii_lowercase())
+            .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
+        return Ok(Some(lower));
+    }
+    Ok(Some(value))
 }
 
 /// A trusted peer's `X-Forwarded-Proto`: its first value, when it is a plain scheme token.
