@@ -246,6 +246,11 @@ impl Proxy {
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let session = self.identity.session_of(req.headers()).map(str::to_owned);
+        if let Some(r) = reason {
+            // Counted as a bypass even when the origin then fails.
+            out.cache = CacheResult::Bypass;
+            out.reason = Some(r);
+        }
         let (parts, body) = req.into_parts();
         let up = self.upstream_request(parts, ProxyBody::Stream(body), &ctx, false);
         let resp = self.send(up, out).await?;
