@@ -2,7 +2,7 @@
 # Fuzzes cachegate's parsers and key building with cargo-fuzz (libFuzzer), on the stable
 # toolchain. Long-running and non-deterministic: run it by hand, not in CI. See FUZZING.md.
 #
-# Usage:  scripts/fuzz.sh [TARGET...]     (default: config_parse cache_key purge_body)
+# Usage:  scripts/fuzz.sh [TARGET...]     (default: config_parse cache_key purge_body origin_headers)
 # Env:    FUZZ_SECONDS (default 60)       seconds per target (libFuzzer -max_total_time)
 #         FUZZ_ARGS                       extra libFuzzer flags, e.g. "-max_len=4096 -jobs=2"
 #         FUZZ_ASCII_PATHS=1              cache_key: check path idempotence on ASCII paths only
@@ -28,7 +28,7 @@ fi
 if [ "$#" -gt 0 ]; then
   targets=("$@")
 else
-  targets=(config_parse cache_key purge_body)
+  targets=(config_parse cache_key purge_body origin_headers)
 fi
 for t in "${targets[@]}"; do
   if [ ! -f "fuzz_targets/$t.rs" ]; then

@@ -360,3 +360,151 @@ async fn metric_families_present_in_first_scrape() {
         Some(1.0)
     );
 }
+
+mod raw {
+    //! Admin requests written byte by byte on a TCP stream, so a test can send headers and
+    //! then hold the body back.
+
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Opens a connection and sends `head` (request line and headers, without the blank line)
+    /// followed by the first `body` bytes.
+    pub async fn send_head(addr: SocketAddr, head: &str, body: &[u8]) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("{head}\r\n\r\n").as_bytes()).await.unwrap();
+        s.write_all(body).await.unwrap();
+        s
+    }
+
+    /// Reads until the end of the response head and returns its status code. The deadline only
+    /// keeps a broken server from hanging the test.
+    pub async fn status(s: &mut (impl AsyncRead + Unpin)) -> u16 {
+        let mut buf = Vec::new();
+        let read = async {
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut chunk).await.expect("the connection stays readable");
+                assert!(n > 0, "the connection closed before any answer");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("an answer while the body is still missing");
+        let text = String::from_utf8_lossy(&buf);
+        text.split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status line")
+    }
+
+    /// Whether the server closes the connection (reads to EOF, discarding the rest of the
+    /// answer).
+    pub async fn closed(s: &mut (impl AsyncRead + Unpin)) -> bool {
+        let drain = async {
+            let mut chunk = [0u8; 1024];
+            loop {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), drain).await.is_ok()
+    }
+}
+
+fn purge_secrets() -> cachegate::secrets::Secrets {
+    cachegate::secrets::Secrets {
+        purge_token: Some("s3cret".into()),
+        purge_hmac: Some("hmac-key".into()),
+        ..Default::default()
+    }
+}
+
+/// A request that claims a 1 MiB body and sends a few bytes of it: with no credential, a wrong
+/// one, or a stale signature, the answer is 401 at once. Were the server reading the body
+/// first, it would wait for bytes that never come and no answer would arrive.
+#[tokio::test]
+async fn admin_refuses_unauthenticated_body_before_reading() {
+    let origin = Origin::echo().await;
+    let text = support::config_text(&origin, "");
+    let proxy = Proxy::from_text_with(&text, purge_secrets()).await;
+    let stale = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600;
+    let credentials = [
+        ("none", String::new()),
+        ("wrong token", "\r\nAuthorization: Bearer wrong".to_string()),
+        ("no scheme", "\r\nAuthorization: s3cret".to_string()),
+        ("stale signature", format!("\r\nX-Cachegate-Signature: t={stale},v1=00")),
+        ("malformed signature", "\r\nX-Cachegate-Signature: nonsense".to_string()),
+    ];
+    for path in ["/purge", "/admin/warm", "/admin/reload"] {
+        for (what, cred) in &credentials {
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: 1048576{cred}"
+            );
+            let mut s = raw::send_head(proxy.admin, &head, br#"{"tags": ["#).await;
+            assert_eq!(raw::status(&mut s).await, 401, "{path}, {what}");
+            assert!(
+                raw::closed(&mut s).await,
+                "{path}, {what}: the half-sent request's connection is closed"
+            );
+        }
+    }
+    // Authenticated, but declaring more than the endpoint takes: refused without reading.
+    let head = "POST /purge HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer s3cret\r\nContent-Length: 10485760";
+    let mut s = raw::send_head(proxy.admin, head, b"{").await;
+    assert_eq!(raw::status(&mut s).await, 413);
+    // And the endpoint still works for a complete, authenticated body.
+    let ok = proxy
+        .admin_req(http::Method::POST, "/purge")
+        .header("authorization", "Bearer s3cret")
+        .body(r#"{"all": true}"#)
+        .send()
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+}
+
+/// An authenticated request whose body stalls, or trickles in too slowly, gets 408 and its
+/// connection closed once the body read times out (`client_timeout = "1s"` here, shorter than
+/// the 10 s default, to keep the test quick).
+#[tokio::test]
+async fn admin_body_read_times_out() {
+    let origin = Origin::echo().await;
+    let text = support::config_text(
+        &origin,
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nclient_timeout = \"1s\"\n",
+    );
+    let proxy = Proxy::from_text_with(&text, purge_secrets()).await;
+    let head = "POST /purge HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer s3cret\r\nContent-Length: 100";
+
+    let mut stalled = raw::send_head(proxy.admin, head, br#"{"tags": ["#).await;
+    assert_eq!(raw::status(&mut stalled).await, 408, "a stalled body");
+    assert!(raw::closed(&mut stalled).await, "the stalled connection is closed");
+
+    // One byte every 100 ms would take 10 s for the whole body: the deadline covers the read,
+    // not each byte.
+    let trickled = raw::send_head(proxy.admin, head, b"{").await;
+    let (mut rx, mut tx) = trickled.into_split();
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        for _ in 0..99 {
+            tick.tick().await;
+            if tx.write_all(b" ").await.is_err() {
+                return;
+            }
+        }
+    });
+    assert_eq!(raw::status(&mut rx).await, 408, "a trickled body");
+    assert!(raw::closed(&mut rx).await, "the trickling connection is closed");
+    writer.abort();
+}

@@ -23,8 +23,25 @@ use crate::secrets::Secrets;
 use arc_swap::ArcSwap;
 use purge::PurgeAuth;
 
-/// Largest purge body accepted.
-const MAX_PURGE_BODY: usize = 1024 * 1024;
+/// Longest an admin request body may take to arrive, counted from when the endpoint starts
+/// reading it (the shorter `[server] client_timeout` wins). The connection watchdog leaves
+/// connections with a request in progress alone, so without this a client that sends headers
+/// and then stalls or trickles its body would hold the request open for ever. A body that is
+/// late gets 408 and the connection is closed.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest `POST /purge` (and `POST /admin/reload`) body: a purge names a few tags, routes or
+/// paths, so 64 KiB is already hundreds of them.
+pub const MAX_PURGE_BODY: usize = 64 * 1024;
+
+/// Most bytes read from a signed request before its signature is verified. A signature covers
+/// the body, so it cannot be checked first; this keeps what anyone who can reach the admin
+/// listener makes us buffer small. A bearer token is checked before any byte of the body is
+/// read, so it is the way to send large warm requests.
+pub const MAX_SIGNED_BODY: usize = 256 * 1024;
+
+/// What [`Admin::read_authenticated`] refused, already answered.
+type Refused = Box<Response<ProxyBody>>;
 
 /// Admin endpoints.
 pub struct Admin {
@@ -89,16 +106,8 @@ impl Admin {
             let msg = "reload endpoint disabled: set [purge] token_env or hmac_secret_env (or send SIGHUP)";
             return json(StatusCode::FORBIDDEN, &serde_json::json!({ "error": msg }));
         }
-        let (parts, body) = req.into_parts();
-        let Ok(body) = Limited::new(body, MAX_PURGE_BODY).collect().await.map(|b| b.to_bytes()) else {
-            return json(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &serde_json::json!({ "error": "body over 1 MiB" }),
-            );
-        };
-        let redis = self.cache.redis().map(|r| r.as_ref());
-        if let Err(purge::Refusal(status, msg)) = self.auth.check(&parts.headers, &body, redis).await {
-            return json(status, &serde_json::json!({ "error": msg }));
+        if let Err(refused) = self.read_authenticated(req, MAX_PURGE_BODY).await {
+            return *refused;
         }
         match self.reloader.reload().await {
             Ok(msg) => json(StatusCode::OK, &serde_json::json!({ "reloaded": true, "message": msg })),
@@ -174,20 +183,11 @@ impl Admin {
                 "purge endpoint disabled: set [purge] token_env or hmac_secret_env to a variable holding a secret";
             return json(StatusCode::FORBIDDEN, &serde_json::json!({ "error": msg }));
         }
-        let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, MAX_PURGE_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                let msg = "purge body over 1 MiB or unreadable";
-                return json(StatusCode::PAYLOAD_TOO_LARGE, &serde_json::json!({ "error": msg }));
-            }
+        let body = match self.read_authenticated(req, MAX_PURGE_BODY).await {
+            Ok(b) => b,
+            Err(refused) => return *refused,
         };
-        let redis = self.cache.redis().map(|r| r.as_ref());
-        let checked = match self.auth.check(&parts.headers, &body, redis).await {
-            Ok(()) => purge::scopes_for(&self.config.load(), &body),
-            Err(r) => Err(r),
-        };
-        let (scopes, soft) = match checked {
+        let (scopes, soft) = match purge::scopes_for(&self.config.load(), &body) {
             Ok(s) => s,
             Err(purge::Refusal(status, msg)) => return json(status, &serde_json::json!({ "error": msg })),
         };
@@ -203,6 +203,63 @@ impl Admin {
                 "instances_acked": outcome.acks,
             }),
         )
+    }
+
+    /// Authenticates an admin POST and reads its body, at most `limit` bytes, within
+    /// [`BODY_READ_TIMEOUT`]. Credentials in the headers are checked before any of the body is
+    /// read, so an unauthenticated client is answered at once. A signed request's body has to
+    /// be read to verify it, so it is held to [`MAX_SIGNED_BODY`] until it is verified.
+    async fn read_authenticated(&self, req: Request<Incoming>, limit: usize) -> Result<Bytes, Refused> {
+        let refuse = |status: StatusCode, msg: String| Box::new(json(status, &serde_json::json!({ "error": msg })));
+        let (parts, body) = req.into_parts();
+        let how = self
+            .auth
+            .check_headers(&parts.headers)
+            .map_err(|purge::Refusal(status, msg)| refuse(status, msg))?;
+        let limit = match how {
+            purge::HeaderAuth::Token => limit,
+            purge::HeaderAuth::Signature => limit.min(MAX_SIGNED_BODY),
+        };
+        let too_large = || {
+            let signed = if how == purge::HeaderAuth::Signature {
+                " (signed requests; a bearer token allows more)"
+            } else {
+                ""
+            };
+            refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body over {limit} bytes{signed}"),
+            )
+        };
+        // A declared length over the limit is refused without waiting for the bytes.
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let timeout = BODY_READ_TIMEOUT.min(self.config.load().server.client_timeout);
+        let body = match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+            Err(_) => {
+                return Err(refuse(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the body did not arrive within {timeout:?}"),
+                ))
+            }
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+            Ok(Err(e)) => return Err(refuse(StatusCode::BAD_REQUEST, format!("unreadable body: {e}"))),
+            Ok(Ok(b)) => b.to_bytes(),
+        };
+        if how == purge::HeaderAuth::Signature {
+            let redis = self.cache.redis().map(|r| r.as_ref());
+            self.auth
+                .check(&parts.headers, &body, redis)
+                .await
+                .map_err(|purge::Refusal(status, msg)| refuse(status, msg))?;
+        }
+        Ok(body)
     }
 
     /// Ready when the origin accepts a TCP connection.

@@ -2,7 +2,9 @@
 //!
 //! Authentication is a bearer token (constant-time compare) or an HMAC-SHA256 signature over
 //! `"{t}.{body}"` in `X-Cachegate-Signature: t=<unix>,v1=<hex>`, refused when older than five
-//! minutes or seen before. Every check runs before anything is purged.
+//! minutes or seen before. Every check runs before anything is purged, and everything the headers
+//! alone can show (a bearer token, a signature's form and age) is checked before the body is
+//! read.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -79,24 +81,58 @@ impl PurgeAuth {
         self.token.is_some() || self.hmac.is_some()
     }
 
+    /// Everything that can be checked before the body is read: the bearer token completely, and
+    /// a signature's presence, form and age (verifying it needs the body). Refusing here means
+    /// an unauthenticated client never gets us to read, buffer or wait for its body.
+    ///
+    /// # Errors
+    /// 401 with what was wrong.
+    pub fn check_headers(&self, headers: &HeaderMap) -> Result<HeaderAuth, Refusal> {
+        let unauthorized = |m: &str| refuse(StatusCode::UNAUTHORIZED, m);
+        if headers.contains_key(http::header::AUTHORIZATION) {
+            return self.check_token(headers).map(|()| HeaderAuth::Token);
+        }
+        if let Some(sig) = headers.get(SIGNATURE_HEADER) {
+            if self.hmac.is_none() {
+                return Err(unauthorized(
+                    "signatures are not accepted: no [purge] hmac_secret_env secret is set",
+                ));
+            }
+            let sig = sig.to_str().map_err(|_| unauthorized("unreadable signature header"))?;
+            parse_signature(sig)?;
+            return Ok(HeaderAuth::Signature);
+        }
+        Err(unauthorized(
+            "missing credentials: send Authorization: Bearer <token> or X-Cachegate-Signature: t=<unix>,v1=<hex>",
+        ))
+    }
+
+    fn check_token(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        let unauthorized = |m: &str| refuse(StatusCode::UNAUTHORIZED, m);
+        let Some(auth) = headers.get(http::header::AUTHORIZATION) else {
+            return Err(unauthorized("missing bearer token"));
+        };
+        let Some(token) = &self.token else {
+            return Err(unauthorized(
+                "bearer tokens are not accepted: no [purge] token_env secret is set",
+            ));
+        };
+        let given = auth.as_bytes().strip_prefix(b"Bearer ").unwrap_or_default();
+        if bool::from(given.ct_eq(token)) {
+            Ok(())
+        } else {
+            Err(unauthorized("wrong bearer token"))
+        }
+    }
+
     /// Checks the bearer token or the signature.
     ///
     /// # Errors
     /// 401 with what was wrong.
     pub async fn check(&self, headers: &HeaderMap, body: &[u8], redis: Option<&RedisTier>) -> Result<(), Refusal> {
         let unauthorized = |m: &str| refuse(StatusCode::UNAUTHORIZED, m);
-        if let Some(auth) = headers.get(http::header::AUTHORIZATION) {
-            let Some(token) = &self.token else {
-                return Err(unauthorized(
-                    "bearer tokens are not accepted: no [purge] token_env secret is set",
-                ));
-            };
-            let given = auth.as_bytes().strip_prefix(b"Bearer ").unwrap_or_default();
-            return if bool::from(given.ct_eq(token)) {
-                Ok(())
-            } else {
-                Err(unauthorized("wrong bearer token"))
-            };
+        if headers.contains_key(http::header::AUTHORIZATION) {
+            return self.check_token(headers);
         }
         if let Some(sig) = headers.get(SIGNATURE_HEADER) {
             let Some(secret) = &self.hmac else {
@@ -120,24 +156,7 @@ impl PurgeAuth {
         redis: Option<&RedisTier>,
     ) -> Result<(), Refusal> {
         let unauthorized = |m: &str| refuse(StatusCode::UNAUTHORIZED, m);
-        let mut t = None;
-        let mut v1 = None;
-        for part in sig.split(',') {
-            match part.trim().split_once('=') {
-                Some(("t", v)) => t = v.parse::<u64>().ok(),
-                Some(("v1", v)) => v1 = hex::decode(v).ok(),
-                _ => {}
-            }
-        }
-        let (Some(t), Some(v1)) = (t, v1) else {
-            return Err(unauthorized(
-                "malformed signature: expected t=<unix seconds>,v1=<hex hmac-sha256>",
-            ));
-        };
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if now.abs_diff(t) > MAX_SKEW.as_secs() {
-            return Err(unauthorized("signature timestamp is more than 5 minutes away from now"));
-        }
+        let (t, v1) = parse_signature(sig)?;
         let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| unauthorized("unusable hmac secret"))?;
         mac.update(t.to_string().as_bytes());
         mac.update(b".");
@@ -164,6 +183,40 @@ impl PurgeAuth {
         }
         Ok(())
     }
+}
+
+/// What [`PurgeAuth::check_headers`] established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderAuth {
+    /// A valid bearer token: the request is authenticated.
+    Token,
+    /// A well-formed signature within the allowed skew: [`PurgeAuth::check`] verifies it once
+    /// the body is read.
+    Signature,
+}
+
+/// The timestamp and MAC of `t=<unix>,v1=<hex>`, refused when malformed or outside the skew.
+fn parse_signature(sig: &str) -> Result<(u64, Vec<u8>), Refusal> {
+    let unauthorized = |m: &str| refuse(StatusCode::UNAUTHORIZED, m);
+    let mut t = None;
+    let mut v1 = None;
+    for part in sig.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) => t = v.parse::<u64>().ok(),
+            Some(("v1", v)) => v1 = hex::decode(v).ok(),
+            _ => {}
+        }
+    }
+    let (Some(t), Some(v1)) = (t, v1) else {
+        return Err(unauthorized(
+            "malformed signature: expected t=<unix seconds>,v1=<hex hmac-sha256>",
+        ));
+    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if now.abs_diff(t) > MAX_SKEW.as_secs() {
+        return Err(unauthorized("signature timestamp is more than 5 minutes away from now"));
+    }
+    Ok((t, v1))
 }
 
 /// Parses a body and turns it into scopes, validating everything first.

@@ -3,15 +3,21 @@
 //! public listener (see [`crate::warm`]) and answers with the counts once every request is done.
 
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::{json, purge, Admin};
+use super::{json, Admin};
 use crate::proxy::body::ProxyBody;
-use crate::warm::{WarmJob, WarmRequest};
+use crate::warm::{WarmJob, WarmRequest, MAX_PATHS};
 
-/// Largest warm body accepted (10,000 long paths fit).
-const MAX_WARM_BODY: usize = 4 * 1024 * 1024;
+/// Bytes budgeted per listed path, JSON quotes and comma included: room for an average path
+/// and query of about 250 bytes, far longer than typical, while the total stays a few MiB.
+const WARM_BYTES_PER_PATH: usize = 256;
+/// Room for the roles, tenants and concurrency next to the paths.
+const WARM_NAMES_BUDGET: usize = 64 * 1024;
+/// Largest warm body accepted: [`MAX_PATHS`] paths at [`WARM_BYTES_PER_PATH`] each, plus the
+/// names, about 2.5 MiB. Only a bearer-token request gets this far before being authenticated
+/// (signed ones stop at [`super::MAX_SIGNED_BODY`]).
+const MAX_WARM_BODY: usize = MAX_PATHS * WARM_BYTES_PER_PATH + WARM_NAMES_BUDGET;
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response<ProxyBody> {
     json(status, &serde_json::json!({ "error": msg.into() }))
@@ -25,15 +31,10 @@ impl Admin {
                        hmac_secret_env to a variable holding a secret";
             return error(StatusCode::FORBIDDEN, msg);
         }
-        let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, MAX_WARM_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "warm body over 4 MiB or unreadable"),
+        let body = match self.read_authenticated(req, MAX_WARM_BODY).await {
+            Ok(b) => b,
+            Err(refused) => return *refused,
         };
-        let redis = self.cache.redis().map(|r| r.as_ref());
-        if let Err(purge::Refusal(status, msg)) = self.auth.check(&parts.headers, &body, redis).await {
-            return error(status, msg);
-        }
         let job = serde_json::from_slice::<WarmRequest>(&body)
             .map_err(|e| format!("invalid warm body: {e}"))
             .and_then(|r| WarmJob::new(r).map_err(|e| e.to_string()))

@@ -49,6 +49,12 @@ impl StaleWindows {
     }
 }
 
+/// Whole milliseconds, saturating: a `Duration` can hold more than `u64` milliseconds, and a
+/// plain `as u64` would wrap such a value round to a short one.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Where an entry is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Staleness {
@@ -90,7 +96,16 @@ impl CachedResponse {
 
     /// Current age in whole seconds, for the `Age` header.
     pub fn age_secs(&self, now: Instant) -> u64 {
-        (self.initial_age + now.saturating_duration_since(self.stored_at)).as_secs()
+        // Saturating: `initial_age` comes from a Redis entry or the origin's `Age`.
+        self.initial_age
+            .saturating_add(now.saturating_duration_since(self.stored_at))
+            .as_secs()
+    }
+
+    /// How long a tier must keep it: freshness plus the longer stale window. Saturating, because
+    /// an entry read back from Redis carries whatever durations the encoding held.
+    pub fn keep_for(&self) -> Duration {
+        self.fresh_for.saturating_add(self.stale.longest())
     }
 
     /// `headers` followed by `extra`, built once per entry. A hit clones this map and only
@@ -159,10 +174,10 @@ impl WireEntry {
         out.push(if compressed.is_some() { FLAG_LZ4 } else { 0 });
         out.extend_from_slice(&self.status.as_u16().to_be_bytes());
         out.extend_from_slice(&self.stored_at_ms.to_be_bytes());
-        out.extend_from_slice(&(self.initial_age.as_millis() as u64).to_be_bytes());
-        out.extend_from_slice(&(self.fresh_for.as_millis() as u64).to_be_bytes());
-        out.extend_from_slice(&(self.stale.revalidate.as_millis() as u64).to_be_bytes());
-        out.extend_from_slice(&(self.stale.if_error.as_millis() as u64).to_be_bytes());
+        out.extend_from_slice(&millis(self.initial_age).to_be_bytes());
+        out.extend_from_slice(&millis(self.fresh_for).to_be_bytes());
+        out.extend_from_slice(&millis(self.stale.revalidate).to_be_bytes());
+        out.extend_from_slice(&millis(self.stale.if_error).to_be_bytes());
         out.extend_from_slice(&(self.headers.len() as u32).to_be_bytes());
         for (k, v) in &self.headers {
             out.extend_from_slice(&(k.as_str().len() as u32).to_be_bytes());

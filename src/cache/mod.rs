@@ -328,7 +328,7 @@ impl Cache {
                     &gens,
                     check_epoch,
                     &payload,
-                    entry.fresh_for + entry.stale.longest(),
+                    entry.keep_for(),
                 )
                 .await;
             if let Ok(false) = stored {

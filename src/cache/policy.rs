@@ -11,6 +11,27 @@ use http::{HeaderMap, StatusCode};
 use super::entry::StaleWindows;
 use crate::config::{CacheConfig, RouteConfig, Ttl};
 
+/// The longest lifetime, age or stale window cachegate represents: RFC 9111 §1.2.2 asks a cache
+/// to treat any larger delta-seconds (or one that overflows) as 2^31 seconds. Every duration this
+/// module returns is at most this, so callers may add a few of them to an `Instant` or to each
+/// other without overflowing, whatever the origin sent.
+pub const MAX_DELTA: Duration = Duration::from_secs(1 << 31);
+
+/// Reads RFC 9111 delta-seconds: one or more ASCII digits. A value too large for `u64` is still
+/// a valid (huge) number, so it saturates rather than counting as invalid; anything else
+/// (a sign, a fraction, nothing) is invalid.
+fn delta_seconds(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse::<u64>().unwrap_or(u64::MAX).min(MAX_DELTA.as_secs()))
+}
+
+fn delta(secs: u64) -> Duration {
+    Duration::from_secs(secs).min(MAX_DELTA)
+}
+
 /// Why a request or response did not go through the cache. The names are metric label values
 /// and `Cache-Status` details.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,7 +115,7 @@ pub struct CacheControl {
     pub private: bool,
     /// `no-cache`
     pub no_cache: bool,
-    /// `max-age`
+    /// `max-age` (every number here is at most [`MAX_DELTA`] seconds)
     pub max_age: Option<u64>,
     /// `s-maxage`
     pub s_maxage: Option<u64>,
@@ -117,7 +138,7 @@ impl CacheControl {
                     Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
                     None => (directive.trim(), None),
                 };
-                let secs = || arg.and_then(|a| a.parse::<u64>().ok());
+                let secs = || arg.and_then(delta_seconds);
                 match name.to_ascii_lowercase().as_str() {
                     "no-store" => cc.no_store = true,
                     // `private="Set-Cookie"` still makes the whole answer unfit for a shared cache
@@ -185,12 +206,12 @@ pub fn storable(
     let initial_age = headers
         .get(AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
+        .and_then(delta_seconds)
+        .map_or(Duration::ZERO, delta);
     let lifetime = match route.ttl {
         Ttl::Fixed(d) => {
             return Ok(Freshness {
-                lifetime: d,
+                lifetime: d.min(MAX_DELTA),
                 initial_age: Duration::ZERO,
             })
         }
@@ -213,8 +234,11 @@ pub fn storable(
 /// forbids stale serving (RFC 9111 §4.2.4, RFC 5861).
 pub fn stale_windows(headers: &HeaderMap, route: &RouteConfig, cache: &CacheConfig) -> StaleWindows {
     let mut w = StaleWindows {
-        revalidate: route.stale_while_revalidate.unwrap_or(cache.stale_while_revalidate),
-        if_error: route.stale_if_error.unwrap_or(cache.stale_if_error),
+        revalidate: route
+            .stale_while_revalidate
+            .unwrap_or(cache.stale_while_revalidate)
+            .min(MAX_DELTA),
+        if_error: route.stale_if_error.unwrap_or(cache.stale_if_error).min(MAX_DELTA),
     };
     if route.ttl == Ttl::Origin {
         let cc = CacheControl::parse(headers);
@@ -222,10 +246,10 @@ pub fn stale_windows(headers: &HeaderMap, route: &RouteConfig, cache: &CacheConf
             return StaleWindows::default();
         }
         if let Some(s) = cc.stale_while_revalidate {
-            w.revalidate = Duration::from_secs(s);
+            w.revalidate = delta(s);
         }
         if let Some(s) = cc.stale_if_error {
-            w.if_error = Duration::from_secs(s);
+            w.if_error = delta(s);
         }
     }
     w
@@ -234,7 +258,7 @@ pub fn stale_windows(headers: &HeaderMap, route: &RouteConfig, cache: &CacheConf
 /// RFC 9111 §4.2.1: `s-maxage`, then `max-age`, then `Expires - Date`.
 fn origin_lifetime(cc: &CacheControl, headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     if let Some(s) = cc.s_maxage.or(cc.max_age) {
-        return Some(Duration::from_secs(s));
+        return Some(delta(s));
     }
     let expires = headers.get(EXPIRES)?.to_str().ok();
     // An invalid Expires (often "0" or "-1") means already expired.
@@ -246,7 +270,7 @@ fn origin_lifetime(cc: &CacheControl, headers: &HeaderMap, now: SystemTime) -> O
         .and_then(|d| d.to_str().ok())
         .and_then(|d| httpdate::parse_http_date(d).ok())
         .unwrap_or(now);
-    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+    Some(expires.duration_since(date).unwrap_or(Duration::ZERO).min(MAX_DELTA))
 }
 
 fn vary_star(headers: &HeaderMap) -> bool {
@@ -318,5 +342,191 @@ mod tests {
         let cc = CacheControl::parse(&headers);
         assert_eq!(origin_lifetime(&cc, &headers, now), Some(Duration::from_secs(9)));
         assert_eq!(origin_lifetime(&CacheControl::default(), &HeaderMap::new(), now), None);
+    }
+
+    const CONFIG: &str = r#"
+[origin]
+url = "http://127.0.0.1:8000"
+
+[cache]
+stale_while_revalidate = "30s"
+stale_if_error = "5m"
+
+[[route]]
+name = "fixed"
+path = "/fixed/"
+ttl = "10m"
+strip_set_cookie = true
+
+[[route]]
+name = "origin"
+path = "/{*any}"
+ttl = "origin"
+"#;
+
+    fn config() -> crate::config::Config {
+        crate::config::from_str(CONFIG, std::path::Path::new("policy.toml")).unwrap()
+    }
+
+    #[test]
+    fn huge_delta_seconds_are_clamped_and_invalid_ones_ignored() {
+        let cc = |v: &str| CacheControl::parse(&h(&[("cache-control", v)]));
+        let max = MAX_DELTA.as_secs();
+        assert_eq!(cc("max-age=18446744073709551615").max_age, Some(max));
+        assert_eq!(cc("max-age=99999999999999999999").max_age, Some(max));
+        assert_eq!(cc("s-maxage=2147483649").s_maxage, Some(max));
+        assert_eq!(cc("max-age=2147483647").max_age, Some(2_147_483_647));
+        // Invalid max-age means stale (as before); an invalid window is ignored.
+        assert_eq!(cc("max-age=-1").max_age, Some(0));
+        assert_eq!(cc("max-age=1.5").max_age, Some(0));
+        assert_eq!(cc("stale-while-revalidate=-1").stale_while_revalidate, None);
+        assert_eq!(cc("stale-if-error=+5").stale_if_error, None);
+
+        let config = config();
+        let route = &config.routes[1];
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000);
+        let store = |pairs: &[(&'static str, &str)]| storable(StatusCode::OK, &h(pairs), route, &config.cache, now);
+        let f = store(&[("cache-control", "s-maxage=18446744073709551615")]).unwrap();
+        assert_eq!(f.lifetime, MAX_DELTA);
+        let f = store(&[("expires", "Fri, 31 Dec 9999 23:59:59 GMT")]).unwrap();
+        assert_eq!(f.lifetime, MAX_DELTA);
+        assert_eq!(
+            store(&[("expires", "Mon, 01 Jan 1900 00:00:00 GMT")]),
+            Err(BypassReason::NoFreshness)
+        );
+        assert_eq!(
+            store(&[("cache-control", "max-age=60"), ("age", "18446744073709551615")]),
+            Err(BypassReason::NoFreshness)
+        );
+        let w = stale_windows(
+            &h(&[(
+                "cache-control",
+                "stale-while-revalidate=18446744073709551615, stale-if-error=99999999999999999999",
+            )]),
+            route,
+            &config.cache,
+        );
+        assert_eq!((w.revalidate, w.if_error), (MAX_DELTA, MAX_DELTA));
+    }
+
+    mod props {
+        use super::*;
+        use crate::cache::entry::{CachedResponse, Staleness, WireEntry};
+        use proptest::prelude::*;
+        use std::time::Instant;
+
+        /// Numbers around every boundary that matters: small, 2^31, u64::MAX, past u64, signed.
+        fn number() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (0u64..100_000).prop_map(|n| n.to_string()),
+                any::<u64>().prop_map(|n| n.to_string()),
+                Just("2147483648".to_string()),
+                Just("18446744073709551615".to_string()),
+                Just("99999999999999999999".to_string()),
+                "-?[0-9]{0,25}(\\.[0-9])?",
+            ]
+        }
+
+        fn directive() -> impl Strategy<Value = String> {
+            let name = prop_oneof![
+                Just("max-age"),
+                Just("s-maxage"),
+                Just("stale-while-revalidate"),
+                Just("stale-if-error"),
+                Just("no-cache"),
+                Just("must-revalidate"),
+                Just("private"),
+                Just("no-store"),
+                Just("public"),
+            ];
+            (name, proptest::option::of(number())).prop_map(|(n, v)| match v {
+                Some(v) => format!("{n}={v}"),
+                None => n.to_string(),
+            })
+        }
+
+        /// An HTTP date anywhere httpdate can write one (1970 to 9999), or text that is not one.
+        fn date() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (0u64..253_402_300_799)
+                    .prop_map(|s| { httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(s)) }),
+                Just("Mon, 01 Jan 1900 00:00:00 GMT".to_string()),
+                Just("Fri, 31 Dec 9999 23:59:59 GMT".to_string()),
+                "[ -~]{0,30}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// What the fill path does with an origin answer, and what a hit and the Redis
+            /// tier then do with the entry: no panic, every duration bounded, and the wire
+            /// encoding reads back to the same entry.
+            #[test]
+            fn any_origin_freshness_headers_build_a_bounded_entry(
+                status in prop_oneof![Just(200u16), Just(404), 100u16..600],
+                fixed in any::<bool>(),
+                cc in proptest::collection::vec(directive(), 0..6),
+                expires in proptest::option::of(date()),
+                date_header in proptest::option::of(date()),
+                age in proptest::option::of(number()),
+                now_secs in 0u64..253_402_300_799,
+                later_ms in proptest::collection::vec(any::<u64>(), 0..4),
+            ) {
+                let config = config();
+                let route = &config.routes[usize::from(!fixed)];
+                let mut headers = HeaderMap::new();
+                let mut add = |k: &'static str, v: &str| {
+                    if let Ok(v) = http::HeaderValue::from_str(v) {
+                        headers.append(k, v);
+                    }
+                };
+                add("cache-control", &cc.join(", "));
+                if let Some(e) = &expires { add("expires", e); }
+                if let Some(d) = &date_header { add("date", d); }
+                if let Some(a) = &age { add("age", a); }
+                let status = StatusCode::from_u16(status).unwrap();
+                let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now_secs);
+                let Ok(fresh) = storable(status, &headers, route, &config.cache, now) else {
+                    return Ok(());
+                };
+                prop_assert!(fresh.lifetime <= MAX_DELTA && fresh.initial_age <= MAX_DELTA);
+                prop_assert!(!fresh.remaining().is_zero());
+                let stale = stale_windows(&headers, route, &config.cache);
+                prop_assert!(stale.revalidate <= MAX_DELTA && stale.if_error <= MAX_DELTA);
+                let stored_at = Instant::now();
+                let entry = CachedResponse {
+                    status,
+                    headers: headers.clone(),
+                    body: bytes::Bytes::from_static(b"body"),
+                    stored_at,
+                    initial_age: fresh.initial_age,
+                    fresh_for: fresh.remaining(),
+                    stamps: crate::invalidation::Stamps::default(),
+                    stale,
+                    hit_headers: Default::default(),
+                };
+                prop_assert_eq!(entry.keep_for(), fresh.remaining() + stale.longest());
+                for ms in later_ms {
+                    let Some(at) = stored_at.checked_add(Duration::from_millis(ms)) else { continue };
+                    let state = entry.staleness(at);
+                    prop_assert_eq!(state == Staleness::Fresh, entry.is_fresh(at));
+                    let _ = entry.age_secs(at);
+                }
+                let wire = WireEntry {
+                    status,
+                    headers,
+                    body: entry.body.clone(),
+                    stored_at_ms: now_secs.saturating_mul(1000),
+                    initial_age: entry.initial_age,
+                    fresh_for: entry.fresh_for,
+                    stale: entry.stale,
+                };
+                let mut buf = Vec::new();
+                wire.encode(&mut buf);
+                let back = WireEntry::decode(&bytes::Bytes::from(buf));
+                prop_assert_eq!(back.ok(), Some(wire));
+            }
+        }
     }
 }

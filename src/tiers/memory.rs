@@ -23,7 +23,7 @@ struct EntryExpiry {
 impl Expiry<Arc<str>, Arc<CachedResponse>> for EntryExpiry {
     fn expire_after_create(&self, _k: &Arc<str>, v: &Arc<CachedResponse>, _at: Instant) -> Option<Duration> {
         // moka's own clock only bounds memory use; freshness is judged by our clock on read.
-        Some((v.fresh_for + v.stale.longest()).min(self.max_ttl))
+        Some(v.keep_for().min(self.max_ttl))
     }
 }
 

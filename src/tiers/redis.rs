@@ -21,6 +21,16 @@ pub const MAX_ENTRY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Counters outlive every entry that captured them, so an expired counter can never make an
 /// old entry valid again.
 const COUNTER_TTL: Duration = Duration::from_secs(8 * 24 * 3600);
+/// Longest expiry sent with `PX` / `PEXPIRE` for anything but entries (leases, replay guards,
+/// the instance set). Redis refuses an expiry whose absolute time overflows its own
+/// millisecond clock, which would turn a huge duration into a command error and mark the
+/// tier down.
+const MAX_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Milliseconds for `PX` / `PEXPIRE`: at least 1 (Redis refuses 0) and at most `max`.
+fn px(ttl: Duration, max: Duration) -> u64 {
+    crate::cache::entry::millis(ttl.min(max)).max(1)
+}
 
 /// An operation on the tier: the `op` label of `cachegate_redis_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -369,7 +379,7 @@ impl RedisTier {
             inv.key(format!("{}_epoch", self.prefix));
             inv.arg(&p.channel)
                 .arg(&p.message)
-                .arg(COUNTER_TTL.as_millis() as u64)
+                .arg(px(COUNTER_TTL, COUNTER_TTL))
                 .arg(p.me);
             let sent = tokio::time::timeout(self.timeout, inv.invoke_async::<(i64, i64)>(&mut conn)).await;
             if !matches!(sent, Ok(Ok(_))) {
@@ -505,7 +515,7 @@ impl RedisTier {
         }
         value.push(b'\n');
         value.extend_from_slice(payload);
-        let ttl_ms = ttl.min(MAX_ENTRY_TTL).as_millis().max(1) as u64;
+        let ttl_ms = px(ttl, MAX_ENTRY_TTL);
         let stored: i64 = self
             .run(Op::Store, async |mut c| {
                 let mut inv = self.store.key(key);
@@ -550,10 +560,7 @@ impl RedisTier {
                     inv.key(self.counter_key(kind, s));
                 }
                 inv.key(format!("{}_epoch", self.prefix));
-                inv.arg(channel)
-                    .arg(message)
-                    .arg(COUNTER_TTL.as_millis() as u64)
-                    .arg(me);
+                inv.arg(channel).arg(message).arg(px(COUNTER_TTL, COUNTER_TTL)).arg(me);
                 inv.invoke_async(&mut c).await
             })
             .await;
@@ -580,7 +587,7 @@ impl RedisTier {
         self.run(Op::Heartbeat, async |mut c| {
             self.heartbeat
                 .key(self.instances_key())
-                .arg(ttl.as_millis() as u64)
+                .arg(px(ttl, MAX_EXPIRY))
                 .arg(me)
                 .arg(channel)
                 .arg(message)
@@ -624,7 +631,7 @@ impl RedisTier {
                     .arg(token)
                     .arg("NX")
                     .arg("PX")
-                    .arg(ttl.as_millis().max(1) as u64)
+                    .arg(px(ttl, MAX_EXPIRY))
                     .query_async(&mut c)
                     .await
             })
@@ -654,7 +661,7 @@ impl RedisTier {
                     .arg(1)
                     .arg("NX")
                     .arg("PX")
-                    .arg(ttl.as_millis() as u64)
+                    .arg(px(ttl, MAX_EXPIRY))
                     .query_async(&mut c)
                     .await
             })
