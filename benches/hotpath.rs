@@ -55,6 +55,7 @@ fn keys(c: &mut Criterion) {
         let input = key::VaryInput {
             headers: &headers,
             cookies: "",
+            credentials_unresolved: false,
         };
         b.iter(|| key::full_key(black_box(&base), &vary, input))
     });

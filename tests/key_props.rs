@@ -35,6 +35,7 @@ fn key(query: &str, role: Option<&str>, tenant: Option<&str>) -> String {
         VaryInput {
             headers: &headers,
             cookies: "",
+            credentials_unresolved: false,
         },
     )
 }

@@ -118,6 +118,7 @@ fuzz_target!(|input: Input| {
         key::VaryInput {
             headers: &headers,
             cookies: "",
+        credentials_unresolved: false,
         },
     );
     assert!(full.starts_with(&head), "full key {full:?} lost its head {head:?}");

@@ -121,6 +121,9 @@ fn form_decode(s: &str) -> Cow<'_, [u8]> {
     Cow::Owned(percent_decode_str(&plus).collect())
 }
 
+/// Queries with more parameters than this are keyed whole, whatever the route's `query` rule.
+pub const MAX_FILTERED_PARAMS: usize = 100;
+
 /// A decoded query parameter; `None` for a name without `=`.
 type QueryPair<'a> = (Cow<'a, [u8]>, Option<Cow<'a, [u8]>>);
 
@@ -140,6 +143,13 @@ fn droppable(name: &[u8], value: Option<&[u8]>) -> bool {
 pub fn normalize_query(raw: Option<&str>, rule: &QueryRule) -> String {
     let Some(raw) = raw.filter(|q| !q.is_empty()) else {
         return String::new();
+    };
+    // Origins stop reading after a limit (Express and Node 1000 parameters, PHP
+    // max_input_vars): parameters left out of the key could push a kept one past it.
+    let rule = if raw.split('&').filter(|p| !p.is_empty()).count() > MAX_FILTERED_PARAMS {
+        &QueryRule::All
+    } else {
+        rule
     };
     let mut pairs: Vec<QueryPair<'_>> = raw
         .split('&')
@@ -249,6 +259,10 @@ pub struct VaryInput<'a> {
     pub headers: &'a HeaderMap,
     /// Non-credential cookies, as forwarded.
     pub cookies: &'a str,
+    /// Identity did not resolve the credentials (a `public` route ignores them), so an origin
+    /// that varies on `Cookie` or `Authorization` is keyed on their whole value, as a digest:
+    /// raw credentials never appear in keys.
+    pub credentials_unresolved: bool,
 }
 
 /// Appends the request's values of the origin's `Vary` headers and hashes long keys.
@@ -268,6 +282,11 @@ pub fn full_key(base: &BaseKey, vary: &[HeaderName], input: VaryInput<'_>) -> St
         }
         base.push_str(name.as_str());
         base.push('=');
+        let credential = *name == http::header::COOKIE || *name == http::header::AUTHORIZATION;
+        if credential && input.credentials_unresolved {
+            push_digest(&mut base, input.headers.get_all(name).iter().map(|v| v.as_bytes()));
+            continue;
+        }
         if *name == http::header::COOKIE {
             base.extend(utf8_percent_encode(input.cookies, COMPONENT));
             continue;
@@ -280,6 +299,22 @@ pub fn full_key(base: &BaseKey, vary: &[HeaderName], input: VaryInput<'_>) -> St
         }
     }
     hash_if_long(base, head)
+}
+
+/// A SHA-256 of the values (nothing when there are none, so callers without them share).
+fn push_digest<'v>(out: &mut String, values: impl Iterator<Item = &'v [u8]>) {
+    let mut hasher = Sha256::new();
+    let mut any = false;
+    for v in values {
+        hasher.update(v);
+        hasher.update(b"\n");
+        any = true;
+    }
+    if any {
+        for b in hasher.finalize() {
+            let _ = write!(out, "{b:02x}");
+        }
+    }
 }
 
 fn trim_bytes(b: &[u8]) -> &[u8] {
@@ -371,6 +406,16 @@ mod tests {
     }
 
     #[test]
+    fn long_queries_are_keyed_whole() {
+        let inc = QueryRule::Include(vec!["page".into()]);
+        let mut q: Vec<String> = (0..MAX_FILTERED_PARAMS).map(|i| format!("u{i}=x")).collect();
+        q.push("page=2".into());
+        let key = normalize_query(Some(&q.join("&")), &inc);
+        assert!(key.contains("u0=x") && key.contains("page=2"), "{key}");
+        assert_eq!(normalize_query(Some("u0=x&page=2"), &inc), "page=2");
+    }
+
+    #[test]
     fn encoded_slashes_are_refused() {
         for p in ["/lectures%2F5/", "/a%2fb", "/a%5Cb", "/a\\b"] {
             assert_eq!(normalize_path(p), Err(PathError::EncodedSlash), "{p}");
@@ -384,6 +429,7 @@ mod tests {
         let input = VaryInput {
             headers: &headers,
             cookies: "",
+            credentials_unresolved: false,
         };
         let k = full_key(
             &base_key("p:v1", "r", "", &format!("/{long}"), "", KeyIdentity::default()),

@@ -322,14 +322,7 @@ impl Cache {
             // Refused = a purge landed during the fetch. An error leaves the memory copy, which
             // local purges still guard.
             let stored = redis
-                .store(
-                    &key,
-                    &scopes,
-                    &gens,
-                    check_epoch,
-                    &payload,
-                    entry.keep_for(),
-                )
+                .store(&key, &scopes, &gens, check_epoch, &payload, entry.keep_for())
                 .await;
             if let Ok(false) = stored {
                 return None;
@@ -392,16 +385,17 @@ fn unix_ms(t: std::time::SystemTime) -> u64 {
 
 /// The origin's `Vary` names that go into the key: lower-cased, sorted, deduplicated, without
 /// `Authorization`, which identity keying already answers (a request reaching the cache has no
-/// unresolved credentials). `Cookie` is keyed by the non-credential cookies only, so it is left
-/// out when `every_cookie_is_credential` (`credential_cookies = ["*"]`): then it adds nothing.
-pub fn vary_names(headers: &HeaderMap, every_cookie_is_credential: bool) -> Vec<HeaderName> {
+/// unresolved credentials), unless `keep_authorization` (a `public` route, where nothing
+/// resolves it). `Cookie` is keyed by the non-credential cookies only, so it is left out when
+/// `every_cookie_is_credential` (`credential_cookies = ["*"]`): then it adds nothing.
+pub fn vary_names(headers: &HeaderMap, every_cookie_is_credential: bool, keep_authorization: bool) -> Vec<HeaderName> {
     let mut names: Vec<HeaderName> = headers
         .get_all(VARY)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| *n != AUTHORIZATION && !(every_cookie_is_credential && *n == COOKIE))
+        .filter(|n| (keep_authorization || *n != AUTHORIZATION) && !(every_cookie_is_credential && *n == COOKIE))
         .collect();
     names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     names.dedup();

@@ -273,12 +273,16 @@ fn origin_lifetime(cc: &CacheControl, headers: &HeaderMap, now: SystemTime) -> O
     Some(expires.duration_since(date).unwrap_or(Duration::ZERO).min(MAX_DELTA))
 }
 
+/// `Vary: *`, or a `Vary` on the client address: cachegate sets `X-Forwarded-For` per client,
+/// so no other client's request can match it, and the key (built from the request as it
+/// arrived) could not see the value the origin saw.
 fn vary_star(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|p| p.trim() == "*"))
+    headers.get_all(VARY).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+        v.split(',').any(|p| {
+            let p = p.trim();
+            p == "*" || p.eq_ignore_ascii_case("x-forwarded-for")
+        })
+    })
 }
 
 #[cfg(test)]

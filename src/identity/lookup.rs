@@ -94,11 +94,13 @@ impl SessionLookup {
     }
 
     /// The identity of a session, asking the origin when it is not known (one request for all
-    /// concurrent callers).
+    /// concurrent callers), with the stamps of the session's scope taken before the question:
+    /// a fill made for this identity carries them, so a login or logout that lands during the
+    /// fill keeps it from being stored.
     ///
     /// # Errors
     /// Why the session could not be resolved.
-    pub async fn resolve(&self, value: &str) -> Result<Arc<Claims>, Arc<String>> {
+    pub async fn resolve(&self, value: &str) -> Result<(Arc<Claims>, Stamps), Arc<String>> {
         let hash = Self::hash(value);
         // Twice at most: an answer found stale (asked before a forget) is asked again once.
         for _ in 0..2 {
@@ -124,7 +126,7 @@ impl SessionLookup {
                 })
                 .await?;
             if answer.stamps.valid() {
-                return Ok(answer.claims.clone());
+                return Ok((answer.claims.clone(), answer.stamps.clone()));
             }
             self.cache.invalidate(&hash).await;
         }
@@ -134,9 +136,12 @@ impl SessionLookup {
     }
 
     /// The identity of a session if already known; never asks the origin.
-    pub async fn known(&self, value: &str) -> Option<Arc<Claims>> {
+    pub async fn known(&self, value: &str) -> Option<(Arc<Claims>, Stamps)> {
         let answer = self.cache.get(&Self::hash(value)).await?;
-        answer.stamps.valid().then(|| answer.claims.clone())
+        answer
+            .stamps
+            .valid()
+            .then(|| (answer.claims.clone(), answer.stamps.clone()))
     }
 
     /// The purge scope that forgets this session on every instance.

@@ -19,7 +19,7 @@ use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderMap, HeaderName};
 
 use crate::config::IdentityConfig;
-use crate::invalidation::Generations;
+use crate::invalidation::{Generations, Stamps};
 use crate::metrics::Metrics;
 use crate::proxy::forward::Origin;
 use crate::secrets::Secrets;
@@ -110,7 +110,7 @@ impl Claims {
 }
 
 /// The resolved identity of a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Identity {
     /// Role; the anonymous role when nothing identifies the caller. Shared: most requests
     /// carry the same few roles, the anonymous one above all.
@@ -124,6 +124,9 @@ pub struct Identity {
     pub credentialed: bool,
     /// The request carries a credential nothing resolved.
     pub unresolved_credentials: bool,
+    /// When a session lookup resolved the caller: the session's purge scope and its stamps from
+    /// before the lookup asked. An answer filled for this identity is only valid while they hold.
+    pub session: Option<(String, Stamps)>,
 }
 
 impl Identity {
@@ -134,6 +137,7 @@ impl Identity {
             user: Part::Absent,
             credentialed: false,
             unresolved_credentials: false,
+            session: None,
         }
     }
 }
@@ -238,7 +242,15 @@ impl Resolver {
         id.credentialed = from_header || found.any();
         id.unresolved_credentials = found.unresolvable;
         let claims = if found.any() {
-            Box::pin(self.claims(&found, depth, &mut id.unresolved_credentials)).await
+            Box::pin(self.claims(&found, depth, &mut id)).await
+        } else if from_header {
+            // A gateway that names somebody without saying their role: not anonymous. A tenant
+            // or user it leaves out is left out on purpose.
+            Claims {
+                role: Part::Unresolved,
+                tenant: Part::Absent,
+                user: Part::Absent,
+            }
         } else {
             Claims::anonymous(&self.anonymous)
         };
@@ -258,7 +270,8 @@ impl Resolver {
     }
 
     /// What the request's JWT and session say; parts they cannot tell are unresolved.
-    async fn claims(&self, found: &Found, depth: Depth, unresolved: &mut bool) -> Claims {
+    async fn claims(&self, found: &Found, depth: Depth, id: &mut Identity) -> Claims {
+        let unresolved = &mut id.unresolved_credentials;
         let mut claims: Option<Claims> = None;
         if let (Some(token), Some(v)) = (&found.token, &self.jwt) {
             match v.verify(token) {
@@ -280,7 +293,8 @@ impl Resolver {
                     .ok_or_else(|| "session not known yet".to_string()),
             };
             match resolved {
-                Ok(c) => {
+                Ok((c, stamps)) => {
+                    id.session = Some((l.scope_of(session), stamps));
                     let c = (*c).clone();
                     claims = Some(match claims {
                         Some(prev) => prev.agree(c),

@@ -148,9 +148,10 @@ impl Proxy {
             base,
             vary: vary_names(
                 &parts.headers,
-                self.config.identity.credential_cookies == CredentialCookies::All,
+                self.config.identity.credential_cookies == CredentialCookies::All && !route.public,
+                route.public,
             ),
-            input: ctx.vary_input(&req_headers),
+            input: ctx.vary_input(&req_headers, route),
         };
         let key_text = self.config.server.debug_headers.then(|| self.cache.full_key(&target));
         let done = self.cache.put(fill, target, surrogate_scopes, entry).await;

@@ -346,11 +346,12 @@ struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    /// The request's values for the origin's `Vary`.
-    fn vary_input(&self, headers: &'a http::HeaderMap) -> key::VaryInput<'a> {
+    /// The request's values for the origin's `Vary` on `route`.
+    fn vary_input(&self, headers: &'a http::HeaderMap, route: &crate::config::RouteConfig) -> key::VaryInput<'a> {
         key::VaryInput {
             headers,
             cookies: &self.inbound.keyed_cookies,
+            credentials_unresolved: route.public,
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::cache::{Shared, Tier};
 use crate::config::RouteConfig;
 use crate::error::ProxyError;
 use crate::identity::{Identity, Part};
-use crate::invalidation;
+use crate::invalidation::{self, Stamps};
 
 /// How a stored entry is being served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +90,7 @@ impl Proxy {
             &query,
             who,
         );
-        let full = self.cache.key_for(&base, ctx.vary_input(req.headers())).await;
+        let full = self.cache.key_for(&base, ctx.vary_input(req.headers(), route)).await;
         let head = req.method() == Method::HEAD;
         let asked = Asked {
             headers: req.headers(),
@@ -136,12 +136,8 @@ impl Proxy {
             headers: req.headers(),
             head,
         };
-        let params = route.path.params(ctx.path).unwrap_or_default();
-        let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
-        let url = invalidation::url_scope(&route.name, ctx.path, query);
-        let scopes = invalidation::entry_scopes(&route.name, url, &tags, who.tenant);
         // Captured before anything is read or fetched: a purge from here on invalidates it all.
-        let stamps = self.cache.generations.stamp(&scopes);
+        let (scopes, stamps) = self.scopes_and_stamps(route, ctx.path, query, who, id);
         let leader = match self.cache.coalescer.join(&full, stamps.clone()) {
             Join::Leader(l) => Some(l),
             Join::Follower(flight) => {
@@ -151,7 +147,7 @@ impl Proxy {
                     // The origin's Vary may have put the answer under another key than ours.
                     let now = self.cache.clock.now();
                     if done.entry.is_usable(now)
-                        && self.cache.key_for(base, ctx.vary_input(req.headers())).await == done.key
+                        && self.cache.key_for(base, ctx.vary_input(req.headers(), route)).await == done.key
                     {
                         return Ok(self.serve(&asked, &done.entry, Tier::Memory, &done.key, Serve::Hit, out));
                     }
@@ -201,6 +197,32 @@ impl Proxy {
             redis.release_lease(&full, token).await;
         }
         result
+    }
+
+    /// The scopes of the entry a request would fill, and their generations now. An identity
+    /// from a session lookup adds the session's scope, and the stamps taken before the lookup
+    /// asked: a login or logout landing meanwhile keeps the answer from being stored, here and
+    /// (through the scope's Redis counter) on every instance.
+    fn scopes_and_stamps(
+        &self,
+        route: &RouteConfig,
+        path: &str,
+        query: &str,
+        who: KeyIdentity<'_>,
+        id: &Identity,
+    ) -> (Vec<String>, Stamps) {
+        let params = route.path.params(path).unwrap_or_default();
+        let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
+        let url = invalidation::url_scope(&route.name, path, query);
+        let mut scopes = invalidation::entry_scopes(&route.name, url, &tags, who.tenant);
+        if let Some((scope, _)) = &id.session {
+            scopes.push(scope.clone());
+        }
+        let mut stamps = self.cache.generations.stamp(&scopes);
+        if let Some((_, asked)) = &id.session {
+            stamps.extend(asked.clone());
+        }
+        (scopes, stamps)
     }
 
     /// The cross-instance fill lease (`[cache] fill_lease`): one instance fetches a missing key
@@ -341,16 +363,8 @@ impl Proxy {
             peer,
             inbound: &inbound,
         };
-        let full = self.cache.key_for(&base, ctx.vary_input(&parts.headers)).await;
-        let params = route.path.params(&path).unwrap_or_default();
-        let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
-        let scopes = invalidation::entry_scopes(
-            &route.name,
-            invalidation::url_scope(&route.name, &path, &q),
-            &tags,
-            who.tenant,
-        );
-        let stamps = self.cache.generations.stamp(&scopes);
+        let full = self.cache.key_for(&base, ctx.vary_input(&parts.headers, route)).await;
+        let (scopes, stamps) = self.scopes_and_stamps(route, &path, &q, who, &id);
         let Join::Leader(leader) = self.cache.coalescer.join(&full, stamps.clone()) else {
             return;
         };

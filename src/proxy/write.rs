@@ -102,8 +102,15 @@ impl Proxy {
     /// Scopes of every `[[invalidate]]` rule matching the write (the union of their tags).
     fn rule_scopes(&self, method: &http::Method, path: &str, tenant: Option<&str>) -> Vec<String> {
         let mut scopes = Vec::new();
+        // Rails and Express route `POST /courses` like `/courses/`: a rule for the one purges
+        // for the other.
+        let slashed = (!path.ends_with('/')).then(|| format!("{path}/"));
         for rule in self.config.invalidations.iter().filter(|r| r.methods.contains(method)) {
-            let Some(params) = rule.path.params(path) else { continue };
+            let params = rule
+                .path
+                .params(path)
+                .or_else(|| slashed.as_deref().and_then(|p| rule.path.params(p)));
+            let Some(params) = params else { continue };
             for tag in &rule.tags {
                 scopes.extend(purge_tag_scopes(&tag.render(&params), rule.scope, tenant));
             }
