@@ -15,7 +15,7 @@ use bytes::Bytes;
 use cachegate::cache::entry::{StaleWindows, WireEntry};
 use cachegate::cache::key::{self, KeyIdentity};
 use cachegate::config::QueryRule;
-use cachegate::proxy::headers::age_value;
+use cachegate::message::headers::age_value;
 use cachegate::route::PathPattern;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::{HeaderMap, HeaderValue, StatusCode};

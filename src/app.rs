@@ -22,11 +22,12 @@ use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::coherence::Coherence;
 use crate::config::Config;
-use crate::invalidation::{Generations, Purger};
+use crate::invalidation::Purger;
+use crate::message::body::ProxyBody;
 use crate::metrics::Metrics;
-use crate::proxy::body::ProxyBody;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
+use crate::scope::Generations;
 use crate::secrets::Secrets;
 use crate::tiers::redis::RedisTier;
 use crate::warm::Warmer;
@@ -75,7 +76,12 @@ pub async fn start_with(config: Config, secrets: Secrets) -> std::io::Result<Run
     let clock = Arc::new(Clock::default());
     let generations = Arc::new(Generations::default());
     let metrics = Arc::new(Metrics::new());
-    metrics.prime(config.routes.iter().map(|r| r.name.as_str()));
+    // Every series whose labels are known exists from the first scrape, at 0.
+    crate::proxy::prime_metrics(&metrics, config.routes.iter().map(|r| r.name.as_str()));
+    crate::invalidation::prime_metrics(&metrics);
+    crate::tiers::redis::prime_metrics(&metrics);
+    crate::reload::prime_metrics(&metrics);
+    crate::identity::lookup::prime_metrics(&metrics);
     let shared = match config.cache.redis_urls.first() {
         Some(url) => {
             let redis = RedisTier::new(

@@ -33,3 +33,9 @@ impl Clock {
         Duration::from_nanos(self.offset_nanos.load(Ordering::Relaxed))
     }
 }
+
+/// Whole milliseconds, saturating: a `Duration` can hold more than `u64` milliseconds, and a
+/// plain `as u64` would wrap such a value round to a short one.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::invalidation::{Generations, ALL};
+use crate::scope::{Generations, ALL};
 use crate::tiers::redis::RedisTier;
 
 /// How long a heard heartbeat keeps the memory tier trusted.

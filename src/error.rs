@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::cache::key::PathError;
-use crate::proxy::body::ProxyBody;
+use crate::message::body::ProxyBody;
+use crate::message::path::PathError;
 
 /// Who caused an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

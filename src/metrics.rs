@@ -1,4 +1,6 @@
-//! Every metric cachegate exports: names, help, labels and buckets, in one place.
+//! Every metric cachegate exports: names, help, labels and buckets, in one place. A leaf: the
+//! modules that count events own their label values and create their series at 0
+//! (`prime_metrics` next to each).
 //!
 //! Metrics live on a [`prometheus::Registry`] built at start-up and passed in, so tests get a
 //! fresh registry each. Labels are bounded: route names (never paths), fixed reason and result
@@ -7,10 +9,6 @@
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
-
-use crate::error::UpstreamError;
-use crate::invalidation::{ScopeKind, Trigger};
-use crate::tiers::redis;
 
 /// Latency buckets from 25 µs to 30 s.
 const BUCKETS: &[f64] = &[
@@ -181,30 +179,6 @@ impl Metrics {
             ),
             identity_lookup_duration: lookup_duration,
             registry: reg,
-        }
-    }
-
-    /// Creates at 0 every series whose labels are known before anything is counted: those of each
-    /// route in `routes` (the config's route names) and of every fixed reason, kind, trigger,
-    /// operation and result. Otherwise a labelled family is absent until its first event:
-    /// dashboards show "No data" instead of 0, and `rate()` and absence alerts misread it. Call
-    /// again after a reload for the new routes; series of removed routes stay, like their counts.
-    pub fn prime<'a>(&self, routes: impl IntoIterator<Item = &'a str>) {
-        crate::proxy::prime_route_series(self, routes);
-        for kind in UpstreamError::KINDS {
-            self.origin_errors.with_label_values(&[kind]);
-        }
-        for trigger in Trigger::ALL {
-            for kind in ScopeKind::ALL {
-                self.purges.with_label_values(&[trigger.as_str(), kind.as_str()]);
-            }
-        }
-        for op in redis::error_ops() {
-            self.redis_errors.with_label_values(&[op]);
-        }
-        for ok in [true, false] {
-            self.config_reloads.with_label_values(&[result_label(ok)]);
-            self.identity_lookups.with_label_values(&[result_label(ok)]);
         }
     }
 

@@ -135,7 +135,7 @@ impl Reloader {
             self.metrics.clone(),
         )?;
         let routes = config.routes.len();
-        self.metrics.prime(config.routes.iter().map(|r| r.name.as_str()));
+        crate::proxy::prime_metrics(&self.metrics, config.routes.iter().map(|r| r.name.as_str()));
         self.proxy.store(Arc::new(proxy));
         self.config.store(config);
         self.loaded_at.store(unix_now(), std::sync::atomic::Ordering::Relaxed);
@@ -143,5 +143,12 @@ impl Reloader {
             "config reloaded from {} ({routes} routes)",
             self.path.display()
         ))
+    }
+}
+
+/// Creates both `cachegate_config_reloads_total` series at 0.
+pub fn prime_metrics(m: &Metrics) {
+    for ok in [true, false] {
+        m.config_reloads.with_label_values(&[crate::metrics::result_label(ok)]);
     }
 }

@@ -166,7 +166,7 @@ impl Warmer {
         let status = parts.status;
         let x_cache = parts
             .headers
-            .get(crate::proxy::headers::X_CACHE)
+            .get(crate::message::headers::X_CACHE)
             .and_then(|v| v.to_str().ok());
         match x_cache {
             _ if !(status.is_success() || status.is_redirection()) => {
@@ -181,7 +181,7 @@ impl Warmer {
             Some("STALE")
                 if parts
                     .headers
-                    .get(crate::proxy::headers::CACHE_STATUS)
+                    .get(crate::message::headers::CACHE_STATUS)
                     .is_some_and(|v| v.as_bytes().ends_with(b"detail=stale")) =>
             {
                 Ok(true)
@@ -189,7 +189,7 @@ impl Warmer {
             Some(other) => {
                 let detail = parts
                     .headers
-                    .get(crate::proxy::headers::CACHE_STATUS)
+                    .get(crate::message::headers::CACHE_STATUS)
                     .and_then(|v| v.to_str().ok());
                 let why = detail
                     .and_then(|d| d.split("detail=").nth(1))

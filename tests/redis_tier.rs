@@ -198,10 +198,19 @@ async fn webhook_tenant_purge_spares_other_tenants() {
         a.get("/courses/").role("teacher").tenant(t).send().await;
     }
     purge(&a, r#"{"tenant": "1", "tags": ["courses"]}"#).await;
-    assert_eq!(a.get("/courses/").role("teacher").tenant("1").send().await.x_cache(), "MISS");
-    assert_eq!(a.get("/courses/").role("teacher").tenant("2").send().await.x_cache(), "HIT");
+    assert_eq!(
+        a.get("/courses/").role("teacher").tenant("1").send().await.x_cache(),
+        "MISS"
+    );
+    assert_eq!(
+        a.get("/courses/").role("teacher").tenant("2").send().await.x_cache(),
+        "HIT"
+    );
     purge(&a, r#"{"tenant": "2"}"#).await;
-    assert_eq!(a.get("/courses/").role("teacher").tenant("2").send().await.x_cache(), "MISS");
+    assert_eq!(
+        a.get("/courses/").role("teacher").tenant("2").send().await.x_cache(),
+        "MISS"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,8 +140,8 @@ fuzz_target!(|input: Input| {
     cachegate::proxy::headers::strip_hop_by_hop(&mut headers);
     let tags = cachegate::proxy::headers::take_surrogate_tags(&mut headers);
     for t in &tags {
-        let _ = cachegate::invalidation::tag_scope(t);
-        let _ = cachegate::invalidation::tenant_tag_scope(t, Some("42"));
+        let _ = cachegate::scope::tag_scope(t);
+        let _ = cachegate::scope::tenant_tag_scope(t, Some("42"));
     }
     cachegate::proxy::headers::add_via(&mut headers);
     let _ = policy::CacheControl::parse(&headers);

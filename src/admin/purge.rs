@@ -18,7 +18,8 @@ use subtle::ConstantTimeEq;
 
 use crate::cache::key;
 use crate::config::{Config, PurgeScope};
-use crate::invalidation::{self, ALL};
+use crate::invalidation;
+use crate::scope::{self, ALL};
 use crate::secrets::Secrets;
 use crate::tiers::redis::RedisTier;
 
@@ -239,13 +240,13 @@ pub fn scopes_for(config: &Config, body: &[u8]) -> Result<(Vec<String>, bool), R
         scopes.extend(invalidation::purge_tag_scopes(tag, PurgeScope::Tenant, tenant));
     }
     if let (Some(t), true) = (tenant, req.tags.is_empty()) {
-        scopes.push(invalidation::tenant_scope(t));
+        scopes.push(scope::tenant_scope(t));
     }
     for name in &req.routes {
         if !config.routes.iter().any(|r| &r.name == name) {
             return Err(bad(format!("unknown route {name:?}")));
         }
-        scopes.push(invalidation::route_scope(name));
+        scopes.push(scope::route_scope(name));
     }
     for p in &req.paths {
         let (path, query) = p.split_once('?').map_or((p.as_str(), None), |(a, b)| (a, Some(b)));
@@ -256,7 +257,7 @@ pub fn scopes_for(config: &Config, body: &[u8]) -> Result<(Vec<String>, bool), R
             ))
         })?;
         let q = key::normalize_query(query, &route.query);
-        scopes.push(invalidation::url_scope(&route.name, &path, &q));
+        scopes.push(scope::url_scope(&route.name, &path, &q));
     }
     if scopes.is_empty() {
         return Err(bad("nothing to purge: give tags, routes, paths, tenant or all".into()));

@@ -6,7 +6,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::{json, Admin};
-use crate::proxy::body::ProxyBody;
+use crate::message::body::ProxyBody;
 use crate::warm::{WarmJob, WarmRequest, MAX_PATHS};
 
 /// Bytes budgeted per listed path, JSON quotes and comma included: room for an average path

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::entry::CachedResponse;
-use crate::invalidation::Stamps;
+use crate::scope::Stamps;
 
 /// What a finished fetch left: the stored entry and the key it was stored under.
 #[derive(Debug, Clone)]

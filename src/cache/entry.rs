@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use crate::invalidation::Stamps;
+use crate::scope::Stamps;
 
 /// One cached answer. Headers are prepared at store time (hop-by-hop, `Set-Cookie`, surrogate
 /// keys and `Age` removed), so a hit only adds `Age`, `X-Cache` and `Cache-Status`.
@@ -49,11 +49,7 @@ impl StaleWindows {
     }
 }
 
-/// Whole milliseconds, saturating: a `Duration` can hold more than `u64` milliseconds, and a
-/// plain `as u64` would wrap such a value round to a short one.
-pub fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
+pub use crate::clock::millis;
 
 /// Where an entry is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +62,16 @@ pub enum Staleness {
     IfError,
     /// Past every window.
     Dead,
+}
+
+impl crate::tiers::memory::Stored for CachedResponse {
+    fn weight(&self) -> u32 {
+        CachedResponse::weight(self)
+    }
+
+    fn keep_for(&self) -> Duration {
+        CachedResponse::keep_for(self)
+    }
 }
 
 impl CachedResponse {

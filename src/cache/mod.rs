@@ -22,7 +22,7 @@ use http::{HeaderMap, HeaderName};
 use crate::clock::Clock;
 use crate::coherence::Coherence;
 use crate::config::Config;
-use crate::invalidation::{Generations, Stamps};
+use crate::scope::{Generations, Stamps};
 use crate::tiers::memory::MemoryTier;
 use crate::tiers::redis::{Gens, Lookup, RedisTier};
 use coalesce::{Coalescer, Done};
@@ -72,7 +72,7 @@ pub struct Fill {
 
 /// Cache tiers plus the generation table.
 pub struct Cache {
-    memory: MemoryTier,
+    memory: MemoryTier<CachedResponse>,
     /// `Vary` header names learned per base key.
     vary_index: moka::future::Cache<Arc<str>, Arc<[HeaderName]>, foldhash::fast::RandomState>,
     /// Has any origin answer carried `Vary`? Until then no hit pays for an index lookup. One

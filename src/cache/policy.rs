@@ -506,7 +506,7 @@ ttl = "origin"
                     stored_at,
                     initial_age: fresh.initial_age,
                     fresh_for: fresh.remaining(),
-                    stamps: crate::invalidation::Stamps::default(),
+                    stamps: crate::scope::Stamps::default(),
                     stale,
                     hit_headers: Default::default(),
                 };

@@ -407,9 +407,9 @@ fn warm(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<WarmConfig> {
             let list = f.into_strings(ctx);
             if list
                 .as_ref()
-                .is_some_and(|l| l.is_empty() || l.len() > crate::warm::MAX_PATHS)
+                .is_some_and(|l| l.is_empty() || l.len() > super::warm_limits::MAX_PATHS)
             {
-                let max = crate::warm::MAX_PATHS;
+                let max = super::warm_limits::MAX_PATHS;
                 ctx.issue(
                     at,
                     &key,
@@ -448,9 +448,9 @@ fn warm(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<WarmConfig> {
     };
     let (roles, tenants) = (names("roles"), names("tenants"));
     let concurrency = s.take("concurrency").and_then(|mut f| match f.value.take() {
-        ValueInner::Integer(n) if (1..=crate::warm::MAX_CONCURRENCY as i64).contains(&n) => Some(n as usize),
+        ValueInner::Integer(n) if (1..=super::warm_limits::MAX_CONCURRENCY as i64).contains(&n) => Some(n as usize),
         _ => {
-            let max = crate::warm::MAX_CONCURRENCY;
+            let max = super::warm_limits::MAX_CONCURRENCY;
             ctx.issue(f.offset, &f.key, format!("expected a whole number from 1 to {max}"));
             None
         }
@@ -461,7 +461,7 @@ fn warm(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<WarmConfig> {
         paths: paths?.into_iter().map(|p| p.value).collect(),
         roles,
         tenants,
-        concurrency: concurrency.unwrap_or(crate::warm::DEFAULT_CONCURRENCY),
+        concurrency: concurrency.unwrap_or(super::warm_limits::DEFAULT_CONCURRENCY),
     })
 }
 

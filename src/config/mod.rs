@@ -230,6 +230,19 @@ pub struct PurgeConfig {
     pub hmac_secret_env: Option<String>,
 }
 
+/// Limits of one warm (`POST /admin/warm` or `[warm]`): the loader checks `[warm]` against them,
+/// so they live with the config rather than with the warmer above it.
+pub mod warm_limits {
+    /// Most paths one warm request (or `[warm]`) may list.
+    pub const MAX_PATHS: usize = 10_000;
+    /// Most requests (paths × roles × tenants) one warm may send.
+    pub const MAX_REQUESTS: usize = 100_000;
+    /// Most warm requests in flight at once.
+    pub const MAX_CONCURRENCY: usize = 64;
+    /// Requests in flight when nothing says otherwise.
+    pub const DEFAULT_CONCURRENCY: usize = 8;
+}
+
 /// `[warm]`: paths warmed through the public listener every `interval`.
 #[derive(Debug, Clone)]
 pub struct WarmConfig {

@@ -6,7 +6,7 @@
 //!
 //! Forgetting a session (login, logout) must reach every instance and win over a lookup that
 //! was already asking: each answer records the generation of the session's purge scope
-//! ([`invalidation::session_scope`]) taken before the question was asked, and is valid only
+//! ([`scope::session_scope`](crate::scope::session_scope)) taken before the question was asked, and is valid only
 //! while that generation holds. The proxy forgets a session by purging its scope, which every
 //! instance acknowledges before the login or logout is answered.
 
@@ -23,10 +23,10 @@ use sha2::{Digest, Sha256};
 use super::jwt::{field, part};
 use super::{Claims, Part};
 use crate::config::{LookupConfig, OriginConfig};
-use crate::invalidation::{self, Generations, Stamps};
+use crate::message::body::ProxyBody;
 use crate::metrics::Metrics;
-use crate::proxy::body::ProxyBody;
-use crate::proxy::forward::Origin;
+use crate::scope::{self, Generations, Stamps};
+use crate::upstream::Origin;
 
 /// Largest whoami answer read.
 const MAX_ANSWER: usize = 64 * 1024;
@@ -150,7 +150,7 @@ impl SessionLookup {
     }
 
     fn scope(hash: &[u8; 32]) -> String {
-        invalidation::session_scope(&hex::encode(hash))
+        scope::session_scope(&hex::encode(hash))
     }
 
     async fn ask(&self, value: &str) -> Result<Claims, String> {
@@ -210,5 +210,13 @@ impl SessionLookup {
             tenant: resolved(tenant),
             user: resolved(user),
         }
+    }
+}
+
+/// Creates both `cachegate_identity_lookups_total` series at 0.
+pub fn prime_metrics(m: &Metrics) {
+    for ok in [true, false] {
+        m.identity_lookups
+            .with_label_values(&[crate::metrics::result_label(ok)]);
     }
 }

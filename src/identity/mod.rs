@@ -19,10 +19,10 @@ use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderMap, HeaderName};
 
 use crate::config::IdentityConfig;
-use crate::invalidation::{Generations, Stamps};
 use crate::metrics::Metrics;
-use crate::proxy::forward::Origin;
+use crate::scope::{Generations, Stamps};
 use crate::secrets::Secrets;
+use crate::upstream::Origin;
 use jwt::JwtVerifier;
 use lookup::SessionLookup;
 

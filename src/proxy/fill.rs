@@ -10,9 +10,8 @@ use http::Response;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::body::ProxyBody;
-use super::read::{Asked, Serve};
-use super::{headers, mark_bypass, CacheResult, Ctx, Outcome, Proxy};
+use super::answer::{add_debug, Asked, Serve};
+use super::{mark_bypass, CacheResult, Ctx, Outcome, Proxy};
 use crate::cache::coalesce::Leader;
 use crate::cache::entry::{CachedResponse, Staleness};
 use crate::cache::key::BaseKey;
@@ -20,7 +19,9 @@ use crate::cache::policy::{self, BypassReason};
 use crate::cache::{vary_names, Fill, Target, Tier};
 use crate::config::CredentialCookies;
 use crate::error::{ProxyError, UpstreamError};
-use crate::invalidation::{self, Stamps};
+use crate::message::body::ProxyBody;
+use crate::message::headers;
+use crate::scope::{self, Stamps};
 
 /// Where a miss will be stored and what else it needs.
 pub(super) struct Miss<'a> {
@@ -115,7 +116,7 @@ impl Proxy {
         let timeout = self.config.origin.timeout;
         let body = match tokio::time::timeout(timeout, read_limited(body, max)).await {
             Err(_) => return Err(UpstreamError::Timeout(timeout).into()),
-            Ok(Err(e)) => return Err(UpstreamError::Request(super::forward::root_cause(&e)).into()),
+            Ok(Err(e)) => return Err(UpstreamError::Request(crate::upstream::root_cause(&e)).into()),
             Ok(Ok(Limited::TooLarge(prefix, rest))) => {
                 let body = ProxyBody::Prefixed {
                     prefix: Some(prefix),
@@ -127,7 +128,7 @@ impl Proxy {
         };
         let surrogate_scopes: Vec<String> = surrogate
             .iter()
-            .flat_map(|t| [invalidation::tag_scope(t), invalidation::tenant_tag_scope(t, tenant)])
+            .flat_map(|t| [scope::tag_scope(t), scope::tenant_tag_scope(t, tenant)])
             .collect();
         let set_cookies: Vec<HeaderValue> = parts.headers.get_all(header::SET_COOKIE).iter().cloned().collect();
         let mut stored_headers = parts.headers.clone();
@@ -190,16 +191,6 @@ fn bypass_response(
     // A HEAD was fetched as GET: drop the body, keep the headers.
     let body = if head { ProxyBody::Empty } else { body };
     Response::from_parts(parts, body)
-}
-
-/// `X-Cache-Key` and, on hits, `X-Cache-Tier`.
-pub(super) fn add_debug(headers: &mut http::HeaderMap, key: &str, tier: Option<Tier>) {
-    if let Ok(v) = HeaderValue::from_str(key) {
-        headers.insert(headers::X_CACHE_KEY, v);
-    }
-    if let Some(t) = tier {
-        headers.insert(headers::X_CACHE_TIER, HeaderValue::from_static(t.as_str()));
-    }
 }
 
 fn content_length(h: &http::HeaderMap) -> Option<u64> {

@@ -20,9 +20,10 @@ use std::net::IpAddr;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Version};
 
-use super::{headers, Proxy};
+use super::Proxy;
 use crate::error::ProxyError;
 use crate::identity;
+use crate::message::headers;
 
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");

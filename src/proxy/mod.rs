@@ -3,17 +3,13 @@
 //!
 //! # Layout
 //! * [`read`]: GET/HEAD on a cached route: tiers, coalescing, stale serving
+//! * [`answer`]: answers from a stored entry (hits, stale, `304`, HEAD)
 //! * [`fill`]: a miss: the origin fetch, storage, stale-if-error
 //! * [`write`]: unsafe methods and the purges they trigger
-//! * [`forward`]: the origin client
 //! * [`inbound`]: the request normalised once, before identity, keying and forwarding
-//! * [`headers`]: header hygiene
-//! * [`body`]: the body type
 
-pub mod body;
+mod answer;
 mod fill;
-pub mod forward;
-pub mod headers;
 mod inbound;
 mod read;
 mod write;
@@ -32,10 +28,11 @@ use crate::config::Config;
 use crate::error::{ProxyError, UpstreamError};
 use crate::identity::{Depth, Resolver};
 use crate::invalidation::{Purger, Trigger};
+use crate::message::body::ProxyBody;
+use crate::message::headers;
 use crate::metrics::Metrics;
 use crate::secrets::Secrets;
-use body::ProxyBody;
-use forward::Origin;
+use crate::upstream::Origin;
 
 /// Shared state of the public listener.
 pub struct Proxy {
@@ -425,7 +422,14 @@ impl CacheResult {
 
 /// Creates at 0 the series [`Proxy::record`] and [`Proxy::send`] write for `routes` and for
 /// requests no route matches, so a route's families are scraped before its first request.
-pub(crate) fn prime_route_series<'a>(m: &Metrics, routes: impl IntoIterator<Item = &'a str>) {
+/// Creates at 0 every series the proxy counts whose labels are known before anything happens:
+/// those of each route in `routes` (call again after a reload for new routes) and the origin
+/// error kinds. Otherwise a labelled family is absent until its first event: dashboards show
+/// "No data" instead of 0, and `rate()` and absence alerts misread it.
+pub fn prime_metrics<'a>(m: &Metrics, routes: impl IntoIterator<Item = &'a str>) {
+    for kind in UpstreamError::KINDS {
+        m.origin_errors.with_label_values(&[kind]);
+    }
     // Statuses are open-ended: only the commonest answer is created, which is enough for the
     // family and each route to show.
     let get = method_label(&Method::GET);

@@ -7,14 +7,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::header;
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
-use super::body::ProxyBody;
-use super::fill::{add_debug, Miss};
+use super::answer::{Asked, Serve};
+use super::fill::Miss;
 use super::inbound::Inbound;
-use super::{headers, CacheResult, Ctx, Outcome, Proxy};
+use super::{Ctx, Outcome, Proxy};
 use crate::cache::coalesce::{Done, Join};
 use crate::cache::entry::{CachedResponse, Staleness};
 use crate::cache::key::{self, KeyIdentity};
@@ -23,18 +23,8 @@ use crate::cache::{Shared, Tier};
 use crate::config::RouteConfig;
 use crate::error::ProxyError;
 use crate::identity::{Identity, Part};
-use crate::invalidation::{self, Stamps};
-
-/// How a stored entry is being served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Serve {
-    /// Fresh.
-    Hit,
-    /// Stale while a refresh runs (or soft-purged).
-    Stale,
-    /// Stale because the origin failed.
-    StaleIfError,
-}
+use crate::message::body::ProxyBody;
+use crate::scope::{self, Stamps};
 
 /// What waiting on another instance's fill gave.
 enum LeaseWait {
@@ -46,25 +36,12 @@ enum LeaseWait {
     Proceed,
 }
 
-/// What a fresh hit adds to the stored headers (`Age` is replaced per answer).
-static HIT_EXTRA: [(http::HeaderName, HeaderValue); 3] = [
-    (header::AGE, HeaderValue::from_static("0")),
-    (headers::X_CACHE, HeaderValue::from_static("HIT")),
-    (headers::CACHE_STATUS, HeaderValue::from_static("cachegate; hit")),
-];
-
 /// The keys of a request the memory tier could not answer.
 struct MissKey<'a> {
     base: &'a key::BaseKey,
     full: &'a str,
     query: &'a str,
     who: KeyIdentity<'a>,
-}
-
-/// What the client asked for, as far as answering from an entry goes.
-pub(super) struct Asked<'a> {
-    pub(super) headers: &'a HeaderMap,
-    pub(super) head: bool,
 }
 
 impl Proxy {
@@ -213,8 +190,8 @@ impl Proxy {
     ) -> (Vec<String>, Stamps) {
         let params = route.path.params(path).unwrap_or_default();
         let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
-        let url = invalidation::url_scope(&route.name, path, query);
-        let mut scopes = invalidation::entry_scopes(&route.name, url, &tags, who.tenant);
+        let url = scope::url_scope(&route.name, path, query);
+        let mut scopes = scope::entry_scopes(&route.name, url, &tags, who.tenant);
         if let Some((scope, _)) = &id.session {
             scopes.push(scope.clone());
         }
@@ -249,71 +226,6 @@ impl Proxy {
             }
         }
         LeaseWait::Proceed
-    }
-
-    /// Answers from a stored entry: `304` when the client's validators match, no body for HEAD.
-    pub(super) fn serve(
-        &self,
-        asked: &Asked<'_>,
-        entry: &CachedResponse,
-        tier: Tier,
-        key: &str,
-        how: Serve,
-        out: &mut Outcome,
-    ) -> Response<ProxyBody> {
-        out.cache = if how == Serve::Hit {
-            CacheResult::Hit
-        } else {
-            CacheResult::Stale
-        };
-        out.tier = Some(tier);
-        let now = self.cache.clock.now();
-        let age = headers::age_value(entry.age_secs(now));
-        let not_modified = headers::not_modified(asked.headers, &entry.headers);
-        if how == Serve::Hit && !not_modified && !self.config.server.debug_headers {
-            // The common case: a clone of the prepared map, with its `Age` slot filled in.
-            let mut headers = entry.hit_headers(&HIT_EXTRA).clone();
-            headers.insert(header::AGE, age);
-            let body = if asked.head {
-                ProxyBody::Empty
-            } else {
-                ProxyBody::Full(Some(entry.body.clone()))
-            };
-            let mut resp = Response::new(body);
-            *resp.status_mut() = entry.status;
-            *resp.headers_mut() = headers;
-            return resp;
-        }
-        let (status, mut headers, body) = if not_modified {
-            (
-                StatusCode::NOT_MODIFIED,
-                headers::not_modified_headers(&entry.headers),
-                ProxyBody::Empty,
-            )
-        } else if asked.head {
-            (entry.status, entry.headers.clone(), ProxyBody::Empty)
-        } else {
-            (
-                entry.status,
-                entry.headers.clone(),
-                ProxyBody::Full(Some(entry.body.clone())),
-            )
-        };
-        headers.insert(header::AGE, age);
-        let (x_cache, status_text) = match how {
-            Serve::Hit => ("HIT", "cachegate; hit"),
-            Serve::Stale => ("STALE", "cachegate; hit; detail=stale"),
-            Serve::StaleIfError => ("STALE", "cachegate; hit; detail=stale-if-error"),
-        };
-        headers.insert(headers::X_CACHE, HeaderValue::from_static(x_cache));
-        headers.insert(headers::CACHE_STATUS, HeaderValue::from_static(status_text));
-        if self.config.server.debug_headers {
-            add_debug(&mut headers, key, Some(tier));
-        }
-        let mut resp = Response::new(body);
-        *resp.status_mut() = status;
-        *resp.headers_mut() = headers;
-        resp
     }
 
     /// Starts one background refresh for the request's key (none if one is already running).

@@ -11,13 +11,15 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::body::ProxyBody;
-use super::{headers, Ctx, Outcome, Proxy};
+use super::{Ctx, Outcome, Proxy};
 use crate::cache::key;
 use crate::config::Ttl;
 use crate::error::{ProxyError, UpstreamError};
 use crate::identity::Identity;
-use crate::invalidation::{self, purge_tag_scopes, Trigger};
+use crate::invalidation::{purge_tag_scopes, Trigger};
+use crate::message::body::ProxyBody;
+use crate::message::headers;
+use crate::scope;
 
 /// The write's target, owned so the purge can outlive the client's request.
 struct Written {
@@ -139,7 +141,7 @@ impl Proxy {
             let route = self.config.routes.iter().find(|r| r.path.matches(&path));
             if let Some(route) = route.filter(|r| r.ttl == Ttl::Origin) {
                 let q = key::normalize_query(query.as_deref(), &route.query);
-                scopes.push(invalidation::url_scope(&route.name, &path, &q));
+                scopes.push(scope::url_scope(&route.name, &path, &q));
             }
         }
         scopes

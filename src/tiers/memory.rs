@@ -6,28 +6,42 @@ use std::time::{Duration, Instant};
 use moka::future::Cache;
 use moka::Expiry;
 
-use crate::cache::entry::CachedResponse;
+/// What the memory tier needs to know of what it stores: nothing about HTTP.
+pub trait Stored: Send + Sync + 'static {
+    /// Bytes it holds, for the capacity bound.
+    fn weight(&self) -> u32;
+    /// How long it may be kept at most (its freshness plus any stale window).
+    fn keep_for(&self) -> Duration;
+}
 
 /// The memory tier. Stores opaque entries; freshness and purges are decided by the caller.
-#[derive(Clone)]
-pub struct MemoryTier {
+pub struct MemoryTier<V: Stored> {
     /// `memory_capacity = "0B"` turns the tier off: nothing is inserted only to be evicted.
     off: bool,
-    cache: Cache<Arc<str>, Arc<CachedResponse>, foldhash::fast::RandomState>,
+    cache: Cache<Arc<str>, Arc<V>, foldhash::fast::RandomState>,
+}
+
+impl<V: Stored> Clone for MemoryTier<V> {
+    fn clone(&self) -> Self {
+        MemoryTier {
+            off: self.off,
+            cache: self.cache.clone(),
+        }
+    }
 }
 
 struct EntryExpiry {
     max_ttl: Duration,
 }
 
-impl Expiry<Arc<str>, Arc<CachedResponse>> for EntryExpiry {
-    fn expire_after_create(&self, _k: &Arc<str>, v: &Arc<CachedResponse>, _at: Instant) -> Option<Duration> {
+impl<V: Stored> Expiry<Arc<str>, Arc<V>> for EntryExpiry {
+    fn expire_after_create(&self, _k: &Arc<str>, v: &Arc<V>, _at: Instant) -> Option<Duration> {
         // moka's own clock only bounds memory use; freshness is judged by our clock on read.
         Some(v.keep_for().min(self.max_ttl))
     }
 }
 
-impl MemoryTier {
+impl<V: Stored> MemoryTier<V> {
     /// A tier holding at most `capacity` bytes, each entry at most `max_ttl`.
     pub fn new(capacity: u64, max_ttl: Duration, evictions: prometheus::IntCounter) -> Self {
         let cache = Cache::builder()
@@ -37,7 +51,7 @@ impl MemoryTier {
                     evictions.inc();
                 }
             })
-            .weigher(|k: &Arc<str>, v: &Arc<CachedResponse>| v.weight().saturating_add(k.len() as u32))
+            .weigher(|k: &Arc<str>, v: &Arc<V>| v.weight().saturating_add(k.len() as u32))
             .expire_after(EntryExpiry { max_ttl })
             // foldhash rather than SipHash: several times cheaper per key, and randomly seeded
             // per process, so keys cannot be chosen to collide.
@@ -49,12 +63,12 @@ impl MemoryTier {
     }
 
     /// The entry under `key`, if any (fresh or not).
-    pub async fn get(&self, key: &str) -> Option<Arc<CachedResponse>> {
+    pub async fn get(&self, key: &str) -> Option<Arc<V>> {
         self.cache.get(key).await
     }
 
     /// Stores an entry.
-    pub async fn put(&self, key: Arc<str>, entry: Arc<CachedResponse>) {
+    pub async fn put(&self, key: Arc<str>, entry: Arc<V>) {
         if self.off {
             return;
         }

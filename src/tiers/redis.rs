@@ -29,7 +29,7 @@ const MAX_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Milliseconds for `PX` / `PEXPIRE`: at least 1 (Redis refuses 0) and at most `max`.
 fn px(ttl: Duration, max: Duration) -> u64 {
-    crate::cache::entry::millis(ttl.min(max)).max(1)
+    crate::clock::millis(ttl.min(max)).max(1)
 }
 
 /// An operation on the tier: the `op` label of `cachegate_redis_errors_total`.
@@ -98,6 +98,13 @@ const DOWN: &str = "down";
 /// Every `op` label of `cachegate_redis_errors_total`.
 pub fn error_ops() -> impl Iterator<Item = &'static str> {
     Op::ALL.into_iter().map(Op::as_str).chain([DOWN])
+}
+
+/// Creates every `cachegate_redis_errors_total` series at 0 (see `proxy::prime_metrics`).
+pub fn prime_metrics(m: &crate::metrics::Metrics) {
+    for op in error_ops() {
+        m.redis_errors.with_label_values(&[op]);
+    }
 }
 
 /// Why a Redis operation did not happen.
@@ -410,7 +417,7 @@ impl RedisTier {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending.len() >= MAX_PENDING {
             let all = PendingPurge {
-                scopes: vec![crate::invalidation::ALL.to_string()],
+                scopes: vec![crate::scope::ALL.to_string()],
                 ..p
             };
             pending.clear();

@@ -5,14 +5,7 @@ use std::net::IpAddr;
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
-/// Most paths one warm request (or `[warm]`) may list.
-pub const MAX_PATHS: usize = 10_000;
-/// Most requests (paths × roles × tenants) one warm may send.
-pub const MAX_REQUESTS: usize = 100_000;
-/// Most warm requests in flight at once.
-pub const MAX_CONCURRENCY: usize = 64;
-/// Requests in flight when nothing says otherwise.
-pub const DEFAULT_CONCURRENCY: usize = 8;
+pub use crate::config::warm_limits::{DEFAULT_CONCURRENCY, MAX_CONCURRENCY, MAX_PATHS, MAX_REQUESTS};
 
 /// The body of `POST /admin/warm`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -1,4 +1,5 @@
-//! The pooled HTTP/1.1 client to the origin, with its timeout and error mapping.
+//! The pooled HTTP/1.1 client to the origin, with its timeout and error mapping. Below the
+//! proxy and identity, which both talk to the origin (a session lookup is an origin request).
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -6,9 +7,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::body::ProxyBody;
 use crate::config::OriginConfig;
 use crate::error::UpstreamError;
+use crate::message::body::ProxyBody;
 
 /// Sends requests to the origin over a keep-alive pool.
 #[derive(Clone)]
