@@ -22,6 +22,7 @@ use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::coherence::Coherence;
 use crate::config::Config;
+use crate::identity::SetupError;
 use crate::invalidation::Purger;
 use crate::message::body::ProxyBody;
 use crate::metrics::Metrics;
@@ -30,7 +31,7 @@ use crate::reload::Reloader;
 use crate::scope::Generations;
 use crate::secrets::Secrets;
 use crate::tiers::redis::RedisTier;
-use crate::warm::Warmer;
+use crate::warm::{WarmError, Warmer};
 use crate::watchdog::Watchdog;
 use arc_swap::ArcSwap;
 
@@ -53,12 +54,47 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Why cachegate could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot bind [server] {key} = {addr}: {source}")]
+    Bind {
+        /// `listen` or `admin_listen`.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `[cache] redis_url` cannot be used.
+    #[error("invalid [cache] redis_url: {0}")]
+    RedisUrl(#[source] redis::RedisError),
+    /// An identity source cannot be set up (a missing secret, a bad key file).
+    #[error(transparent)]
+    Identity(#[from] SetupError),
+    /// A `[warm]` that cannot work.
+    #[error("[warm]: {0}")]
+    Warm(#[from] WarmError),
+}
+
+impl StartError {
+    /// The process exit code: 64 (`EX_USAGE`, as for a config that does not load) for a
+    /// setting that cannot work, 1 for the environment (an address in use).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Bind { .. } => 1,
+            StartError::RedisUrl(_) | StartError::Identity(_) | StartError::Warm(_) => 64,
+        }
+    }
+}
+
 /// Binds both listeners from `config` and starts serving; purge secrets come from the
 /// environment variables the config names.
 ///
 /// # Errors
-/// Binding failures, naming the address, and an unusable `redis_url`.
-pub async fn start(config: Config) -> std::io::Result<Running> {
+/// [`StartError`]: binding failures, naming the address, and unusable settings.
+pub async fn start(config: Config) -> Result<Running, StartError> {
     let secrets = Secrets::from_env(&config);
     start_with(config, secrets).await
 }
@@ -67,11 +103,9 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
 ///
 /// # Errors
 /// As [`start`].
-pub async fn start_with(config: Config, secrets: Secrets) -> std::io::Result<Running> {
-    let proxy_listener = bind(config.server.listen, "listen").await?;
-    let admin_listener = bind(config.server.admin_listen, "admin_listen").await?;
-    let proxy_addr = proxy_listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
+pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, StartError> {
+    let (proxy_listener, proxy_addr) = bind(config.server.listen, "listen").await?;
+    let (admin_listener, admin_addr) = bind(config.server.admin_listen, "admin_listen").await?;
     let config = Arc::new(config);
     let clock = Arc::new(Clock::default());
     let generations = Arc::new(Generations::default());
@@ -90,7 +124,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> std::io::Result<Run
                 config.cache.redis_timeout,
                 metrics.clone(),
             )
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            .map_err(StartError::RedisUrl)?;
             let coherence = Coherence::new(redis.clone(), generations.clone());
             Some((redis, coherence))
         }
@@ -108,8 +142,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> std::io::Result<Run
         shared.as_ref().map(|(_, c)| c.clone()),
         metrics.clone(),
     ));
-    let proxy = Proxy::new(config.clone(), cache.clone(), purger.clone(), &secrets, metrics.clone())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let proxy = Proxy::new(config.clone(), cache.clone(), purger.clone(), &secrets, metrics.clone())?;
     let proxy = Arc::new(ArcSwap::from_pointee(proxy));
     if secrets.purge_token.is_none() && secrets.purge_hmac.is_none() {
         tracing::info!("purge webhook disabled: no secret in the variables [purge] token_env / hmac_secret_env name");
@@ -117,8 +150,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> std::io::Result<Run
     let warmer = Arc::new(Warmer::new(&config, proxy_addr));
     // A [warm] that cannot work (identity headers we would strip) is a config error, found now.
     let scheduled = config.warm.as_ref().map(|w| warmer.scheduled_job(w)).transpose();
-    let scheduled =
-        scheduled.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("[warm]: {e}")))?;
+    let scheduled = scheduled?;
     let reloader = Arc::new(Reloader::new(
         Arc::new(ArcSwap::new(config.clone())),
         proxy.clone(),
@@ -182,10 +214,13 @@ pub async fn start_with(config: Config, secrets: Secrets) -> std::io::Result<Run
     })
 }
 
-async fn bind(addr: SocketAddr, key: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind [server] {key} = {addr}: {e}")))
+async fn bind(addr: SocketAddr, key: &'static str) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bound = async {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        Ok((listener, local))
+    };
+    bound.await.map_err(|source| StartError::Bind { key, addr, source })
 }
 
 impl Running {

@@ -127,9 +127,7 @@ fn run(config: cachegate::config::Config) -> ExitCode {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("{e}");
-                // Unusable settings (a missing secret, a bad key file) are config errors.
-                let config_error = e.kind() == std::io::ErrorKind::InvalidInput;
-                return ExitCode::from(if config_error { EXIT_CONFIG } else { 1 });
+                return ExitCode::from(e.exit_code());
             }
         };
         // Installed before the start-up line: a SIGHUP sent as soon as we say we are up must

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::cache::Cache;
-use crate::config::{self, Config};
+use crate::config::{self, Config, ConfigError};
+use crate::identity::SetupError;
 use crate::invalidation::Purger;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -99,7 +100,7 @@ impl Reloader {
     ///
     /// # Errors
     /// Every problem found; the running config stays in force.
-    pub async fn reload(&self) -> Result<String, String> {
+    pub async fn reload(&self) -> Result<String, ReloadError> {
         let _one_at_a_time = self.lock.lock().await;
         let result = self.try_reload().await;
         self.metrics
@@ -113,18 +114,14 @@ impl Reloader {
         result
     }
 
-    async fn try_reload(&self) -> Result<String, String> {
+    async fn try_reload(&self) -> Result<String, ReloadError> {
         let path = self.path.clone();
         let new = tokio::task::spawn_blocking(move || config::load(&path))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| ReloadError::Interrupted)??;
         let old = self.config.load();
         if restart_only(&old) != restart_only(&new) {
-            return Err(format!(
-                "{}: listeners, TLS, client_timeout, [cache] redis_url/key_prefix/memory_capacity/memory_ttl/redis_timeout/degraded_memory_ttl, identity headers, [purge] and [warm] only change with a restart",
-                self.path.display()
-            ));
+            return Err(ReloadError::RestartOnly(self.path.clone()));
         }
         let config = Arc::new(new);
         let proxy = Proxy::new(
@@ -144,6 +141,23 @@ impl Reloader {
             self.path.display()
         ))
     }
+}
+
+/// Why a reload was refused; the running config stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file does not load (every problem with file:line:key).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A setting that only changes with a restart changed.
+    #[error("{}: listeners, TLS, client_timeout, [cache] redis_url/key_prefix/memory_capacity/memory_ttl/redis_timeout/degraded_memory_ttl, identity headers, [purge] and [warm] only change with a restart", .0.display())]
+    RestartOnly(PathBuf),
+    /// An identity source of the new config cannot be set up.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// The loading task did not finish (shutdown).
+    #[error("the reload was interrupted")]
+    Interrupted,
 }
 
 /// Creates both `cachegate_config_reloads_total` series at 0.

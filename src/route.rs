@@ -22,21 +22,29 @@ impl fmt::Debug for PathPattern {
 /// Path parameters captured by a match, in pattern order.
 pub type Params = Vec<(String, String)>;
 
+/// What is wrong with a path pattern or tag template (a config error, with its key and line
+/// added by the loader).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PatternError(pub String);
+
 impl PathPattern {
     /// Compiles a pattern.
     ///
     /// # Errors
     /// A message saying what is wrong with the pattern.
-    pub fn new(source: &str) -> Result<Self, String> {
+    pub fn new(source: &str) -> Result<Self, PatternError> {
         if !source.starts_with('/') {
-            return Err("a path pattern must start with '/'".into());
+            return Err(PatternError("a path pattern must start with '/'".into()));
         }
         let mut router = matchit::Router::new();
-        router.insert(source, ()).map_err(|e| e.to_string())?;
+        router.insert(source, ()).map_err(|e| PatternError(e.to_string()))?;
         // `{*rest}` also matches an empty remainder: `/courses/{*rest}` matches `/courses/`.
         if let Some(start) = source.rfind("{*") {
             if source.ends_with('}') {
-                router.insert(&source[..start], ()).map_err(|e| e.to_string())?;
+                router
+                    .insert(&source[..start], ())
+                    .map_err(|e| PatternError(e.to_string()))?;
             }
         }
         let params = param_names(source);
@@ -104,12 +112,12 @@ impl TagTemplate {
     ///
     /// # Errors
     /// A message naming the unknown or malformed placeholder.
-    pub fn new(source: &str, params: &[String]) -> Result<Self, String> {
+    pub fn new(source: &str, params: &[String]) -> Result<Self, PatternError> {
         if source.is_empty() {
-            return Err("a tag must not be empty".into());
+            return Err(PatternError("a tag must not be empty".into()));
         }
         if source.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err("a tag must not contain whitespace".into());
+            return Err(PatternError("a tag must not contain whitespace".into()));
         }
         let mut parts = Vec::new();
         let mut rest = source;
@@ -119,19 +127,19 @@ impl TagTemplate {
             }
             let close = rest[open..]
                 .find('}')
-                .ok_or_else(|| format!("unclosed '{{' in tag {source:?}"))?;
+                .ok_or_else(|| PatternError(format!("unclosed '{{' in tag {source:?}")))?;
             let name = &rest[open + 1..open + close];
             if !params.iter().any(|p| p == name) {
-                return Err(format!(
+                return Err(PatternError(format!(
                     "tag {source:?} uses {{{name}}}, but the path has no such parameter (it has: {})",
                     params.join(", ")
-                ));
+                )));
             }
             parts.push(Part::Param(name.to_string()));
             rest = &rest[open + close + 1..];
         }
         if rest.contains('}') {
-            return Err(format!("unmatched '}}' in tag {source:?}"));
+            return Err(PatternError(format!("unmatched '}}' in tag {source:?}")));
         }
         if !rest.is_empty() {
             parts.push(Part::Lit(rest.to_string()));

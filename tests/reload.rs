@@ -74,7 +74,7 @@ async fn reload_swaps_routes_and_a_bad_file_keeps_the_old_config() {
         ),
     )
     .unwrap();
-    let err = p.running().reloader.reload().await.unwrap_err();
+    let err = p.running().reloader.reload().await.unwrap_err().to_string();
     assert!(err.contains("proxy.toml:") && err.contains("route[2].path"), "{err}");
     assert_eq!(
         p.get("/b/").send().await.x_cache(),
@@ -85,7 +85,7 @@ async fn reload_swaps_routes_and_a_bad_file_keeps_the_old_config() {
 
     let restart = config(&origin, "listen = \"127.0.0.1:1\"\nadmin_listen = \"127.0.0.1:0\"", A);
     std::fs::write(&path, restart).unwrap();
-    let err = p.running().reloader.reload().await.unwrap_err();
+    let err = p.running().reloader.reload().await.unwrap_err().to_string();
     assert!(err.contains("only change with a restart"), "{err}");
     assert_eq!(p.get("/b/").send().await.x_cache(), "HIT");
 }

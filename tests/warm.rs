@@ -207,7 +207,7 @@ async fn identities_are_refused_when_loopback_is_not_trusted() {
         .await
         .err()
         .expect("refused at start");
-    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert_eq!(err.exit_code(), 64, "a config error");
     assert!(err.to_string().contains("[warm]"), "{err}");
 }
 

@@ -113,7 +113,7 @@ impl Admin {
             Ok(msg) => json(StatusCode::OK, &serde_json::json!({ "reloaded": true, "message": msg })),
             Err(e) => json(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                &serde_json::json!({ "reloaded": false, "error": e }),
+                &serde_json::json!({ "reloaded": false, "error": e.to_string() }),
             ),
         }
     }

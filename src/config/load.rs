@@ -491,7 +491,7 @@ fn tags(ctx: &mut Ctx<'_>, s: &mut Section<'_>, path: Option<&PathPattern>) -> V
             Ok(tpl) => Some(tpl),
             Err(e) => {
                 if path.is_some() {
-                    ctx.issue(t.offset, &t.key, e);
+                    ctx.issue(t.offset, &t.key, e.to_string());
                 }
                 None
             }

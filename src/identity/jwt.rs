@@ -5,11 +5,25 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
-use super::{Claims, Part};
+use super::{Claims, Part, SetupError};
 use crate::config::JwtConfig;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 const LEEWAY_SECS: u64 = 30;
+
+/// Why a token was refused (said in debug logs, never with the token).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Malformed, badly signed, expired, or missing a required claim.
+    #[error("{0}")]
+    Invalid(jsonwebtoken::errors::Error),
+    /// An algorithm the config does not accept.
+    #[error("algorithm {0:?} is not accepted")]
+    Algorithm(Algorithm),
+    /// No key for the token's algorithm or `kid`.
+    #[error("no key for the token's algorithm or kid")]
+    NoKey,
+}
 
 /// Verifies tokens and reads role, tenant and user from their claims.
 pub struct JwtVerifier {
@@ -25,15 +39,12 @@ impl JwtVerifier {
     /// Loads keys named by the config.
     ///
     /// # Errors
-    /// A message naming the missing secret or unreadable key file.
-    pub fn new(cfg: &JwtConfig, secret: Option<&str>) -> Result<Self, String> {
+    /// [`SetupError`] naming the missing secret or unreadable key file.
+    pub fn new(cfg: &JwtConfig, secret: Option<&str>) -> Result<Self, SetupError> {
         let algorithms = cfg
             .algorithms
             .iter()
-            .map(|a| {
-                a.parse::<Algorithm>()
-                    .map_err(|_| format!("unsupported JWT algorithm {a}"))
-            })
+            .map(|a| a.parse::<Algorithm>().map_err(|_| SetupError::Algorithm(a.clone())))
             .collect::<Result<Vec<_>, _>>()?;
         let needs_secret = algorithms
             .iter()
@@ -41,10 +52,8 @@ impl JwtVerifier {
         let secret = match (needs_secret, secret) {
             (true, Some(s)) => Some(DecodingKey::from_secret(s.as_bytes())),
             (true, None) => {
-                let var = cfg.secret_env.as_deref().unwrap_or("(unset)");
-                return Err(format!(
-                    "[identity] jwt: the variable {var} holding the HMAC secret is not set"
-                ));
+                let var = cfg.secret_env.as_deref().unwrap_or("(unset)").to_string();
+                return Err(SetupError::MissingSecret { var });
             }
             (false, _) => None,
         };
@@ -54,12 +63,13 @@ impl JwtVerifier {
         };
         let jwks = match &cfg.jwks_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("[identity] jwt jwks_file {}: {e}", path.display()))?;
-                Some(
-                    serde_json::from_str(&text)
-                        .map_err(|e| format!("[identity] jwt jwks_file {}: {e}", path.display()))?,
-                )
+                let bad = |reason: String| SetupError::KeyFile {
+                    key: "jwks_file",
+                    path: path.clone(),
+                    reason,
+                };
+                let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+                Some(serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?)
             }
             None => None,
         };
@@ -92,10 +102,10 @@ impl JwtVerifier {
     ///
     /// # Errors
     /// Why the token was refused (never logged with the token itself).
-    pub fn verify(&self, token: &str) -> Result<Claims, String> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(TokenError::Invalid)?;
         if !self.algorithms.contains(&header.alg) {
-            return Err(format!("algorithm {:?} is not accepted", header.alg));
+            return Err(TokenError::Algorithm(header.alg));
         }
         let from_jwk;
         let key = match header.alg {
@@ -107,17 +117,17 @@ impl JwtVerifier {
                         Some(kid) => set.find(kid),
                         None => set.keys.first(),
                     }
-                    .ok_or("no JWKS key for the token's kid")?;
-                    from_jwk = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+                    .ok_or(TokenError::NoKey)?;
+                    from_jwk = DecodingKey::from_jwk(jwk).map_err(TokenError::Invalid)?;
                     Some(&from_jwk)
                 }
                 (None, None) => None,
             },
         }
-        .ok_or("no key for the token's algorithm")?;
+        .ok_or(TokenError::NoKey)?;
         let mut validation = self.validation.clone();
         validation.algorithms = vec![header.alg];
-        let data = jsonwebtoken::decode::<Value>(token, key, &validation).map_err(|e| e.to_string())?;
+        let data = jsonwebtoken::decode::<Value>(token, key, &validation).map_err(TokenError::Invalid)?;
         Ok(self.claims(&data.claims))
     }
 
@@ -150,9 +160,14 @@ impl JwtVerifier {
     }
 }
 
-fn load_pem(path: &std::path::Path, algorithms: &[Algorithm]) -> Result<DecodingKey, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("[identity] jwt public_key {}: {e}", path.display()))?;
-    let bad = |e: jsonwebtoken::errors::Error| format!("[identity] jwt public_key {}: {e}", path.display());
+fn load_pem(path: &std::path::Path, algorithms: &[Algorithm]) -> Result<DecodingKey, SetupError> {
+    let file_error = |reason: String| SetupError::KeyFile {
+        key: "public_key",
+        path: path.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| file_error(e.to_string()))?;
+    let bad = |e: jsonwebtoken::errors::Error| file_error(e.to_string());
     if algorithms
         .iter()
         .any(|a| matches!(a, Algorithm::ES256 | Algorithm::ES384))

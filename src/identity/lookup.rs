@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use super::jwt::{field, part};
 use super::{Claims, Part};
 use crate::config::{LookupConfig, OriginConfig};
+use crate::error::UpstreamError;
 use crate::message::body::ProxyBody;
 use crate::metrics::Metrics;
 use crate::scope::{self, Generations, Stamps};
@@ -41,6 +42,32 @@ pub struct SessionLookup {
     anonymous: String,
     asked: AtomicU64,
     metrics: Arc<Metrics>,
+}
+
+/// Why a session could not be looked up: the request bypasses the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// The cookie value cannot be sent in a header.
+    #[error("the session cookie cannot be sent to the origin")]
+    Unsendable,
+    /// The origin did not answer.
+    #[error(transparent)]
+    Origin(#[from] UpstreamError),
+    /// The origin answered, but not 2xx.
+    #[error("lookup answered {0}")]
+    Status(http::StatusCode),
+    /// The body did not arrive in time.
+    #[error("lookup body timed out")]
+    BodyTimeout,
+    /// The body broke off or was too large.
+    #[error("lookup body unreadable: {0}")]
+    Body(String),
+    /// Not a JSON object.
+    #[error("lookup answer is not a JSON object")]
+    NotJsonObject,
+    /// The session was forgotten twice while being looked up.
+    #[error("session was forgotten while it was being looked up")]
+    Forgotten,
 }
 
 /// A lookup's answer, valid while the session's scope is unpurged since it was asked.
@@ -100,7 +127,7 @@ impl SessionLookup {
     ///
     /// # Errors
     /// Why the session could not be resolved.
-    pub async fn resolve(&self, value: &str) -> Result<(Arc<Claims>, Stamps), Arc<String>> {
+    pub async fn resolve(&self, value: &str) -> Result<(Arc<Claims>, Stamps), Arc<LookupError>> {
         let hash = Self::hash(value);
         // Twice at most: an answer found stale (asked before a forget) is asked again once.
         for _ in 0..2 {
@@ -130,9 +157,7 @@ impl SessionLookup {
             }
             self.cache.invalidate(&hash).await;
         }
-        Err(Arc::new(
-            "session was forgotten while it was being looked up".to_string(),
-        ))
+        Err(Arc::new(LookupError::Forgotten))
     }
 
     /// The identity of a session if already known; never asks the origin.
@@ -153,17 +178,17 @@ impl SessionLookup {
         scope::session_scope(&hex::encode(hash))
     }
 
-    async fn ask(&self, value: &str) -> Result<Claims, String> {
+    async fn ask(&self, value: &str) -> Result<Claims, LookupError> {
         self.asked.fetch_add(1, Ordering::Relaxed);
         let uri = Uri::builder()
             .scheme("http")
             .authority(self.origin_cfg.authority.clone())
             .path_and_query(self.cfg.path.as_str())
             .build()
-            .map_err(|e| e.to_string())?;
-        let cookie = HeaderValue::from_str(&format!("{}={value}", self.cfg.cookie))
-            .map_err(|_| "unusable cookie value".to_string())?;
-        let host = HeaderValue::from_str(self.origin_cfg.authority.as_str()).map_err(|e| e.to_string())?;
+            .map_err(|_| LookupError::Unsendable)?;
+        let cookie =
+            HeaderValue::from_str(&format!("{}={value}", self.cfg.cookie)).map_err(|_| LookupError::Unsendable)?;
+        let host = HeaderValue::from_str(self.origin_cfg.authority.as_str()).map_err(|_| LookupError::Unsendable)?;
         let mut req = Request::new(ProxyBody::Empty);
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
@@ -172,22 +197,22 @@ impl SessionLookup {
         h.insert(header::COOKIE, cookie);
         h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         h.insert(header::VIA, HeaderValue::from_static("1.1 cachegate"));
-        let resp = self.origin.send(req).await.map_err(|e| e.to_string())?;
+        let resp = self.origin.send(req).await?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(format!("lookup answered {status}"));
+            return Err(LookupError::Status(status));
         }
         let body: Bytes = tokio::time::timeout(
             self.origin_cfg.timeout,
             Limited::new(resp.into_body(), MAX_ANSWER).collect(),
         )
         .await
-        .map_err(|_| "lookup body timed out".to_string())?
-        .map_err(|e| format!("lookup body unreadable: {e}"))?
+        .map_err(|_| LookupError::BodyTimeout)?
+        .map_err(|e| LookupError::Body(e.to_string()))?
         .to_bytes();
-        let json: Value = serde_json::from_slice(&body).map_err(|e| format!("lookup answer is not JSON: {e}"))?;
+        let json: Value = serde_json::from_slice(&body).map_err(|_| LookupError::NotJsonObject)?;
         if !json.is_object() {
-            return Err("lookup answer is not a JSON object".into());
+            return Err(LookupError::NotJsonObject);
         }
         Ok(self.claims(&json))
     }

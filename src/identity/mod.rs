@@ -26,6 +26,30 @@ use crate::upstream::Origin;
 use jwt::JwtVerifier;
 use lookup::SessionLookup;
 
+/// Why an identity source could not be set up at start-up (or reload): a config error.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// An algorithm name `jsonwebtoken` does not know.
+    #[error("[identity] jwt: unsupported algorithm {0}")]
+    Algorithm(String),
+    /// The variable holding the HMAC secret is not set.
+    #[error("[identity] jwt: the variable {var} holding the HMAC secret is not set")]
+    MissingSecret {
+        /// The variable `secret_env` names.
+        var: String,
+    },
+    /// A key file that cannot be read or parsed.
+    #[error("[identity] jwt {key} {}: {reason}", path.display())]
+    KeyFile {
+        /// `public_key` or `jwks_file`.
+        key: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
 /// One identity part (role, tenant or user) of a caller.
 ///
 /// `Absent` and `Unresolved` differ on purpose: a caller without credentials has no tenant,
@@ -188,7 +212,7 @@ impl Resolver {
         origin: Origin,
         generations: Arc<Generations>,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SetupError> {
         let jwt = match &cfg.jwt {
             Some(j) => Some(JwtVerifier::new(j, secrets.jwt_secret.as_deref())?),
             None => None,

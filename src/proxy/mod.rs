@@ -26,7 +26,7 @@ use crate::cache::policy::BypassReason;
 use crate::cache::{key, Cache, Tier};
 use crate::config::Config;
 use crate::error::{ProxyError, UpstreamError};
-use crate::identity::{Depth, Resolver};
+use crate::identity::{Depth, Resolver, SetupError};
 use crate::invalidation::{Purger, Trigger};
 use crate::message::body::ProxyBody;
 use crate::message::headers;
@@ -65,7 +65,7 @@ impl Proxy {
         purger: Arc<Purger>,
         secrets: &Secrets,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SetupError> {
         let origin = Origin::new(&config.origin);
         let identity = Resolver::new(
             &config.identity,

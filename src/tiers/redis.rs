@@ -280,9 +280,9 @@ impl RedisTier {
         prefix: &str,
         timeout: Duration,
         metrics: Arc<crate::metrics::Metrics>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, redis::RedisError> {
         let url = url.replacen("+cluster", "", 1);
-        let client = redis::Client::open(url.as_str()).map_err(|e| format!("invalid redis_url: {e}"))?;
+        let client = redis::Client::open(url.as_str())?;
         Ok(Arc::new(RedisTier {
             client,
             conn: OnceLock::new(),
