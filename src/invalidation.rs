@@ -58,7 +58,7 @@ impl Trigger {
 pub fn prime_metrics(m: &crate::metrics::Metrics) {
     for trigger in Trigger::ALL {
         for kind in ScopeKind::ALL {
-            m.purges.with_label_values(&[trigger.as_str(), kind.as_str()]);
+            m.purge_counter(trigger.as_str(), kind.as_str());
         }
     }
 }
@@ -92,10 +92,7 @@ impl Purger {
         kinds.sort_unstable();
         kinds.dedup();
         for k in kinds {
-            self.metrics
-                .purges
-                .with_label_values(&[trigger.as_str(), k.as_str()])
-                .inc();
+            self.metrics.purge_counter(trigger.as_str(), k.as_str()).inc();
         }
         self.metrics.purged.inc_by(scopes.len() as u64);
         for s in scopes {

@@ -10,6 +10,9 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
+/// The `route` label of requests no route matches (and of session lookups).
+pub const NO_ROUTE: &str = "none";
+
 /// Latency buckets from 25 µs to 30 s.
 const BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -180,6 +183,63 @@ impl Metrics {
             identity_lookup_duration: lookup_duration,
             registry: reg,
         }
+    }
+
+    // === one accessor per labelled series: label order lives here only ===
+
+    /// `cachegate_requests_total{route, method, status}`.
+    pub fn request_counter(&self, route: &str, method: &str, status: &str) -> IntCounter {
+        self.requests.with_label_values(&[route, method, status])
+    }
+
+    /// `cachegate_request_duration_seconds{route, cache}`.
+    pub fn duration_histogram(&self, route: &str, cache: &str) -> Histogram {
+        self.request_duration.with_label_values(&[route, cache])
+    }
+
+    /// `cachegate_cache_lookups_total{route, result, tier}`.
+    pub fn lookup_counter(&self, route: &str, result: &str, tier: &str) -> IntCounter {
+        self.lookups.with_label_values(&[route, result, tier])
+    }
+
+    /// `cachegate_bypass_total{route, reason}`.
+    pub fn bypass_counter(&self, route: &str, reason: &str) -> IntCounter {
+        self.bypass.with_label_values(&[route, reason])
+    }
+
+    /// `cachegate_origin_request_duration_seconds{route}`.
+    pub fn origin_latency(&self, route: &str) -> Histogram {
+        self.origin_duration.with_label_values(&[route])
+    }
+
+    /// `cachegate_origin_errors_total{kind}`.
+    pub fn origin_error_counter(&self, kind: &str) -> IntCounter {
+        self.origin_errors.with_label_values(&[kind])
+    }
+
+    /// `cachegate_coalesced_requests_total{route}`.
+    pub fn coalesced_counter(&self, route: &str) -> IntCounter {
+        self.coalesced.with_label_values(&[route])
+    }
+
+    /// `cachegate_purges_total{trigger, kind}`.
+    pub fn purge_counter(&self, trigger: &str, kind: &str) -> IntCounter {
+        self.purges.with_label_values(&[trigger, kind])
+    }
+
+    /// `cachegate_redis_errors_total{op}`.
+    pub fn redis_error_counter(&self, op: &str) -> IntCounter {
+        self.redis_errors.with_label_values(&[op])
+    }
+
+    /// `cachegate_config_reloads_total{result}`.
+    pub fn config_reload_counter(&self, ok: bool) -> IntCounter {
+        self.config_reloads.with_label_values(&[result_label(ok)])
+    }
+
+    /// `cachegate_identity_lookups_total{result}`.
+    pub fn identity_lookup_counter(&self, ok: bool) -> IntCounter {
+        self.identity_lookups.with_label_values(&[result_label(ok)])
     }
 
     /// The Prometheus text exposition of everything.

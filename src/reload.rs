@@ -103,10 +103,7 @@ impl Reloader {
     pub async fn reload(&self) -> Result<String, ReloadError> {
         let _one_at_a_time = self.lock.lock().await;
         let result = self.try_reload().await;
-        self.metrics
-            .config_reloads
-            .with_label_values(&[crate::metrics::result_label(result.is_ok())])
-            .inc();
+        self.metrics.config_reload_counter(result.is_ok()).inc();
         match &result {
             Ok(msg) => tracing::info!("{msg}"),
             Err(e) => tracing::error!("config reload refused, still running the previous config:\n{e}"),
@@ -163,6 +160,6 @@ pub enum ReloadError {
 /// Creates both `cachegate_config_reloads_total` series at 0.
 pub fn prime_metrics(m: &Metrics) {
     for ok in [true, false] {
-        m.config_reloads.with_label_values(&[crate::metrics::result_label(ok)]);
+        m.config_reload_counter(ok);
     }
 }

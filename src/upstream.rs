@@ -1,5 +1,7 @@
-//! The pooled HTTP/1.1 client to the origin, with its timeout and error mapping. Below the
-//! proxy and identity, which both talk to the origin (a session lookup is an origin request).
+//! The pooled HTTP/1.1 client to the origin, with its timeout and error mapping. It counts its
+//! own latency (answered or not) and errors, so every origin request is measured once, whoever
+//! sends it: a read, a write, a background refresh, a session lookup. Below the proxy and
+//! identity, which both talk to the origin.
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -7,20 +9,24 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use std::sync::Arc;
+
 use crate::config::OriginConfig;
 use crate::error::UpstreamError;
 use crate::message::body::ProxyBody;
+use crate::metrics::Metrics;
 
 /// Sends requests to the origin over a keep-alive pool.
 #[derive(Clone)]
 pub struct Origin {
     client: Client<HttpConnector, ProxyBody>,
     cfg: OriginConfig,
+    metrics: Arc<Metrics>,
 }
 
 impl Origin {
     /// A client for the configured origin.
-    pub fn new(cfg: &OriginConfig) -> Self {
+    pub fn new(cfg: &OriginConfig, metrics: Arc<Metrics>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.timeout));
@@ -30,6 +36,7 @@ impl Origin {
         Origin {
             client,
             cfg: cfg.clone(),
+            metrics,
         }
     }
 
@@ -38,12 +45,14 @@ impl Origin {
         &self.cfg
     }
 
-    /// Sends a request; the timeout covers connecting and the response headers.
+    /// Sends a request for `route` (its metrics label); the timeout covers connecting and the
+    /// response headers.
     ///
     /// # Errors
     /// [`UpstreamError`] naming the cause.
-    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.cfg.timeout, self.client.request(req)).await {
+    pub async fn send(&self, req: Request<ProxyBody>, route: &str) -> Result<Response<Incoming>, UpstreamError> {
+        let start = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.cfg.timeout, self.client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.cfg.timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
@@ -54,7 +63,19 @@ impl Origin {
                     Err(UpstreamError::Request(cause))
                 }
             }
+        };
+        self.metrics
+            .origin_latency(route)
+            .observe(start.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            self.count(e);
         }
+        result
+    }
+
+    /// Counts a failure met after the answer's head (a body cut short or too slow).
+    pub fn count(&self, e: &UpstreamError) {
+        self.metrics.origin_error_counter(e.kind()).inc();
     }
 }
 

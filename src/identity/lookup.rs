@@ -22,11 +22,12 @@ use sha2::{Digest, Sha256};
 
 use super::jwt::{field, part};
 use super::{Claims, Part};
+use crate::coherence::Coherence;
 use crate::config::{LookupConfig, OriginConfig};
 use crate::error::UpstreamError;
 use crate::message::body::ProxyBody;
 use crate::metrics::Metrics;
-use crate::scope::{self, Generations, Stamps};
+use crate::scope::{self, Generations, Stamps, ALL};
 use crate::upstream::Origin;
 
 /// Largest whoami answer read.
@@ -39,6 +40,7 @@ pub struct SessionLookup {
     origin_cfg: OriginConfig,
     cache: moka::future::Cache<[u8; 32], Arc<Answer>>,
     generations: Arc<Generations>,
+    coherence: Option<Arc<Coherence>>,
     anonymous: String,
     asked: AtomicU64,
     metrics: Arc<Metrics>,
@@ -83,6 +85,7 @@ impl SessionLookup {
         origin: Origin,
         anonymous: &str,
         generations: Arc<Generations>,
+        coherence: Option<Arc<Coherence>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let origin_cfg = origin.config().clone();
@@ -95,6 +98,7 @@ impl SessionLookup {
                 .time_to_live(cfg.ttl)
                 .build(),
             generations,
+            coherence,
             anonymous: anonymous.to_string(),
             asked: AtomicU64::new(0),
             metrics,
@@ -131,16 +135,16 @@ impl SessionLookup {
         let hash = Self::hash(value);
         // Twice at most: an answer found stale (asked before a forget) is asked again once.
         for _ in 0..2 {
+            let asked_now = std::sync::atomic::AtomicBool::new(false);
             let answer = self
                 .cache
                 .try_get_with(hash, async {
-                    let stamps = self.generations.stamp(&[Self::scope(&hash)]);
+                    asked_now.store(true, Ordering::Relaxed);
+                    // `all` too: a resubscription after missed purges drops every answer.
+                    let stamps = self.generations.stamp(&[Self::scope(&hash), ALL.to_string()]);
                     let start = std::time::Instant::now();
                     let answer = self.ask(value).await;
-                    self.metrics
-                        .identity_lookups
-                        .with_label_values(&[crate::metrics::result_label(answer.is_ok())])
-                        .inc();
+                    self.metrics.identity_lookup_counter(answer.is_ok()).inc();
                     self.metrics
                         .identity_lookup_duration
                         .observe(start.elapsed().as_secs_f64());
@@ -152,7 +156,7 @@ impl SessionLookup {
                     })
                 })
                 .await?;
-            if answer.stamps.valid() {
+            if answer.stamps.valid() && (asked_now.load(Ordering::Relaxed) || self.heard_every_purge()) {
                 return Ok((answer.claims.clone(), answer.stamps.clone()));
             }
             self.cache.invalidate(&hash).await;
@@ -163,10 +167,14 @@ impl SessionLookup {
     /// The identity of a session if already known; never asks the origin.
     pub async fn known(&self, value: &str) -> Option<(Arc<Claims>, Stamps)> {
         let answer = self.cache.get(&Self::hash(value)).await?;
-        answer
-            .stamps
-            .valid()
-            .then(|| (answer.claims.clone(), answer.stamps.clone()))
+        (answer.stamps.valid() && self.heard_every_purge()).then(|| (answer.claims.clone(), answer.stamps.clone()))
+    }
+
+    /// Whether every login or logout purge published so far has been heard, as for memory hits:
+    /// without the coherence lease a remembered answer may have missed its forget, so it is
+    /// asked again (a fresh answer is always good).
+    fn heard_every_purge(&self) -> bool {
+        self.coherence.as_ref().is_none_or(|c| c.lease_valid())
     }
 
     /// The purge scope that forgets this session on every instance.
@@ -197,7 +205,7 @@ impl SessionLookup {
         h.insert(header::COOKIE, cookie);
         h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         h.insert(header::VIA, HeaderValue::from_static("1.1 cachegate"));
-        let resp = self.origin.send(req).await?;
+        let resp = self.origin.send(req, crate::metrics::NO_ROUTE).await?;
         let status = resp.status();
         if !status.is_success() {
             return Err(LookupError::Status(status));
@@ -241,7 +249,6 @@ impl SessionLookup {
 /// Creates both `cachegate_identity_lookups_total` series at 0.
 pub fn prime_metrics(m: &Metrics) {
     for ok in [true, false] {
-        m.identity_lookups
-            .with_label_values(&[crate::metrics::result_label(ok)]);
+        m.identity_lookup_counter(ok);
     }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderMap, HeaderName};
 
+use crate::coherence::Coherence;
 use crate::config::IdentityConfig;
 use crate::metrics::Metrics;
 use crate::scope::{Generations, Stamps};
@@ -211,6 +212,7 @@ impl Resolver {
         secrets: &Secrets,
         origin: Origin,
         generations: Arc<Generations>,
+        coherence: Option<Arc<Coherence>>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SetupError> {
         let jwt = match &cfg.jwt {
@@ -220,7 +222,7 @@ impl Resolver {
         let lookup = cfg
             .lookup
             .as_ref()
-            .map(|l| SessionLookup::new(l, origin, &cfg.anonymous_role, generations, metrics));
+            .map(|l| SessionLookup::new(l, origin, &cfg.anonymous_role, generations, coherence, metrics));
         Ok(Resolver {
             anonymous: Arc::from(cfg.anonymous_role.as_str()),
             cfg: cfg.clone(),
@@ -400,10 +402,17 @@ impl Resolver {
         self.cfg.strips_cookie(name)
     }
 
-    /// The value of the session cookie on a request, if any.
-    pub fn session_of<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
-        let name = self.lookup.as_ref()?.cookie();
-        cookie_pairs(headers).find(|(n, _)| *n == name).map(|(_, v)| v)
+    /// Every value of the session cookie on a request. Usually one; a request that sends it
+    /// twice bypasses the cache, but a login or logout it makes must forget both, since the
+    /// origin may have read either.
+    pub fn sessions_of(&self, headers: &HeaderMap) -> Vec<String> {
+        let Some(name) = self.lookup.as_ref().map(|l| l.cookie()) else {
+            return Vec::new();
+        };
+        cookie_pairs(headers)
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+            .collect()
     }
 }
 

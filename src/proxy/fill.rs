@@ -38,6 +38,12 @@ pub(super) struct Miss<'a> {
 }
 
 impl Proxy {
+    /// An origin failure while reading a fill's body: counted like a failed request.
+    fn body_failed(&self, e: UpstreamError) -> ProxyError {
+        self.origin.count(&e);
+        e.into()
+    }
+
     pub(super) async fn fill(
         &self,
         parts: http::request::Parts,
@@ -57,9 +63,6 @@ impl Proxy {
         };
         match fallback {
             Some(stale) if failed && stale.staleness(self.cache.clock.now()) != Staleness::Dead => {
-                if let Err(ProxyError::Upstream(u)) = &result {
-                    self.metrics.origin_errors.with_label_values(&[u.kind()]).inc();
-                }
                 let asked = Asked {
                     headers: &req_headers,
                     head,
@@ -96,7 +99,7 @@ impl Proxy {
         let surrogate = headers::take_surrogate_tags(&mut parts.headers);
         headers::add_via(&mut parts.headers);
         // A GET logout (or login) on a cached route changes who the session is, too.
-        self.session_changes(self.identity.session_of(&req_headers), ctx.path, &parts.headers)
+        self.session_changes(&self.identity.sessions_of(&req_headers), ctx.path, &parts.headers)
             .await;
         let now = self.cache.clock.system_now();
         let fresh = match policy::storable(parts.status, &parts.headers, route, &self.config.cache, now) {
@@ -115,8 +118,8 @@ impl Proxy {
         }
         let timeout = self.config.origin.timeout;
         let body = match tokio::time::timeout(timeout, read_limited(body, max)).await {
-            Err(_) => return Err(UpstreamError::Timeout(timeout).into()),
-            Ok(Err(e)) => return Err(UpstreamError::Request(crate::upstream::root_cause(&e)).into()),
+            Err(_) => return Err(self.body_failed(UpstreamError::Timeout(timeout))),
+            Ok(Err(e)) => return Err(self.body_failed(UpstreamError::Request(crate::upstream::root_cause(&e)))),
             Ok(Ok(Limited::TooLarge(prefix, rest))) => {
                 let body = ProxyBody::Prefixed {
                     prefix: Some(prefix),

@@ -66,12 +66,13 @@ impl Proxy {
         secrets: &Secrets,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SetupError> {
-        let origin = Origin::new(&config.origin);
+        let origin = Origin::new(&config.origin, metrics.clone());
         let identity = Resolver::new(
             &config.identity,
             secrets,
             origin.clone(),
             cache.generations.clone(),
+            cache.coherence().cloned(),
             metrics.clone(),
         )?;
         let hit_series = config.routes.iter().map(|_| OnceLock::new()).collect();
@@ -93,12 +94,7 @@ impl Proxy {
         let mut out = Outcome::default();
         let resp = match self.dispatch(req, peer, &mut out).await {
             Ok(resp) => resp,
-            Err(e) => {
-                if let ProxyError::Upstream(u) = &e {
-                    self.metrics.origin_errors.with_label_values(&[u.kind()]).inc();
-                }
-                e.into_response()
-            }
+            Err(e) => e.into_response(),
         };
         self.record(&method, &resp, &out, start.elapsed());
         resp
@@ -118,15 +114,9 @@ impl Proxy {
             self.config.server.access_log,
         ) {
             let series = self.hit_series[idx].get_or_init(|| HitSeries {
-                requests: m
-                    .requests
-                    .with_label_values(&[route, method_label(&Method::GET), StatusCode::OK.as_str()]),
-                duration: m
-                    .request_duration
-                    .with_label_values(&[route, CacheResult::Hit.as_str()]),
-                lookups: m
-                    .lookups
-                    .with_label_values(&[route, CacheResult::Hit.as_str(), Tier::Memory.as_str()]),
+                requests: m.request_counter(route, method_label(&Method::GET), StatusCode::OK.as_str()),
+                duration: m.duration_histogram(route, CacheResult::Hit.as_str()),
+                lookups: m.lookup_counter(route, CacheResult::Hit.as_str(), Tier::Memory.as_str()),
             });
             series.requests.inc();
             series.duration.observe(took.as_secs_f64());
@@ -140,19 +130,15 @@ impl Proxy {
             );
             return;
         }
-        m.requests
-            .with_label_values(&[route, method_label(method), status.as_str()])
-            .inc();
+        m.request_counter(route, method_label(method), status.as_str()).inc();
         let cache = out.cache.as_str();
-        m.request_duration
-            .with_label_values(&[route, cache])
-            .observe(took.as_secs_f64());
+        m.duration_histogram(route, cache).observe(took.as_secs_f64());
         if out.cached_route {
             let tier = out.tier.map_or(NO_TIER, |t| t.as_str());
-            m.lookups.with_label_values(&[route, cache, tier]).inc();
+            m.lookup_counter(route, cache, tier).inc();
         }
         if let Some(r) = out.reason {
-            m.bypass.with_label_values(&[route, r.as_str()]).inc();
+            m.bypass_counter(route, r.as_str()).inc();
         }
         tracing::debug!(
             route,
@@ -180,20 +166,14 @@ impl Proxy {
         Ok(self.send_for(req, out.route).await?)
     }
 
-    /// Sends to the origin for the route at `route`, timing it.
+    /// Sends to the origin for the route at `route` (the upstream client times and counts it).
     async fn send_for(
         &self,
         req: Request<ProxyBody>,
         route: Option<usize>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let start = std::time::Instant::now();
-        let resp = self.origin.send(req).await?;
         let route = route.map_or(NO_ROUTE, |i| self.config.routes[i].name.as_str());
-        self.metrics
-            .origin_duration
-            .with_label_values(&[route])
-            .observe(start.elapsed().as_secs_f64());
-        Ok(resp)
+        self.origin.send(req, route).await
     }
 
     async fn dispatch(
@@ -242,7 +222,7 @@ impl Proxy {
         reason: Option<BypassReason>,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let session = self.identity.session_of(req.headers()).map(str::to_owned);
+        let sessions = self.identity.sessions_of(req.headers());
         if let Some(r) = reason {
             // Counted as a bypass even when the origin then fails.
             out.cache = CacheResult::Bypass;
@@ -255,7 +235,7 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::take_surrogate_tags(&mut parts.headers);
         headers::add_via(&mut parts.headers);
-        self.session_changes(session.as_deref(), ctx.path, &parts.headers).await;
+        self.session_changes(&sessions, ctx.path, &parts.headers).await;
         if let Some(r) = reason {
             mark_bypass(&mut parts.headers, r, out);
         }
@@ -266,12 +246,13 @@ impl Proxy {
     /// when the request went to a reset path or the answer sets the cookie, every instance
     /// forgets the mapping (a purge of the session's scope, acknowledged by all) before the
     /// answer is sent.
-    async fn session_changes(&self, session: Option<&str>, path: &str, answer: &http::HeaderMap) {
-        if let (Some(s), Some(l)) = (session, &self.identity.lookup) {
-            if l.resets(path) || sets_cookie(answer, l.cookie()) {
-                self.purger.purge(&[l.scope_of(s)], false, Trigger::Write).await;
-            }
+    async fn session_changes(&self, sessions: &[String], path: &str, answer: &http::HeaderMap) {
+        let Some(l) = &self.identity.lookup else { return };
+        if sessions.is_empty() || !(l.resets(path) || sets_cookie(answer, l.cookie())) {
+            return;
         }
+        let scopes: Vec<String> = sessions.iter().map(|s| l.scope_of(s)).collect();
+        self.purger.purge(&scopes, false, Trigger::Write).await;
     }
 
     /// The request sent to the origin: the normalised path and headers, forwarding headers
@@ -369,8 +350,7 @@ pub(crate) struct Outcome {
     reason: Option<BypassReason>,
 }
 
-/// The `route` label of requests no route matches.
-const NO_ROUTE: &str = "none";
+use crate::metrics::NO_ROUTE;
 
 /// The `tier` label of lookups no tier answered (misses and bypasses).
 pub(crate) const NO_TIER: &str = "none";
@@ -428,35 +408,34 @@ impl CacheResult {
 /// "No data" instead of 0, and `rate()` and absence alerts misread it.
 pub fn prime_metrics<'a>(m: &Metrics, routes: impl IntoIterator<Item = &'a str>) {
     for kind in UpstreamError::KINDS {
-        m.origin_errors.with_label_values(&[kind]);
+        m.origin_error_counter(kind);
     }
     // Statuses are open-ended: only the commonest answer is created, which is enough for the
     // family and each route to show.
     let get = method_label(&Method::GET);
     let ok = StatusCode::OK.as_str();
     for route in routes {
-        m.requests.with_label_values(&[route, get, ok]);
+        m.request_counter(route, get, ok);
         for cache in CacheResult::ALL {
-            m.request_duration.with_label_values(&[route, cache.as_str()]);
+            m.duration_histogram(route, cache.as_str());
         }
         for (result, tier) in CacheResult::LOOKUPS {
-            m.lookups
-                .with_label_values(&[route, result.as_str(), tier.map_or(NO_TIER, |t| t.as_str())]);
+            m.lookup_counter(route, result.as_str(), tier.map_or(NO_TIER, |t| t.as_str()));
         }
         // `no-route` is only ever counted under `route="none"`.
         for reason in BypassReason::ALL.into_iter().filter(|r| *r != BypassReason::NoRoute) {
-            m.bypass.with_label_values(&[route, reason.as_str()]);
+            m.bypass_counter(route, reason.as_str());
         }
-        m.origin_duration.with_label_values(&[route]);
-        m.coalesced.with_label_values(&[route]);
+        m.origin_latency(route);
+        m.coalesced_counter(route);
     }
     // Unmatched requests are never looked up or coalesced: reads are bypassed, the rest passed.
-    m.requests.with_label_values(&[NO_ROUTE, get, ok]);
+    m.request_counter(NO_ROUTE, get, ok);
     for cache in [CacheResult::Bypass, CacheResult::Pass] {
-        m.request_duration.with_label_values(&[NO_ROUTE, cache.as_str()]);
+        m.duration_histogram(NO_ROUTE, cache.as_str());
     }
-    m.bypass.with_label_values(&[NO_ROUTE, BypassReason::NoRoute.as_str()]);
-    m.origin_duration.with_label_values(&[NO_ROUTE]);
+    m.bypass_counter(NO_ROUTE, BypassReason::NoRoute.as_str());
+    m.origin_latency(NO_ROUTE);
 }
 
 /// Method label: the standard ones, everything else as `other` (labels stay bounded).

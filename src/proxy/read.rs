@@ -118,7 +118,7 @@ impl Proxy {
         let leader = match self.cache.coalescer.join(&full, stamps.clone()) {
             Join::Leader(l) => Some(l),
             Join::Follower(flight) => {
-                self.metrics.coalesced.with_label_values(&[&route.name]).inc();
+                self.metrics.coalesced_counter(&route.name).inc();
                 let waited = tokio::time::timeout(self.config.origin.timeout, flight.wait()).await;
                 if let Ok(Some(done)) = waited {
                     // The origin's Vary may have put the answer under another key than ours.
@@ -216,7 +216,7 @@ impl Proxy {
             Err(_) => return LeaseWait::Proceed,
         }
         let route = &self.config.routes[idx];
-        self.metrics.coalesced.with_label_values(&[&route.name]).inc();
+        self.metrics.coalesced_counter(&route.name).inc();
         let deadline = tokio::time::Instant::now() + wait;
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -26,7 +26,7 @@ struct Written {
     path: String,
     query: Option<String>,
     host: Option<HeaderValue>,
-    session: Option<String>,
+    sessions: Vec<String>,
     method: http::Method,
     route: Option<usize>,
 }
@@ -43,7 +43,7 @@ impl Proxy {
             path: ctx.path.to_string(),
             query: ctx.query.map(str::to_owned),
             host: ctx.inbound.client_host.clone(),
-            session: self.identity.session_of(req.headers()).map(str::to_owned),
+            sessions: self.identity.sessions_of(req.headers()),
             method: req.method().clone(),
             route: out.route,
         };
@@ -74,8 +74,7 @@ impl Proxy {
         let result = self.send_for(up, w.route).await;
         match &result {
             Ok(resp) => {
-                self.session_changes(w.session.as_deref(), &w.path, resp.headers())
-                    .await;
+                self.session_changes(&w.sessions, &w.path, resp.headers()).await;
                 let status = resp.status();
                 if !(status.is_success() || status.is_redirection()) {
                     scopes.clear();

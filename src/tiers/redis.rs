@@ -103,7 +103,7 @@ pub fn error_ops() -> impl Iterator<Item = &'static str> {
 /// Creates every `cachegate_redis_errors_total` series at 0 (see `proxy::prime_metrics`).
 pub fn prime_metrics(m: &crate::metrics::Metrics) {
     for op in error_ops() {
-        m.redis_errors.with_label_values(&[op]);
+        m.redis_error_counter(op);
     }
 }
 
@@ -439,7 +439,7 @@ impl RedisTier {
             TierError::Down => DOWN,
             TierError::Timeout { op, .. } | TierError::Redis { op, .. } => op.as_str(),
         };
-        self.metrics.redis_errors.with_label_values(&[op]).inc();
+        self.metrics.redis_error_counter(op).inc();
         if self.up.swap(false, Ordering::AcqRel) {
             tracing::warn!(error = %err, "redis tier down: serving from memory tier and origin");
         }
