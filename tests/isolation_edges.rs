@@ -247,7 +247,8 @@ async fn fill_started_before_login_is_not_stored_after_it() {
     let p = Arc::new(Proxy::start(&o, &text).await);
     let p2 = p.clone();
     let read = tokio::spawn(async move { p2.get("/courses/").header("cookie", "sessionid=s1").send().await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The read's fill is at the origin (held) before the login is sent.
+    assert!(support::eventually(Duration::from_secs(10), || o.hits_for("/courses/") >= 1).await);
     let login = p
         .req(Method::POST, "/login/")
         .header("cookie", "sessionid=s1")
@@ -300,4 +301,68 @@ tags = ["courses"]
             after.x_cache()
         );
     }
+}
+
+/// A logout that carries the session cookie twice: the origin logs out the value it reads
+/// (Django: the last one), so cachegate must forget every value sent, not only the first.
+#[tokio::test]
+async fn logout_with_a_duplicated_session_cookie_forgets_both() {
+    let out = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let o_out = out.clone();
+    let o = Origin::start(move |r| {
+        let cookie = support::header(&r.headers, "cookie");
+        // Django's parser: the last duplicate wins.
+        let sid = cookie
+            .split(';')
+            .filter_map(|c| c.trim().strip_prefix("sessionid="))
+            .last()
+            .unwrap_or("")
+            .to_string();
+        match r.path.as_str() {
+            "/api/whoami/" if o_out.lock().unwrap().contains(&sid) => respond(200, &[], "{}"),
+            "/api/whoami/" => respond(200, &[], r#"{"role": "teacher", "tenant": 1, "user": "ann"}"#),
+            "/logout/" => {
+                o_out.lock().unwrap().push(sid);
+                respond(200, &[("set-cookie", "sessionid=; Max-Age=0")], "bye")
+            }
+            _ => {
+                let who = if sid.is_empty() || o_out.lock().unwrap().contains(&sid) {
+                    "nobody"
+                } else {
+                    "ann"
+                };
+                respond(200, &[], format!("courses for {who}"))
+            }
+        }
+    })
+    .await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndebug_headers = true\n[identity]\ncredential_cookies = [\"sessionid\"]\nlookup = {{ path = \"/api/whoami/\", cookie = \"sessionid\", ttl = \"60s\", reset_paths = [\"/logout/\"] }}\n{ROLE_TENANT_ROUTE}"
+    );
+    let p = Proxy::start(&o, &text).await;
+    for sid in ["a", "b"] {
+        let r = p
+            .get("/courses/")
+            .header("cookie", &format!("sessionid={sid}"))
+            .send()
+            .await;
+        assert!(
+            r.header("x-cache-key").contains(":teacher:1:"),
+            "{}",
+            r.header("x-cache-key")
+        );
+    }
+    let bye = p
+        .get("/logout/")
+        .header("cookie", "sessionid=a; sessionid=b")
+        .send()
+        .await;
+    assert_eq!(bye.status, 200);
+    let b = p.get("/courses/").header("cookie", "sessionid=b").send().await;
+    assert_eq!(b.text(), "courses for nobody", "key {}", b.header("x-cache-key"));
+    assert!(
+        !b.header("x-cache-key").contains(":teacher:"),
+        "{}",
+        b.header("x-cache-key")
+    );
 }
