@@ -315,7 +315,7 @@ async fn logout_with_a_duplicated_session_cookie_forgets_both() {
         let sid = cookie
             .split(';')
             .filter_map(|c| c.trim().strip_prefix("sessionid="))
-            .last()
+            .next_back()
             .unwrap_or("")
             .to_string();
         match r.path.as_str() {
