@@ -40,31 +40,50 @@ fn unix_now() -> u64 {
 }
 
 /// Settings read once at start-up (listeners, tiers, the warmer); changing them needs a restart.
-fn restart_only(c: &Config) -> String {
-    format!(
-        "{:?}",
-        (
-            (
-                c.server.listen,
-                c.server.admin_listen,
-                &c.server.tls,
-                c.server.client_timeout
-            ),
-            (
-                &c.cache.redis_urls,
-                &c.cache.key_prefix,
-                c.cache.memory_capacity,
-                c.cache.memory_ttl
-            ),
-            (c.cache.redis_timeout, c.cache.degraded_memory_ttl),
-            (
-                &c.identity.role_header,
-                &c.identity.tenant_header,
-                &c.identity.trust_headers_from
-            ),
-            (&c.purge.token_env, &c.purge.hmac_secret_env, &c.warm),
-        )
-    )
+/// Compared by value: a reload that changes any of them is refused as a whole.
+#[derive(Debug, PartialEq)]
+struct RestartOnly<'a> {
+    listen: std::net::SocketAddr,
+    admin_listen: std::net::SocketAddr,
+    tls: &'a Option<config::TlsConfig>,
+    client_timeout: std::time::Duration,
+    redis_urls: &'a [String],
+    key_prefix: &'a str,
+    memory_capacity: u64,
+    memory_ttl: std::time::Duration,
+    redis_timeout: std::time::Duration,
+    degraded_memory_ttl: std::time::Duration,
+    role_header: &'a http::HeaderName,
+    tenant_header: &'a http::HeaderName,
+    user_header: &'a Option<http::HeaderName>,
+    trust_headers_from: &'a [ipnet::IpNet],
+    token_env: &'a Option<String>,
+    hmac_secret_env: &'a Option<String>,
+    warm: &'a Option<config::WarmConfig>,
+}
+
+impl<'a> RestartOnly<'a> {
+    fn of(c: &'a Config) -> Self {
+        RestartOnly {
+            listen: c.server.listen,
+            admin_listen: c.server.admin_listen,
+            tls: &c.server.tls,
+            client_timeout: c.server.client_timeout,
+            redis_urls: &c.cache.redis_urls,
+            key_prefix: &c.cache.key_prefix,
+            memory_capacity: c.cache.memory_capacity,
+            memory_ttl: c.cache.memory_ttl,
+            redis_timeout: c.cache.redis_timeout,
+            degraded_memory_ttl: c.cache.degraded_memory_ttl,
+            role_header: &c.identity.role_header,
+            tenant_header: &c.identity.tenant_header,
+            user_header: &c.identity.user_header,
+            trust_headers_from: &c.identity.trust_headers_from,
+            token_env: &c.purge.token_env,
+            hmac_secret_env: &c.purge.hmac_secret_env,
+            warm: &c.warm,
+        }
+    }
 }
 
 impl Reloader {
@@ -117,7 +136,7 @@ impl Reloader {
             .await
             .map_err(|_| ReloadError::Interrupted)??;
         let old = self.config.load();
-        if restart_only(&old) != restart_only(&new) {
+        if RestartOnly::of(&old) != RestartOnly::of(&new) {
             return Err(ReloadError::RestartOnly(self.path.clone()));
         }
         let config = Arc::new(new);

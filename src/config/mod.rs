@@ -65,7 +65,7 @@ pub struct ServerConfig {
 }
 
 /// `tls = { cert, key }`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     /// PEM certificate chain.
     pub cert: PathBuf,
@@ -244,7 +244,7 @@ pub mod warm_limits {
 }
 
 /// `[warm]`: paths warmed through the public listener every `interval`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WarmConfig {
     /// Time between two runs; the first run comes one interval after start.
     pub interval: Duration,
