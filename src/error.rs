@@ -85,6 +85,17 @@ impl ProxyError {
         }
     }
 
+    /// What the client is told: the cause, without the origin's OS error text (an address, an
+    /// errno), which stays in the log.
+    fn client_text(&self) -> String {
+        match self {
+            ProxyError::Upstream(UpstreamError::Timeout(d)) => format!("origin timed out after {d:?}"),
+            ProxyError::Upstream(UpstreamError::Connect(_)) => "origin connect failed".to_string(),
+            ProxyError::Upstream(UpstreamError::Request(_)) => "origin request failed".to_string(),
+            e => e.to_string(),
+        }
+    }
+
     /// The synthetic answer.
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
@@ -92,7 +103,7 @@ impl ProxyError {
             ErrorSource::Upstream => tracing::warn!(error = %self, "origin failure"),
             ErrorSource::Downstream => tracing::debug!(error = %self, "refused request"),
         }
-        let body = Bytes::from(format!("{self}\n"));
+        let body = Bytes::from(format!("{}\n", self.client_text()));
         let mut resp = Response::new(ProxyBody::full(body));
         *resp.status_mut() = status;
         resp.headers_mut().insert(
