@@ -36,6 +36,8 @@ async fn shipped_config_runs_memory_only_and_stops_on_sigterm() {
     let mut bin = Binary::start(&shipped_config(&origin));
     let log = bin.startup_log.join("\n");
     assert!(log.contains("memory tier only"), "{log}");
+    // The shipped config names identity headers but trusts no peer: start-up says so.
+    assert!(log.contains("trust_headers_from is empty"), "{log}");
     assert!(log.contains(&format!("listen=127.0.0.1:{}", bin.port)), "{log}");
     assert!(log.contains(&format!("origin={}", origin.url())), "{log}");
     let mut seen = Vec::new();
