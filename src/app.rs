@@ -109,7 +109,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
     let config = Arc::new(config);
     let clock = Arc::new(Clock::default());
     let generations = Arc::new(Generations::default());
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::register(&prometheus::Registry::new()));
     // Every series whose labels are known exists from the first scrape, at 0.
     crate::proxy::prime_metrics(&metrics, config.routes.iter().map(|r| r.name.as_str()));
     crate::invalidation::prime_metrics(&metrics);

@@ -84,11 +84,17 @@ fn histogram(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> Histogr
 
 impl Metrics {
     /// Registers every metric on a new registry.
+    pub fn new() -> Self {
+        Self::register(&Registry::new())
+    }
+
+    /// Registers every metric on `registry`, which `/metrics` then renders (with anything else
+    /// registered on it).
     ///
     /// # Panics
-    /// Never with these static definitions (names and labels are valid and unique).
-    pub fn new() -> Self {
-        let reg = Registry::new();
+    /// When `registry` already holds a metric of the same name; never on a fresh registry.
+    pub fn register(registry: &Registry) -> Self {
+        let reg = registry.clone();
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric definition");
             reg.register(Box::new(g.clone())).expect("metric registered once");
