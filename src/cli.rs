@@ -17,7 +17,7 @@ use clap::{ArgGroup, Args};
 use http::Method;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::warm::{WarmReport, WarmRequest, DEFAULT_CONCURRENCY};
+use cachegate::warm::{WarmReport, WarmRequest, DEFAULT_CONCURRENCY};
 use client::connect;
 pub use client::CliError;
 

@@ -26,15 +26,17 @@
 //! * [`reload`]: config hot reload (SIGHUP, `POST /admin/reload`)
 //! * [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/admin/stats`, `POST /purge`,
 //!   `POST /admin/warm`)
-//! * [`cli`]: the `stats`, `purge` and `warm` verbs, talking to a running instance's admin listener
 //! * [`app`]: wiring, listeners and graceful shutdown
+//!
+//! The binary (`main.rs`) adds the command line and its `cli` module (the `stats`, `purge` and
+//! `warm` verbs, talking to a running instance's admin listener), so `clap` and `indicatif` stay
+//! out of the library.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
 pub mod cache;
-pub mod cli;
 pub mod clock;
 pub mod coherence;
 pub mod config;

@@ -1,9 +1,10 @@
 //! The `cachegate` binary: CLI, logging, exit codes. Everything else lives in the library.
 
+mod cli;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use cachegate::cli;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Exit code for a configuration that cannot be used (sysexits EX_USAGE... EX_CONFIG would be 78;

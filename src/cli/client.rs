@@ -188,12 +188,12 @@ pub(super) fn connect(
 }
 
 /// The config named by `--config`, or `proxy.toml` when it exists; `None` when the default is absent.
-fn load_config(explicit: Option<&Path>) -> Result<Option<crate::config::Config>, CliError> {
+fn load_config(explicit: Option<&Path>) -> Result<Option<cachegate::config::Config>, CliError> {
     let path = explicit.unwrap_or(Path::new(super::DEFAULT_CONFIG));
     if explicit.is_none() && !path.exists() {
         return Ok(None);
     }
-    crate::config::load(path).map(Some).map_err(|e| {
+    cachegate::config::load(path).map(Some).map_err(|e| {
         CliError::Usage(format!(
             "{e}\n(the config is read for [server] admin_listen and [purge] token_env: fix it, or pass --admin ADDR and --token)"
         ))
