@@ -48,6 +48,8 @@ pub struct Running {
     pub cache: Arc<Cache>,
     /// The freshness clock (tests advance it).
     pub clock: Arc<Clock>,
+    /// Purges, and the cross-instance protocol behind them.
+    pub purger: Arc<Purger>,
     /// Config hot reload.
     pub reloader: Arc<Reloader>,
     stop: watch::Sender<bool>,
@@ -135,8 +137,9 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         clock.clone(),
         generations.clone(),
         shared.clone(),
-        &metrics,
+        metrics.clone(),
     ));
+    let purger_generations = generations.clone();
     let purger = Arc::new(Purger::new(
         generations,
         shared.as_ref().map(|(_, c)| c.clone()),
@@ -159,6 +162,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         secrets.clone(),
         metrics.clone(),
     ));
+    let running_purger = purger.clone();
     let admin = Arc::new(Admin::new(
         reloader.clone(),
         cache.clone(),
@@ -189,7 +193,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
                 async move { admin.handle(req).await }
             },
         )),
-        tokio::spawn(prune_generations(cache.clone(), stop_rx.clone())),
+        tokio::spawn(prune_generations(purger_generations, stop_rx.clone())),
     ];
     if let (Some(job), Some(w)) = (scheduled, &config.warm) {
         tasks.push(tokio::spawn(crate::warm::scheduled(
@@ -208,6 +212,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         admin_addr,
         cache,
         clock,
+        purger: running_purger,
         reloader,
         stop,
         tasks,
@@ -300,15 +305,15 @@ where
 
 /// Forgets scope counters nothing refers to any more: every minute, and sooner when the table
 /// has doubled since the last time (a stream of new URLs adds one counter per miss).
-async fn prune_generations(cache: Arc<Cache>, mut stop: watch::Receiver<bool>) {
+async fn prune_generations(generations: Arc<Generations>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = cache.generations.prune_wanted.notified() => {}
+            _ = generations.prune_wanted.notified() => {}
             _ = stop.changed() => return,
         }
-        let n = cache.generations.prune();
+        let n = generations.prune();
         tracing::trace!(pruned = n, "generation table pruned");
     }
 }

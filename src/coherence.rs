@@ -78,6 +78,12 @@ impl Coherence {
     /// instance has acknowledged it or the lease time has passed. Returns the number of acks.
     ///
     /// # Errors
+    /// Sets a once-only marker for `name` across instances; false when it was already set.
+    /// An unreachable Redis answers true: the caller's local check still stands.
+    pub async fn remember_once(&self, name: &str, ttl: Duration) -> bool {
+        !matches!(self.redis.set_once(&format!("_replay:{name}"), ttl).await, Ok(false))
+    }
+
     /// The Redis failure; the purge then reached this instance only.
     pub async fn publish_purge(&self, scopes: &[String], soft: bool) -> Result<usize, crate::tiers::redis::TierError> {
         let purge_id = self.next_purge.fetch_add(1, Ordering::Relaxed);

@@ -84,6 +84,27 @@ impl Purger {
         }
     }
 
+    /// This instance's scope generations, for what keeps its own remembered answers (session
+    /// lookups).
+    pub fn generations(&self) -> &Arc<Generations> {
+        &self.generations
+    }
+
+    /// The cross-instance protocol, when Redis is configured.
+    pub fn coherence(&self) -> Option<&Arc<crate::coherence::Coherence>> {
+        self.coherence.as_ref()
+    }
+
+    /// Records `signature` among every instance's signed purges; false when one of them saw
+    /// it within `ttl`. True without Redis, or when Redis does not answer (the local check
+    /// still stands).
+    pub async fn first_sighting(&self, signature: &str, ttl: std::time::Duration) -> bool {
+        match &self.coherence {
+            Some(c) => c.remember_once(signature, ttl).await,
+            None => true,
+        }
+    }
+
     /// Invalidates `scopes` here at once, then in Redis and on every other instance; returns
     /// once they have all been told (or the lease time has passed). A soft purge marks Redis
     /// entries stale instead of invalid; memory copies are always dropped.

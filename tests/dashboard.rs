@@ -455,7 +455,7 @@ tags = ["courses"]
     let p = Proxy::start(&origin, &rest).await;
     let cache = Arc::clone(&p.running().cache);
     assert!(
-        eventually(Duration::from_secs(10), || cache.redis().is_some_and(|r| r.is_up())).await,
+        eventually(Duration::from_secs(10), || cache.shared_up() == Some(true)).await,
         "the Redis tier came up"
     );
 

@@ -430,7 +430,7 @@ async fn redis_outage_never_reaches_clients() {
     redis.kill();
     let cache = a.running().cache.clone();
     assert!(
-        eventually(Duration::from_secs(10), || !cache.redis().unwrap().is_up()).await,
+        eventually(Duration::from_secs(10), || cache.shared_up() == Some(false)).await,
         "the outage is noticed"
     );
     let during = served.load(Ordering::SeqCst);
@@ -458,7 +458,7 @@ async fn lost_subscription_drops_the_memory_tier() {
     let a = instance(&origin, &redis, "").await;
     a.get("/courses/").send().await;
     assert_eq!(a.get("/courses/").send().await.header("x-cache-tier"), "memory");
-    let coherence = a.running().cache.coherence().unwrap().clone();
+    let coherence = a.running().purger.coherence().unwrap().clone();
     let subs = coherence.subscriptions();
     let mut c = redis.conn().await.unwrap();
     let killed: i64 = redis::cmd("CLIENT")
@@ -518,7 +518,7 @@ async fn redis_down_serves_memory_only_within_the_degraded_window() {
     let noticed = async {
         for i in 0..200 {
             a.get(&format!("/lectures/{i}/")).send().await;
-            if !cache.redis().unwrap().is_up() {
+            if cache.shared_up() == Some(false) {
                 return true;
             }
         }
@@ -580,7 +580,7 @@ async fn paused_redis_never_hangs_or_fails_requests() {
     }
     assert_eq!(errors, 0, "5xx answers while Redis was paused");
     let cache = a.running().cache.clone();
-    assert!(!cache.redis().unwrap().is_up(), "the pause was noticed");
+    assert!(cache.shared_up() == Some(false), "the pause was noticed");
     redis.signal("CONT");
     a.wait_shared().await;
     a.get("/lectures/42/").send().await;

@@ -1,8 +1,11 @@
 //! The admin listener: health, readiness and the purge webhook (metrics join it later).
 //! It binds 127.0.0.1 by default and is separate from the public listener.
 
+mod error;
 pub mod purge;
 mod warm;
+
+pub use error::AdminError;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,9 +43,6 @@ pub const MAX_PURGE_BODY: usize = 64 * 1024;
 /// read, so it is the way to send large warm requests.
 pub const MAX_SIGNED_BODY: usize = 256 * 1024;
 
-/// What [`Admin::read_authenticated`] refused, already answered.
-type Refused = Box<Response<ProxyBody>>;
-
 /// Admin endpoints.
 pub struct Admin {
     config: Arc<ArcSwap<Config>>,
@@ -78,16 +78,24 @@ impl Admin {
         }
     }
 
-    /// Routes one admin request.
+    /// Routes one admin request; every [`AdminError`] becomes its answer here.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let answered = match (req.method(), req.uri().path()) {
+            (&Method::POST, "/purge") => self.purge(req).await,
+            (&Method::POST, "/admin/warm") => self.warm(req).await,
+            (&Method::POST, "/admin/reload") => self.reload(req).await,
+            _ => Ok(self.read_only(req).await),
+        };
+        answered.unwrap_or_else(AdminError::into_response)
+    }
+
+    /// The endpoints that change nothing, and the answers for unknown paths.
+    async fn read_only(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         match (req.method(), req.uri().path()) {
             (_, "/healthz") => text(StatusCode::OK, "ok\n".into()),
             (_, "/readyz") => self.ready().await,
             (_, "/metrics") => self.metrics().await,
             (_, "/admin/stats") => self.stats().await,
-            (&Method::POST, "/purge") => self.purge(req).await,
-            (&Method::POST, "/admin/warm") => self.warm(req).await,
-            (&Method::POST, "/admin/reload") => self.reload(req).await,
             (_, "/purge") => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "use POST /purge with a JSON body\n".into(),
@@ -101,21 +109,20 @@ impl Admin {
     }
 
     /// Re-reads the config file; authenticated like `/purge`.
-    async fn reload(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn reload(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, AdminError> {
         if !self.auth.enabled() {
             let msg = "reload endpoint disabled: set [purge] token_env or hmac_secret_env (or send SIGHUP)";
-            return json(StatusCode::FORBIDDEN, &serde_json::json!({ "error": msg }));
+            return Err(AdminError::new(StatusCode::FORBIDDEN, msg));
         }
-        if let Err(refused) = self.read_authenticated(req, MAX_PURGE_BODY).await {
-            return *refused;
-        }
-        match self.reloader.reload().await {
+        self.read_authenticated(req, MAX_PURGE_BODY).await?;
+        Ok(match self.reloader.reload().await {
             Ok(msg) => json(StatusCode::OK, &serde_json::json!({ "reloaded": true, "message": msg })),
+            // A refused reload is an answer, not an admin error: the body says which.
             Err(e) => json(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 &serde_json::json!({ "reloaded": false, "error": e.to_string() }),
             ),
-        }
+        })
     }
 
     /// Gauges are sampled at scrape time; counters are live.
@@ -124,7 +131,7 @@ impl Admin {
         let m = &self.metrics;
         m.memory_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
         m.memory_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
-        m.redis_up.set(i64::from(self.cache.redis().is_some_and(|r| r.is_up())));
+        m.redis_up.set(i64::from(self.cache.shared_up() == Some(true)));
         let mut resp = Response::new(ProxyBody::full(Bytes::from(m.render())));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -155,9 +162,9 @@ impl Admin {
                 serde_json::json!({ "route": n, "hits": hits, "misses": misses, "bypasses": bypasses, "hit_ratio": ratio })
             })
             .collect();
-        let redis = match self.cache.redis() {
+        let redis = match self.cache.shared_usage().await {
             None => serde_json::json!({ "configured": false }),
-            Some(r) => match r.usage().await {
+            Some(usage) => match usage {
                 Ok((used, keys)) => {
                     serde_json::json!({ "configured": true, "up": true, "used_memory_bytes": used, "keys": keys })
                 }
@@ -177,23 +184,17 @@ impl Admin {
         )
     }
 
-    async fn purge(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn purge(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, AdminError> {
         if !self.auth.enabled() {
             let msg =
                 "purge endpoint disabled: set [purge] token_env or hmac_secret_env to a variable holding a secret";
-            return json(StatusCode::FORBIDDEN, &serde_json::json!({ "error": msg }));
+            return Err(AdminError::new(StatusCode::FORBIDDEN, msg));
         }
-        let body = match self.read_authenticated(req, MAX_PURGE_BODY).await {
-            Ok(b) => b,
-            Err(refused) => return *refused,
-        };
-        let (scopes, soft) = match purge::scopes_for(&self.config.load(), &body) {
-            Ok(s) => s,
-            Err(purge::Refusal(status, msg)) => return json(status, &serde_json::json!({ "error": msg })),
-        };
+        let body = self.read_authenticated(req, MAX_PURGE_BODY).await?;
+        let (scopes, soft) = purge::scopes_for(&self.config.load(), &body)?;
         let outcome = self.purger.purge(&scopes, soft, Trigger::Webhook).await;
         tracing::info!(scopes = ?scopes, soft, shared = outcome.shared, acks = outcome.acks, "purge webhook");
-        json(
+        Ok(json(
             StatusCode::OK,
             &serde_json::json!({
                 "purged": outcome.scopes,
@@ -202,20 +203,17 @@ impl Admin {
                 "shared": outcome.shared,
                 "instances_acked": outcome.acks,
             }),
-        )
+        ))
     }
 
     /// Authenticates an admin POST and reads its body, at most `limit` bytes, within
     /// [`BODY_READ_TIMEOUT`]. Credentials in the headers are checked before any of the body is
     /// read, so an unauthenticated client is answered at once. A signed request's body has to
     /// be read to verify it, so it is held to [`MAX_SIGNED_BODY`] until it is verified.
-    async fn read_authenticated(&self, req: Request<Incoming>, limit: usize) -> Result<Bytes, Refused> {
-        let refuse = |status: StatusCode, msg: String| Box::new(json(status, &serde_json::json!({ "error": msg })));
+    async fn read_authenticated(&self, req: Request<Incoming>, limit: usize) -> Result<Bytes, AdminError> {
+        let refuse = AdminError::new;
         let (parts, body) = req.into_parts();
-        let how = self
-            .auth
-            .check_headers(&parts.headers)
-            .map_err(|purge::Refusal(status, msg)| refuse(status, msg))?;
+        let how = self.auth.check_headers(&parts.headers)?;
         let limit = match how {
             purge::HeaderAuth::Token => limit,
             purge::HeaderAuth::Signature => limit.min(MAX_SIGNED_BODY),
@@ -253,11 +251,7 @@ impl Admin {
             Ok(Ok(b)) => b.to_bytes(),
         };
         if how == purge::HeaderAuth::Signature {
-            let redis = self.cache.redis().map(|r| r.as_ref());
-            self.auth
-                .check(&parts.headers, &body, redis)
-                .await
-                .map_err(|purge::Refusal(status, msg)| refuse(status, msg))?;
+            self.auth.check(&parts.headers, &body, &self.purger).await?;
         }
         Ok(body)
     }
@@ -273,10 +267,10 @@ impl Admin {
         };
         let probe = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr)).await;
         // Redis is reported, but a Redis outage is degraded service, not unreadiness.
-        let redis = match self.cache.redis() {
+        let redis = match self.cache.shared_up() {
             None => "redis: not configured (memory tier only)",
-            Some(r) if r.is_up() => "redis: up",
-            Some(_) => "redis: down (degraded: serving from memory tier and origin)",
+            Some(true) => "redis: up",
+            Some(false) => "redis: down (degraded: serving from memory tier and origin)",
         };
         match probe {
             Ok(Ok(_)) => text(StatusCode::OK, format!("ready: origin {addr} reachable\n{redis}\n")),

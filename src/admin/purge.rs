@@ -16,12 +16,13 @@ use serde::Deserialize;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use super::error::AdminError;
 use crate::cache::key;
 use crate::config::{Config, PurgeScope};
 use crate::invalidation;
+use crate::invalidation::Purger;
 use crate::scope::{self, ALL};
 use crate::secrets::Secrets;
-use crate::tiers::redis::RedisTier;
 
 /// Signatures older than this are refused, and seen ones remembered this long.
 const MAX_SKEW: Duration = Duration::from_secs(300);
@@ -52,12 +53,8 @@ pub struct PurgeRequest {
     pub soft: bool,
 }
 
-/// A refused purge: status and message.
-#[derive(Debug)]
-pub struct Refusal(pub StatusCode, pub String);
-
-fn refuse(status: StatusCode, msg: impl Into<String>) -> Refusal {
-    Refusal(status, msg.into())
+fn refuse(status: StatusCode, msg: impl Into<String>) -> AdminError {
+    AdminError::new(status, msg)
 }
 
 /// Secrets read once at start-up from the variables `[purge]` names.
@@ -88,7 +85,7 @@ impl PurgeAuth {
     ///
     /// # Errors
     /// 401 with what was wrong.
-    pub fn check_headers(&self, headers: &HeaderMap) -> Result<HeaderAuth, Refusal> {
+    pub fn check_headers(&self, headers: &HeaderMap) -> Result<HeaderAuth, AdminError> {
         let unauthorized = |m: &str| refuse(StatusCode::UNAUTHORIZED, m);
         if headers.contains_key(http::header::AUTHORIZATION) {
             return self.check_token(headers).map(|()| HeaderAuth::Token);
@@ -108,7 +105,7 @@ impl PurgeAuth {
         ))
     }
 
-    fn check_token(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+    fn check_token(&self, headers: &HeaderMap) -> Result<(), AdminError> {
         let unauthorized = |m: &str| refuse(StatusCode::UNAUTHORIZED, m);
         let Some(auth) = headers.get(http::header::AUTHORIZATION) else {
             return Err(unauthorized("missing bearer token"));
@@ -130,7 +127,7 @@ impl PurgeAuth {
     ///
     /// # Errors
     /// 401 with what was wrong.
-    pub async fn check(&self, headers: &HeaderMap, body: &[u8], redis: Option<&RedisTier>) -> Result<(), Refusal> {
+    pub async fn check(&self, headers: &HeaderMap, body: &[u8], purger: &Purger) -> Result<(), AdminError> {
         let unauthorized = |m: &str| refuse(StatusCode::UNAUTHORIZED, m);
         if headers.contains_key(http::header::AUTHORIZATION) {
             return self.check_token(headers);
@@ -142,20 +139,14 @@ impl PurgeAuth {
                 ));
             };
             let sig = sig.to_str().map_err(|_| unauthorized("unreadable signature header"))?;
-            return self.check_signature(secret, sig, body, redis).await;
+            return self.check_signature(secret, sig, body, purger).await;
         }
         Err(unauthorized(
             "missing credentials: send Authorization: Bearer <token> or X-Cachegate-Signature: t=<unix>,v1=<hex>",
         ))
     }
 
-    async fn check_signature(
-        &self,
-        secret: &[u8],
-        sig: &str,
-        body: &[u8],
-        redis: Option<&RedisTier>,
-    ) -> Result<(), Refusal> {
+    async fn check_signature(&self, secret: &[u8], sig: &str, body: &[u8], purger: &Purger) -> Result<(), AdminError> {
         let unauthorized = |m: &str| refuse(StatusCode::UNAUTHORIZED, m);
         let (t, v1) = parse_signature(sig)?;
         let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| unauthorized("unusable hmac secret"))?;
@@ -165,11 +156,11 @@ impl PurgeAuth {
         if mac.verify_slice(&v1).is_err() {
             return Err(unauthorized("signature does not match the body"));
         }
-        self.remember(&hex::encode(&v1), redis).await
+        self.remember(&hex::encode(&v1), purger).await
     }
 
     /// Refuses a signature seen before, here or (through Redis) on any instance.
-    async fn remember(&self, sig: &str, redis: Option<&RedisTier>) -> Result<(), Refusal> {
+    async fn remember(&self, sig: &str, purger: &Purger) -> Result<(), AdminError> {
         {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             seen.retain(|_, at| at.elapsed() < MAX_SKEW * 2);
@@ -177,10 +168,8 @@ impl PurgeAuth {
                 return Err(refuse(StatusCode::UNAUTHORIZED, "signature replayed"));
             }
         }
-        if let Some(r) = redis {
-            if let Ok(false) = r.set_once(&format!("_replay:{sig}"), MAX_SKEW * 2).await {
-                return Err(refuse(StatusCode::UNAUTHORIZED, "signature replayed"));
-            }
+        if !purger.first_sighting(sig, MAX_SKEW * 2).await {
+            return Err(refuse(StatusCode::UNAUTHORIZED, "signature replayed"));
         }
         Ok(())
     }
@@ -197,7 +186,7 @@ pub enum HeaderAuth {
 }
 
 /// The timestamp and MAC of `t=<unix>,v1=<hex>`, refused when malformed or outside the skew.
-fn parse_signature(sig: &str) -> Result<(u64, Vec<u8>), Refusal> {
+fn parse_signature(sig: &str) -> Result<(u64, Vec<u8>), AdminError> {
     let unauthorized = |m: &str| refuse(StatusCode::UNAUTHORIZED, m);
     let mut t = None;
     let mut v1 = None;
@@ -224,7 +213,7 @@ fn parse_signature(sig: &str) -> Result<(u64, Vec<u8>), Refusal> {
 ///
 /// # Errors
 /// 400 with what is wrong; nothing has been purged.
-pub fn scopes_for(config: &Config, body: &[u8]) -> Result<(Vec<String>, bool), Refusal> {
+pub fn scopes_for(config: &Config, body: &[u8]) -> Result<(Vec<String>, bool), AdminError> {
     let req: PurgeRequest = serde_json::from_slice(body)
         .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("invalid purge body: {e}")))?;
     let bad = |m: String| refuse(StatusCode::BAD_REQUEST, m);

@@ -5,7 +5,7 @@
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::{json, Admin};
+use super::{json, Admin, AdminError};
 use crate::message::body::ProxyBody;
 use crate::warm::{WarmJob, WarmRequest, MAX_PATHS};
 
@@ -19,30 +19,20 @@ const WARM_NAMES_BUDGET: usize = 64 * 1024;
 /// (signed ones stop at [`super::MAX_SIGNED_BODY`]).
 const MAX_WARM_BODY: usize = MAX_PATHS * WARM_BYTES_PER_PATH + WARM_NAMES_BUDGET;
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Response<ProxyBody> {
-    json(status, &serde_json::json!({ "error": msg.into() }))
-}
-
 impl Admin {
     /// Handles `POST /admin/warm`.
-    pub(super) async fn warm(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub(super) async fn warm(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, AdminError> {
         if !self.auth.enabled() {
             let msg = "warm endpoint disabled: it uses the purge credentials; set [purge] token_env or \
                        hmac_secret_env to a variable holding a secret";
-            return error(StatusCode::FORBIDDEN, msg);
+            return Err(AdminError::new(StatusCode::FORBIDDEN, msg));
         }
-        let body = match self.read_authenticated(req, MAX_WARM_BODY).await {
-            Ok(b) => b,
-            Err(refused) => return *refused,
-        };
+        let body = self.read_authenticated(req, MAX_WARM_BODY).await?;
         let job = serde_json::from_slice::<WarmRequest>(&body)
             .map_err(|e| format!("invalid warm body: {e}"))
             .and_then(|r| WarmJob::new(r).map_err(|e| e.to_string()))
             .and_then(|j| self.warmer.check(&j).map(|()| j).map_err(|e| e.to_string()));
-        let job = match job {
-            Ok(j) => j,
-            Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
-        };
+        let job = job.map_err(AdminError::bad_request)?;
         let report = self.warmer.warm(&job).await;
         tracing::info!(
             warmed = report.warmed,
@@ -51,11 +41,11 @@ impl Admin {
             "warm request done"
         );
         match serde_json::to_value(&report) {
-            Ok(v) => json(StatusCode::OK, &v),
-            Err(e) => error(
+            Ok(v) => Ok(json(StatusCode::OK, &v)),
+            Err(e) => Err(AdminError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("cannot encode the report: {e}"),
-            ),
+            )),
         }
     }
 }

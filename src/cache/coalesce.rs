@@ -77,11 +77,6 @@ impl Coalescer {
             table: self.clone(),
         })
     }
-
-    /// Fetches in progress.
-    pub fn in_flight(&self) -> usize {
-        self.flights.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
 }
 
 impl Leader {

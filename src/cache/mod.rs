@@ -1,15 +1,23 @@
 //! The cache facade: the only API the proxy sees. Looks entries up, stores them, and remembers
 //! which request headers each URL's origin answer varies on.
 //!
+//! The proxy reaches storage only through here: it asks [`Cache::lookup`] and fills through
+//! the [`FillPermit`] a miss hands it. Generations, coalescing and the Redis tier stay inside.
+//!
 //! # Layout
+//! * [`lookup`]: a request's way through the tiers, and the permit to fill
+//! * [`coalesce`]: one origin fetch per key
 //! * [`key`]: path/query normalisation and the key string
 //! * [`policy`]: what may be stored and for how long (pure)
 //! * [`entry`]: the stored response
 
-pub mod coalesce;
+mod coalesce;
 pub mod entry;
 pub mod key;
+mod lookup;
 pub mod policy;
+
+pub use lookup::{EntryScopes, FillPermit, Filled, Hit, Lookup, RequestKey, Stored, Waits};
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,9 +30,11 @@ use http::{HeaderMap, HeaderName};
 use crate::clock::Clock;
 use crate::coherence::Coherence;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::scope::{Generations, Stamps};
 use crate::tiers::memory::MemoryTier;
-use crate::tiers::redis::{Gens, Lookup, RedisTier};
+use crate::tiers::redis::TierError;
+use crate::tiers::redis::{self, Gens, RedisTier};
 use coalesce::{Coalescer, Done};
 use entry::{CachedResponse, Staleness, WireEntry};
 use key::{BaseKey, VaryInput};
@@ -49,25 +59,25 @@ impl Tier {
 }
 
 /// What the shared tier said about a key the memory tier could not answer.
-pub enum Shared {
+enum Shared {
     /// A valid entry, already promoted to memory, and where it is in its life.
     Hit(Arc<CachedResponse>, Staleness),
-    /// A soft-purged entry: serve it stale while refreshing with this fill.
-    SoftStale(Arc<CachedResponse>, Fill),
+    /// A soft-purged entry: serve it stale while it is refreshed.
+    SoftStale(Arc<CachedResponse>),
     /// Nothing usable: fill from the origin, recording these generations.
     Miss(Fill),
 }
 
 /// Everything a fill must record, captured before the origin fetch.
-pub struct Fill {
+struct Fill {
     /// Local counters, guarding the memory copy.
-    pub stamps: Stamps,
+    stamps: Stamps,
     /// Local purge count at capture (for scopes learnt from the response).
-    pub local_epoch: u64,
+    local_epoch: u64,
     /// Redis generations of `scopes`, when the shared tier answered.
-    pub gens: Option<Gens>,
+    gens: Option<Gens>,
     /// The entry's scopes.
-    pub scopes: Vec<String>,
+    scopes: Vec<String>,
 }
 
 /// Cache tiers plus the generation table.
@@ -78,15 +88,14 @@ pub struct Cache {
     /// Has any origin answer carried `Vary`? Until then no hit pays for an index lookup. One
     /// flag rather than one per route, so a config reload that reorders routes keeps it right.
     seen_vary: AtomicBool,
-    /// Scope generations of this instance.
-    pub generations: Arc<Generations>,
-    /// Freshness clock.
-    pub clock: Arc<Clock>,
+    generations: Arc<Generations>,
+    clock: Arc<Clock>,
+    metrics: Arc<Metrics>,
     redis: Option<Arc<RedisTier>>,
     coherence: Option<Arc<Coherence>>,
     degraded_ttl: Duration,
     /// Origin fetches in progress, for request coalescing.
-    pub coalescer: Arc<Coalescer>,
+    coalescer: Arc<Coalescer>,
 }
 
 impl Cache {
@@ -96,7 +105,7 @@ impl Cache {
         clock: Arc<Clock>,
         generations: Arc<Generations>,
         redis: Option<(Arc<RedisTier>, Arc<Coherence>)>,
-        metrics: &crate::metrics::Metrics,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let ttl = config.cache.memory_ttl;
         let (redis, coherence) = redis.map_or((None, None), |(r, c)| (Some(r), Some(c)));
@@ -113,17 +122,31 @@ impl Cache {
             coherence,
             degraded_ttl: config.cache.degraded_memory_ttl,
             coalescer: Arc::new(Coalescer::default()),
+            metrics,
         }
     }
 
-    /// The Redis tier, when configured.
-    pub fn redis(&self) -> Option<&Arc<RedisTier>> {
-        self.redis.as_ref()
+    /// The clock entries age by, for answers' `Age`.
+    pub fn now(&self) -> std::time::Instant {
+        self.clock.now()
     }
 
-    /// The cross-instance protocol, when Redis is configured.
-    pub fn coherence(&self) -> Option<&Arc<Coherence>> {
-        self.coherence.as_ref()
+    /// Wall-clock time, for `Date` and `Expires` arithmetic.
+    pub fn wall_now(&self) -> std::time::SystemTime {
+        self.clock.system_now()
+    }
+
+    /// Whether Redis answers; `None` without Redis.
+    pub fn shared_up(&self) -> Option<bool> {
+        self.redis.as_ref().map(|r| r.is_up())
+    }
+
+    /// Redis memory used and its key count; `None` without Redis.
+    pub async fn shared_usage(&self) -> Option<Result<(u64, u64), TierError>> {
+        match &self.redis {
+            Some(r) => Some(r.usage().await),
+            None => None,
+        }
     }
 
     /// Whether the shared tier is fully working: Redis answering and purges being heard.
@@ -137,7 +160,7 @@ impl Cache {
 
     /// The full key for a request: the base key plus the values of the headers the origin's
     /// answer for this URL varies on.
-    pub async fn key_for<'a>(&self, base: &'a BaseKey, input: VaryInput<'_>) -> Cow<'a, str> {
+    async fn key_for<'a>(&self, base: &'a BaseKey, input: VaryInput<'_>) -> Cow<'a, str> {
         if self.seen_vary.load(Ordering::Relaxed) {
             // Boxed: only origins that send `Vary` pay for this lookup's future.
             if let Some(names) = Box::pin(self.vary_index.get(base.text.as_str())).await {
@@ -152,7 +175,7 @@ impl Cache {
 
     /// A memory entry that is unpurged, trusted (see [`Cache::memory_trusted`]) and not past
     /// every stale window, with where it is in its life.
-    pub async fn memory_lookup(&self, key: &str) -> Option<(Arc<CachedResponse>, Staleness)> {
+    async fn memory_lookup(&self, key: &str) -> Option<(Arc<CachedResponse>, Staleness)> {
         let entry = self.memory.get(key).await?;
         let now = self.clock.now();
         let state = entry.staleness(now);
@@ -178,7 +201,7 @@ impl Cache {
     /// Asks the shared tier (if any). `scopes` are the entry's scopes known from the request;
     /// local counters are captured before Redis is read, so a purge heard meanwhile still
     /// invalidates a promoted copy.
-    pub async fn shared(&self, key: &str, scopes: Vec<String>, stamps: Stamps) -> Shared {
+    async fn shared(&self, key: &str, scopes: Vec<String>, stamps: Stamps) -> Shared {
         let local_epoch = self.generations.epoch();
         let mut fill = Fill {
             stamps,
@@ -190,7 +213,7 @@ impl Cache {
             return Shared::Miss(fill);
         };
         match redis.lookup(key, &fill.scopes).await {
-            Ok(Lookup::Hit(payload, recorded)) => {
+            Ok(redis::Lookup::Hit(payload, recorded)) => {
                 match self
                     .promote(key, &payload, recorded, fill.stamps.clone(), local_epoch)
                     .await
@@ -200,24 +223,24 @@ impl Cache {
                     None => fill.gens = redis.gens(&fill.scopes).await.ok(),
                 }
             }
-            Ok(Lookup::Stale(payload, g)) => {
+            Ok(redis::Lookup::Stale(payload, g)) => {
                 fill.gens = Some(g);
                 // Soft-purged: servable while it is refreshed; never promoted to memory.
                 if let Ok(wire) = WireEntry::decode(&payload) {
                     let entry = self.entry_from_wire(wire, Stamps::default());
                     if entry.staleness(self.clock.now()) != Staleness::Dead {
-                        return Shared::SoftStale(Arc::new(entry), fill);
+                        return Shared::SoftStale(Arc::new(entry));
                     }
                 }
             }
-            Ok(Lookup::Miss(g)) => fill.gens = Some(g),
+            Ok(redis::Lookup::Miss(g)) => fill.gens = Some(g),
             Err(e) => tracing::debug!(error = %e, "redis lookup skipped"),
         }
         Shared::Miss(fill)
     }
 
     /// A fill for `scopes` without a lookup (stale-if-error candidates, background refreshes).
-    pub async fn capture(&self, scopes: Vec<String>, stamps: Stamps) -> Fill {
+    async fn capture(&self, scopes: Vec<String>, stamps: Stamps) -> Fill {
         let local_epoch = self.generations.epoch();
         let gens = match &self.redis {
             Some(r) => r.gens(&scopes).await.ok(),
@@ -275,13 +298,7 @@ impl Cache {
     /// Stores a filled entry in every tier, unless a purge landed since its fetch began.
     /// Returns the stored entry and its key. `vary` is the origin's `Vary` list, reduced by
     /// [`vary_names`]; `surrogate` the scopes learnt from the response.
-    pub async fn put(
-        &self,
-        fill: Fill,
-        target: Target<'_>,
-        surrogate: Vec<String>,
-        entry: CachedResponse,
-    ) -> Option<Done> {
+    async fn put(&self, fill: Fill, target: Target<'_>, surrogate: Vec<String>, entry: CachedResponse) -> Option<Done> {
         let Fill {
             mut stamps,
             local_epoch,
@@ -357,7 +374,7 @@ impl Cache {
     }
 
     /// The key an entry is stored under.
-    pub fn full_key(&self, target: &Target<'_>) -> String {
+    fn full_key(&self, target: &Target<'_>) -> String {
         key::full_key(target.base, &target.vary, target.input)
     }
 
@@ -369,13 +386,13 @@ impl Cache {
 }
 
 /// Where a filled entry goes.
-pub struct Target<'a> {
+struct Target<'a> {
     /// Key without `Vary` headers.
-    pub base: &'a BaseKey,
+    base: &'a BaseKey,
     /// The origin's `Vary` names.
-    pub vary: Vec<HeaderName>,
+    vary: Vec<HeaderName>,
     /// The request's `Vary` values.
-    pub input: VaryInput<'a>,
+    input: VaryInput<'a>,
 }
 
 fn unix_ms(t: std::time::SystemTime) -> u64 {

@@ -51,7 +51,7 @@ impl Proxy {
             CacheResult::Stale
         };
         out.tier = Some(tier);
-        let now = self.cache.clock.now();
+        let now = self.cache.now();
         let age = headers::age_value(entry.age_secs(now));
         let not_modified = headers::not_modified(asked.headers, &entry.headers);
         if how == Serve::Hit && !not_modified && !self.config.server.debug_headers {

@@ -2,8 +2,6 @@
 //! purge landed since the fill was captured, then served. When the origin fails and a stale
 //! entry inside `stale_if_error` exists, that entry is the answer instead.
 
-use std::sync::Arc;
-
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::Response;
@@ -12,27 +10,20 @@ use hyper::body::Incoming;
 
 use super::answer::{add_debug, Asked, Serve};
 use super::{mark_bypass, CacheResult, Ctx, Outcome, Proxy};
-use crate::cache::coalesce::Leader;
-use crate::cache::entry::{CachedResponse, Staleness};
-use crate::cache::key::BaseKey;
+use crate::cache::entry::Staleness;
 use crate::cache::policy::{self, BypassReason};
-use crate::cache::{vary_names, Fill, Target, Tier};
+use crate::cache::{vary_names, FillPermit, Filled, Stored, Tier};
 use crate::config::CredentialCookies;
 use crate::error::{ProxyError, UpstreamError};
 use crate::message::body::ProxyBody;
 use crate::message::headers;
-use crate::scope::{self, Stamps};
+use crate::scope;
 
-/// Where a miss will be stored and what else it needs.
+/// What a fill needs besides its permit.
 pub(super) struct Miss<'a> {
     pub(super) idx: usize,
-    pub(super) base: &'a BaseKey,
     /// The tenant the entry is keyed with.
     pub(super) tenant: Option<&'a str>,
-    /// Set when this request leads a coalesced fetch.
-    pub(super) leader: Option<Leader>,
-    /// An expired entry still inside `stale_if_error`.
-    pub(super) fallback: Option<Arc<CachedResponse>>,
     /// The client asked with HEAD (the fill is a GET either way).
     pub(super) head: bool,
 }
@@ -49,20 +40,20 @@ impl Proxy {
         parts: http::request::Parts,
         ctx: Ctx<'_>,
         miss: Miss<'_>,
-        fill: Fill,
+        permit: FillPermit,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let req_headers = parts.headers.clone();
-        let fallback = miss.fallback.clone();
+        let fallback = permit.fallback();
         let head = miss.head;
-        let result = self.fetch_and_store(parts, ctx, miss, fill, out).await;
+        let result = self.fetch_and_store(parts, ctx, miss, permit, out).await;
         let failed = match &result {
             Err(ProxyError::Upstream(_)) => true,
             Ok(r) => r.status().is_server_error(),
             Err(_) => false,
         };
         match fallback {
-            Some(stale) if failed && stale.staleness(self.cache.clock.now()) != Staleness::Dead => {
+            Some(stale) if failed && stale.staleness(self.cache.now()) != Staleness::Dead => {
                 let asked = Asked {
                     headers: &req_headers,
                     head,
@@ -79,17 +70,10 @@ impl Proxy {
         parts: http::request::Parts,
         ctx: Ctx<'_>,
         miss: Miss<'_>,
-        fill: Fill,
+        permit: FillPermit,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let Miss {
-            idx,
-            base,
-            tenant,
-            leader,
-            head,
-            ..
-        } = miss;
+        let Miss { idx, tenant, head } = miss;
         out.cache = CacheResult::Miss;
         let route = &self.config.routes[idx];
         let req_headers = parts.headers.clone();
@@ -101,7 +85,7 @@ impl Proxy {
         // A GET logout (or login) on a cached route changes who the session is, too.
         self.session_changes(&self.identity.sessions_of(&req_headers), ctx.path, &parts.headers)
             .await;
-        let now = self.cache.clock.system_now();
+        let now = self.cache.wall_now();
         let fresh = match policy::storable(parts.status, &parts.headers, route, &self.config.cache, now) {
             Ok(f) => f,
             Err(reason) => return Ok(bypass_response(parts, ProxyBody::Stream(body), head, reason, out)),
@@ -137,32 +121,22 @@ impl Proxy {
         let mut stored_headers = parts.headers.clone();
         stored_headers.remove(header::SET_COOKIE);
         stored_headers.remove(header::AGE);
-        let entry = CachedResponse {
+        let filled = Filled {
             status: parts.status,
             headers: stored_headers,
             body: body.clone(),
-            stored_at: self.cache.clock.now(),
             initial_age: fresh.initial_age,
             fresh_for: fresh.remaining(),
-            stamps: Stamps::default(),
             stale: policy::stale_windows(&parts.headers, route, &self.config.cache),
-            hit_headers: Default::default(),
-        };
-        let target = Target {
-            base,
             vary: vary_names(
                 &parts.headers,
                 self.config.identity.credential_cookies == CredentialCookies::All && !route.public,
                 route.public,
             ),
-            input: ctx.vary_input(&req_headers, route),
+            surrogate: surrogate_scopes,
         };
-        let key_text = self.config.server.debug_headers.then(|| self.cache.full_key(&target));
-        let done = self.cache.put(fill, target, surrogate_scopes, entry).await;
-        let stored = done.is_some();
-        if let Some(l) = leader {
-            l.finish(done);
-        }
+        let Stored { key, stored } = permit.store(filled, ctx.vary_input(&req_headers, route)).await;
+        let key_text = self.config.server.debug_headers.then_some(key);
         let h = &mut parts.headers;
         h.insert(header::AGE, HeaderValue::from(fresh.initial_age.as_secs()));
         h.insert(headers::X_CACHE, HeaderValue::from_static("MISS"));

@@ -71,8 +71,8 @@ impl Proxy {
             &config.identity,
             secrets,
             origin.clone(),
-            cache.generations.clone(),
-            cache.coherence().cloned(),
+            purger.generations().clone(),
+            purger.coherence().cloned(),
             metrics.clone(),
         )?;
         let hit_series = config.routes.iter().map(|_| OnceLock::new()).collect();

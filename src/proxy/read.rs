@@ -15,34 +15,14 @@ use super::answer::{Asked, Serve};
 use super::fill::Miss;
 use super::inbound::Inbound;
 use super::{Ctx, Outcome, Proxy};
-use crate::cache::coalesce::{Done, Join};
-use crate::cache::entry::{CachedResponse, Staleness};
 use crate::cache::key::{self, KeyIdentity};
 use crate::cache::policy::BypassReason;
-use crate::cache::{Shared, Tier};
+use crate::cache::{EntryScopes, Lookup, Waits};
 use crate::config::RouteConfig;
 use crate::error::ProxyError;
 use crate::identity::{Identity, Part};
 use crate::message::body::ProxyBody;
-use crate::scope::{self, Stamps};
-
-/// What waiting on another instance's fill gave.
-enum LeaseWait {
-    /// Its answer, from Redis.
-    Served(Response<ProxyBody>),
-    /// This instance fetches (and holds the lease with this token).
-    Held(u64),
-    /// Fetch without a lease (off, Redis down, or the wait ran out).
-    Proceed,
-}
-
-/// The keys of a request the memory tier could not answer.
-struct MissKey<'a> {
-    base: &'a key::BaseKey,
-    full: &'a str,
-    query: &'a str,
-    who: KeyIdentity<'a>,
-}
+use crate::scope;
 
 impl Proxy {
     pub(super) async fn read(
@@ -67,165 +47,46 @@ impl Proxy {
             &query,
             who,
         );
-        let full = self.cache.key_for(&base, ctx.vary_input(req.headers(), route)).await;
-        let head = req.method() == Method::HEAD;
+        let key = self
+            .cache
+            .request_key(&base, ctx.vary_input(req.headers(), route))
+            .await;
         let asked = Asked {
             headers: req.headers(),
-            head,
+            head: req.method() == Method::HEAD,
         };
-        let fallback = match self.cache.memory_lookup(&full).await {
-            Some((e, Staleness::Fresh)) => return Ok(self.serve(&asked, &e, Tier::Memory, &full, Serve::Hit, out)),
-            Some((e, Staleness::Revalidate)) => {
+        let found = self
+            .cache
+            .lookup(&key, self.waits(route), || {
+                entry_scopes(route, ctx.path, &query, who, &id)
+            })
+            .await;
+        let permit = match found {
+            Lookup::Fresh(hit) => return Ok(self.serve(&asked, &hit.entry, hit.tier, key.full(), Serve::Hit, out)),
+            Lookup::Stale(hit) => {
                 self.refresh_in_background(&req, idx, ctx, &id);
-                return Ok(self.serve(&asked, &e, Tier::Memory, &full, Serve::Stale, out));
+                return Ok(self.serve(&asked, &hit.entry, hit.tier, key.full(), Serve::Stale, out));
             }
-            Some((e, _)) => Some(e),
-            None => None,
+            Lookup::Miss(permit) => permit,
         };
-        // Everything past a fresh memory hit lives in its own boxed future, so the hit path's
-        // future (moved into place for every request) stays small.
-        let key = MissKey {
-            base: &base,
-            full: &full,
-            query: &query,
-            who,
-        };
-        Box::pin(self.read_beyond_memory(req, idx, ctx, &id, key, fallback, out)).await
-    }
-
-    /// A GET/HEAD the memory tier could not answer fresh: coalescing, the shared tier, the fill.
-    #[allow(clippy::too_many_arguments)]
-    async fn read_beyond_memory(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        idx: usize,
-        ctx: Ctx<'_>,
-        id: &Identity,
-        key: MissKey<'_>,
-        mut fallback: Option<Arc<CachedResponse>>,
-        out: &mut Outcome,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let route = &self.config.routes[idx];
-        let MissKey { base, full, query, who } = key;
-        let full = full.to_owned();
-        let head = req.method() == Method::HEAD;
-        let asked = Asked {
-            headers: req.headers(),
-            head,
-        };
-        // Captured before anything is read or fetched: a purge from here on invalidates it all.
-        let (scopes, stamps) = self.scopes_and_stamps(route, ctx.path, query, who, id);
-        let leader = match self.cache.coalescer.join(&full, stamps.clone()) {
-            Join::Leader(l) => Some(l),
-            Join::Follower(flight) => {
-                self.metrics.coalesced_counter(&route.name).inc();
-                let waited = tokio::time::timeout(self.config.origin.timeout, flight.wait()).await;
-                if let Ok(Some(done)) = waited {
-                    // The origin's Vary may have put the answer under another key than ours.
-                    let now = self.cache.clock.now();
-                    if done.entry.is_usable(now)
-                        && self.cache.key_for(base, ctx.vary_input(req.headers(), route)).await == done.key
-                    {
-                        return Ok(self.serve(&asked, &done.entry, Tier::Memory, &done.key, Serve::Hit, out));
-                    }
-                }
-                None
-            }
-        };
-        let fill = match self.cache.shared(&full, scopes.clone(), stamps.clone()).await {
-            Shared::Hit(entry, Staleness::Fresh) => {
-                if let Some(l) = leader {
-                    l.finish(Some(Done {
-                        key: full.clone(),
-                        entry: entry.clone(),
-                    }));
-                }
-                return Ok(self.serve(&asked, &entry, Tier::Redis, &full, Serve::Hit, out));
-            }
-            Shared::Hit(entry, Staleness::Revalidate) | Shared::SoftStale(entry, _) => {
-                drop(leader);
-                self.refresh_in_background(&req, idx, ctx, id);
-                return Ok(self.serve(&asked, &entry, Tier::Redis, &full, Serve::Stale, out));
-            }
-            Shared::Hit(entry, _) => {
-                // Past revalidation but inside stale-if-error: refetch, keep it for failures.
-                fallback = Some(entry);
-                self.cache.capture(scopes, stamps).await
-            }
-            Shared::Miss(fill) => fill,
-        };
-        let lease = self.fill_lease(&full, idx, &asked, out).await;
-        let lease = match lease {
-            LeaseWait::Served(resp) => return Ok(resp),
-            LeaseWait::Held(token) => Some(token),
-            LeaseWait::Proceed => None,
-        };
+        let head = asked.head;
+        drop(key);
         let (parts, _body) = req.into_parts();
         let miss = Miss {
             idx,
-            base,
             tenant: who.tenant,
-            leader,
-            fallback,
             head,
         };
-        let result = self.fill(parts, ctx, miss, fill, out).await;
-        if let (Some(token), Some(redis)) = (lease, self.cache.redis()) {
-            redis.release_lease(&full, token).await;
-        }
-        result
+        Box::pin(self.fill(parts, ctx, miss, permit, out)).await
     }
 
-    /// The scopes of the entry a request would fill, and their generations now. An identity
-    /// from a session lookup adds the session's scope, and the stamps taken before the lookup
-    /// asked: a login or logout landing meanwhile keeps the answer from being stored, here and
-    /// (through the scope's Redis counter) on every instance.
-    fn scopes_and_stamps(
-        &self,
-        route: &RouteConfig,
-        path: &str,
-        query: &str,
-        who: KeyIdentity<'_>,
-        id: &Identity,
-    ) -> (Vec<String>, Stamps) {
-        let params = route.path.params(path).unwrap_or_default();
-        let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
-        let url = scope::url_scope(&route.name, path, query);
-        let mut scopes = scope::entry_scopes(&route.name, url, &tags, who.tenant);
-        if let Some((scope, _)) = &id.session {
-            scopes.push(scope.clone());
+    /// How long lookups on `route` wait for fetches already running.
+    fn waits<'a>(&self, route: &'a RouteConfig) -> Waits<'a> {
+        Waits {
+            route: &route.name,
+            coalesced: self.config.origin.timeout,
+            fill_lease: self.config.cache.fill_lease,
         }
-        let mut stamps = self.cache.generations.stamp(&scopes);
-        if let Some((_, asked)) = &id.session {
-            stamps.extend(asked.clone());
-        }
-        (scopes, stamps)
-    }
-
-    /// The cross-instance fill lease (`[cache] fill_lease`): one instance fetches a missing key
-    /// while the others wait for it to appear in Redis, then fetch themselves if it does not.
-    async fn fill_lease(&self, full: &str, idx: usize, asked: &Asked<'_>, out: &mut Outcome) -> LeaseWait {
-        let wait = self.config.cache.fill_lease;
-        let Some(redis) = self.cache.redis().filter(|r| !wait.is_zero() && r.is_up()) else {
-            return LeaseWait::Proceed;
-        };
-        let token: u64 = rand::random();
-        match redis.try_lease(full, token, wait).await {
-            Ok(true) => return LeaseWait::Held(token),
-            Ok(false) => {}
-            Err(_) => return LeaseWait::Proceed,
-        }
-        let route = &self.config.routes[idx];
-        self.metrics.coalesced_counter(&route.name).inc();
-        let deadline = tokio::time::Instant::now() + wait;
-        while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            let stamps = self.cache.generations.stamp::<String>(&[]);
-            if let Shared::Hit(e, Staleness::Fresh) = self.cache.shared(full, Vec::new(), stamps).await {
-                return LeaseWait::Served(self.serve(asked, &e, Tier::Redis, full, Serve::Hit, out));
-            }
-        }
-        LeaseWait::Proceed
     }
 
     /// Starts one background refresh for the request's key (none if one is already running).
@@ -275,33 +136,45 @@ impl Proxy {
             peer,
             inbound: &inbound,
         };
-        let full = self.cache.key_for(&base, ctx.vary_input(&parts.headers, route)).await;
-        let (scopes, stamps) = self.scopes_and_stamps(route, &path, &q, who, &id);
-        let Join::Leader(leader) = self.cache.coalescer.join(&full, stamps.clone()) else {
+        let key = self
+            .cache
+            .request_key(&base, ctx.vary_input(&parts.headers, route))
+            .await;
+        let scopes = entry_scopes(route, &path, &q, who, &id);
+        let Some(permit) = self.cache.refresh(&key, scopes).await else {
             return;
         };
-        // A refresh started by an earlier stale read may have landed meanwhile.
-        if matches!(self.cache.memory_lookup(&full).await, Some((_, Staleness::Fresh))) {
-            return;
-        }
-        let fill = self.cache.capture(scopes, stamps).await;
+        drop(key);
         let mut out = Outcome {
             route: Some(idx),
             ..Outcome::default()
         };
         let miss = Miss {
             idx,
-            base: &base,
             tenant: who.tenant,
-            leader: Some(leader),
-            fallback: None,
             head: false,
         };
-        match self.fill(parts, ctx, miss, fill, &mut out).await {
+        match self.fill(parts, ctx, miss, permit, &mut out).await {
             Ok(resp) => tracing::debug!(route = %route.name, status = resp.status().as_u16(), "background refresh"),
             Err(e) => tracing::debug!(route = %route.name, error = %e, "background refresh failed"),
         }
     }
+}
+
+/// The scopes of the entry a request would fill. An identity from a session lookup adds the
+/// session's scope, and the stamps taken before the lookup asked: a login or logout landing
+/// meanwhile keeps the answer from being stored, here and (through the scope's Redis counter)
+/// on every instance.
+fn entry_scopes(route: &RouteConfig, path: &str, query: &str, who: KeyIdentity<'_>, id: &Identity) -> EntryScopes {
+    let params = route.path.params(path).unwrap_or_default();
+    let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
+    let url = scope::url_scope(&route.name, path, query);
+    let mut scopes = scope::entry_scopes(&route.name, url, &tags, who.tenant);
+    let resolved_with = id.session.as_ref().map(|(scope, asked)| {
+        scopes.push(scope.clone());
+        asked.clone()
+    });
+    EntryScopes { scopes, resolved_with }
 }
 
 /// The identity parts a route's key takes, or why the request must not use the cache.
