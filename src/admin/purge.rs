@@ -178,7 +178,7 @@ impl PurgeAuth {
             }
         }
         if let Some(r) = redis {
-            if let Ok(false) = r.set_once(&format!("_replay:{sig}"), MAX_SKEW * 2).await {
+            if let Ok(false) = r.set_once(sig, MAX_SKEW * 2).await {
                 return Err(refuse(StatusCode::UNAUTHORIZED, "signature replayed"));
             }
         }
