@@ -45,7 +45,7 @@ pub struct Coherence {
 impl Coherence {
     /// Protocol state for one instance.
     pub fn new(redis: Arc<RedisTier>, generations: Arc<Generations>) -> Arc<Self> {
-        let channel = format!("{}_purge", redis.prefix());
+        let channel = redis.keys().purge_channel().to_string();
         Arc::new(Coherence {
             id: rand::random(),
             base: Instant::now(),
@@ -81,7 +81,7 @@ impl Coherence {
     /// Sets a once-only marker for `name` across instances; false when it was already set.
     /// An unreachable Redis answers true: the caller's local check still stands.
     pub async fn remember_once(&self, name: &str, ttl: Duration) -> bool {
-        !matches!(self.redis.set_once(&format!("_replay:{name}"), ttl).await, Ok(false))
+        !matches!(self.redis.set_once(name, ttl).await, Ok(false))
     }
 
     /// The Redis failure; the purge then reached this instance only.
@@ -125,7 +125,7 @@ impl Coherence {
     }
 
     async fn heartbeat(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let channel = format!("{}_hb:{}", self.redis.prefix(), self.id);
+        let channel = self.redis.keys().heartbeat_channel(self.id);
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -146,10 +146,10 @@ impl Coherence {
         let mut first = true;
         loop {
             if let Ok(mut pubsub) = self.redis.client().get_async_pubsub().await {
-                let prefix = self.redis.prefix();
+                let keys = self.redis.keys();
                 let ok = pubsub.subscribe(&self.channel).await.is_ok()
-                    && pubsub.subscribe(format!("{prefix}_hb:{}", self.id)).await.is_ok()
-                    && pubsub.subscribe(format!("{prefix}_ack:{}", self.id)).await.is_ok();
+                    && pubsub.subscribe(keys.heartbeat_channel(self.id)).await.is_ok()
+                    && pubsub.subscribe(keys.ack_channel(self.id)).await.is_ok();
                 if ok {
                     if !first {
                         // Messages may have been lost while unsubscribed: forget the memory tier.
@@ -184,7 +184,7 @@ impl Coherence {
         let Ok(text) = std::str::from_utf8(payload) else { return };
         if channel == self.channel {
             self.on_purge(text);
-        } else if channel.contains("_hb:") {
+        } else if self.redis.keys().is_heartbeat_channel(channel) {
             if let Ok(sent) = text.parse::<u64>() {
                 self.lease_until
                     .fetch_max(sent + LEASE.as_nanos() as u64, Ordering::AcqRel);
@@ -209,7 +209,7 @@ impl Coherence {
         }
         let (redis, channel, purge_id) = (
             self.redis.clone(),
-            format!("{}_ack:{from}", self.redis.prefix()),
+            self.redis.keys().ack_channel(from),
             purge_id.to_string(),
         );
         tokio::spawn(async move {

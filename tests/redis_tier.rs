@@ -613,3 +613,71 @@ async fn purges_made_while_redis_is_down_are_replayed() {
         "the Redis copy from before the write must not come back"
     );
 }
+
+/// The tier on its own: `gens` reads the counters a lookup validates against, and every key
+/// it writes keeps the name instances of other versions expect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_counters_and_key_names() {
+    use cachegate::tiers::redis::{Gen, Lookup, RedisTier};
+
+    let redis = RedisServer::start().await;
+    let metrics = Arc::new(cachegate::metrics::Metrics::new());
+    let tier = RedisTier::new(&redis.url(), "k:v1", Duration::from_secs(2), metrics).unwrap();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(tier.clone().connect(stop_rx));
+    assert!(eventually(Duration::from_secs(5), || tier.is_up()).await);
+
+    let scopes: Vec<String> = ["tag:a", "tag:b", "tag:c"].map(String::from).to_vec();
+    tier.purge(&scopes[..1], false, "k:v1:_purge", "m", 1).await.unwrap();
+    tier.purge(&scopes[1..2], true, "k:v1:_purge", "m", 1).await.unwrap();
+    let gens = tier.gens(&scopes).await.unwrap();
+    assert_eq!(gens.epoch, 2);
+    assert_eq!(
+        gens.scopes,
+        [
+            Gen { hard: 1, soft: 0 },
+            Gen { hard: 0, soft: 1 },
+            Gen { hard: 0, soft: 0 }
+        ]
+    );
+    match tier.lookup("k:v1:r:/x", &scopes).await.unwrap() {
+        Lookup::Miss(g) => assert_eq!((g.epoch, g.scopes), (gens.epoch, gens.scopes.clone())),
+        other => panic!("expected a miss, got {other:?}"),
+    }
+    assert!(tier.gens(&[]).await.unwrap().scopes.is_empty());
+
+    assert!(tier
+        .store("k:v1:r:/x", &scopes, &gens, true, b"body", Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert!(tier.try_lease("k:v1:r:/x", 7, Duration::from_secs(60)).await.unwrap());
+    assert!(tier.set_once("ab12", Duration::from_secs(60)).await.unwrap());
+    assert!(!tier.set_once("ab12", Duration::from_secs(60)).await.unwrap());
+    tier.heartbeat(1, Duration::from_secs(60), "k:v1:_hb:1", "0")
+        .await
+        .unwrap();
+
+    let mut c = redis.conn().await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut c).await.unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "k:v1:_epoch",
+            "k:v1:_g:tag:a",
+            "k:v1:_instances",
+            "k:v1:_lease:k:v1:r:/x",
+            "k:v1:_replay:ab12",
+            "k:v1:_s:tag:b",
+            "k:v1:r:/x",
+        ]
+    );
+    tier.release_lease("k:v1:r:/x", 7).await;
+    let lease: Option<String> = redis::cmd("GET")
+        .arg("k:v1:_lease:k:v1:r:/x")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(lease, None);
+    let _ = stop.send(true);
+}
