@@ -1,8 +1,8 @@
 //! Config hot reload (SIGHUP, `POST /admin/reload`): re-read, validate, swap atomically.
 //!
 //! In-flight requests keep the proxy they started with; new ones get the new config. A file
-//! with errors, or one that changes a setting only a restart can apply, leaves the running
-//! config untouched. Either way the outcome is logged and counted in
+//! with errors, or one that changes a setting only a restart can apply (each config field says
+//! which it is, see [`Config::restart_only`]), leaves the running config untouched. Either way the outcome is logged and counted in
 //! `cachegate_config_reloads_total{result}`.
 
 use std::path::PathBuf;
@@ -37,53 +37,6 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Settings read once at start-up (listeners, tiers, the warmer); changing them needs a restart.
-/// Compared by value: a reload that changes any of them is refused as a whole.
-#[derive(Debug, PartialEq)]
-struct RestartOnly<'a> {
-    listen: std::net::SocketAddr,
-    admin_listen: std::net::SocketAddr,
-    tls: &'a Option<config::TlsConfig>,
-    client_timeout: std::time::Duration,
-    redis_urls: &'a [String],
-    key_prefix: &'a str,
-    memory_capacity: u64,
-    memory_ttl: std::time::Duration,
-    redis_timeout: std::time::Duration,
-    degraded_memory_ttl: std::time::Duration,
-    role_header: &'a http::HeaderName,
-    tenant_header: &'a http::HeaderName,
-    user_header: &'a Option<http::HeaderName>,
-    trust_headers_from: &'a [ipnet::IpNet],
-    token_env: &'a Option<String>,
-    hmac_secret_env: &'a Option<String>,
-    warm: &'a Option<config::WarmConfig>,
-}
-
-impl<'a> RestartOnly<'a> {
-    fn of(c: &'a Config) -> Self {
-        RestartOnly {
-            listen: c.server.listen,
-            admin_listen: c.server.admin_listen,
-            tls: &c.server.tls,
-            client_timeout: c.server.client_timeout,
-            redis_urls: &c.cache.redis_urls,
-            key_prefix: &c.cache.key_prefix,
-            memory_capacity: c.cache.memory_capacity,
-            memory_ttl: c.cache.memory_ttl,
-            redis_timeout: c.cache.redis_timeout,
-            degraded_memory_ttl: c.cache.degraded_memory_ttl,
-            role_header: &c.identity.role_header,
-            tenant_header: &c.identity.tenant_header,
-            user_header: &c.identity.user_header,
-            trust_headers_from: &c.identity.trust_headers_from,
-            token_env: &c.purge.token_env,
-            hmac_secret_env: &c.purge.hmac_secret_env,
-            warm: &c.warm,
-        }
-    }
 }
 
 impl Reloader {
@@ -136,8 +89,12 @@ impl Reloader {
             .await
             .map_err(|_| ReloadError::Interrupted)??;
         let old = self.config.load();
-        if RestartOnly::of(&old) != RestartOnly::of(&new) {
-            return Err(ReloadError::RestartOnly(self.path.clone()));
+        let (before, after) = (old.restart_only(), new.restart_only());
+        if before != after {
+            return Err(ReloadError::RestartOnly {
+                file: self.path.clone(),
+                changed: before.changed(&after),
+            });
         }
         let config = Arc::new(new);
         let proxy = Proxy::new(
@@ -165,9 +122,14 @@ pub enum ReloadError {
     /// The file does not load (every problem with file:line:key).
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// A setting that only changes with a restart changed.
-    #[error("{}: listeners, TLS, client_timeout, [cache] redis_url/key_prefix/memory_capacity/memory_ttl/redis_timeout/degraded_memory_ttl, identity headers, [purge] and [warm] only change with a restart", .0.display())]
-    RestartOnly(PathBuf),
+    /// A setting that only changes with a restart changed (see [`Config::restart_only`]).
+    #[error("{}: {}: settings that only change with a restart", file.display(), changed.join(", "))]
+    RestartOnly {
+        /// The config file.
+        file: PathBuf,
+        /// Dotted keys of the restart-only settings that differ, e.g. `server.listen`.
+        changed: Vec<String>,
+    },
     /// An identity source of the new config cannot be set up.
     #[error(transparent)]
     Setup(#[from] SetupError),

@@ -272,3 +272,60 @@ fn check_verb_reports_an_unreadable_file() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/proxy.toml: cannot read"));
 }
+
+#[test]
+fn absent_sections_read_as_their_defaults() {
+    let c = config::from_str(ORIGIN, Path::new("min.toml")).unwrap();
+    assert_eq!(c.server, config::ServerConfig::default());
+    assert_eq!(c.cache, config::CacheConfig::default());
+    assert_eq!(c.identity, config::IdentityConfig::default());
+    assert_eq!(c.purge, config::PurgeConfig::default());
+}
+
+/// Each field is in exactly one part: changing it changes that part only, and the restart-only
+/// part names it.
+#[test]
+fn restart_only_and_reloadable_parts_split_the_fields() {
+    let base = format!("{ORIGIN}[[route]]\nname = \"a\"\npath = \"/a/\"\n");
+    let load = |extra: &str| config::from_str(&format!("{base}{extra}"), Path::new("p.toml")).unwrap();
+    let before = load("");
+    let cases: &[(&str, Option<&str>)] = &[
+        ("[server]\nlisten = \"127.0.0.1:1\"\n", Some("server.listen")),
+        ("[server]\nclient_timeout = \"5s\"\n", Some("server.client_timeout")),
+        ("[server]\nmax_body = \"1MiB\"\n", None),
+        ("[cache]\nredis_url = \"redis://x\"\n", Some("cache.redis_url")),
+        ("[cache]\nmemory_capacity = \"1MiB\"\n", Some("cache.memory_capacity")),
+        ("[cache]\nstale_if_error = \"1m\"\n", None),
+        (
+            "[identity]\ntrust_headers_from = [\"10.0.0.1\"]\n",
+            Some("identity.trust_headers_from"),
+        ),
+        ("[identity]\nanonymous_role = \"guest\"\n", None),
+        ("[purge]\ntoken_env = \"T\"\n", Some("purge.token_env")),
+        ("[warm]\ninterval = \"5m\"\npaths = [\"/a/\"]\n", Some("warm")),
+        ("[[route]]\nname = \"b\"\npath = \"/b/\"\n", None),
+    ];
+    for (extra, restart_key) in cases {
+        let after = load(extra);
+        assert_ne!(before, after, "{extra}");
+        let (b, a) = (before.restart_only(), after.restart_only());
+        match restart_key {
+            Some(key) => {
+                assert_ne!(b, a, "{extra}");
+                assert_eq!(b.changed(&a), vec![key.to_string()], "{extra}");
+                assert_eq!(before.reloadable(), after.reloadable(), "{extra}");
+            }
+            None => {
+                assert_eq!(b, a, "{extra}");
+                assert_ne!(before.reloadable(), after.reloadable(), "{extra}");
+            }
+        }
+    }
+    let preserve = config::from_str(
+        &base.replace("[origin]\n", "[origin]\npreserve_host = true\n"),
+        Path::new("p.toml"),
+    )
+    .unwrap();
+    assert_eq!(before.restart_only(), preserve.restart_only());
+    assert_ne!(before.reloadable(), preserve.reloadable());
+}

@@ -1,14 +1,15 @@
-//! Turning the spanned TOML document into a [`Config`], one section at a time.
+//! Turning the spanned TOML document into a [`Config`], one section at a time: the readers of
+//! fields that need more than a type (the origin URL, Redis URLs, cookie names), and the
+//! `[[route]]`, `[[invalidate]]` and `[warm]` tables, whose checks relate their fields to each
+//! other.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use http::{HeaderName, Method};
+use http::Method;
 use ipnet::IpNet;
 use toml_span::value::ValueInner;
 
-use super::reader::{parse_duration, Ctx, Section, Spanned};
+use super::reader::{parse_duration, Ctx, Field, Section, Spanned};
 use super::*;
 
 /// Parses and validates config text; `file` is used in messages.
@@ -43,9 +44,9 @@ pub fn from_str(src: &str, file: &Path) -> Result<Config, ConfigError> {
 
 fn read_root(ctx: &mut Ctx<'_>, root: toml_span::Value<'_>, file: &Path) -> Option<Config> {
     let mut root = Section::open(ctx, String::new(), root)?;
-    let server = section(ctx, &mut root, "server").map(|s| server(ctx, s));
+    let server = section(ctx, &mut root, "server").map(|s| ServerConfig::read(ctx, s));
     let origin = match root.table(ctx, "origin") {
-        Some(s) => origin(ctx, s),
+        Some(s) => OriginConfig::read(ctx, s),
         None => {
             ctx.issue(
                 0,
@@ -55,9 +56,9 @@ fn read_root(ctx: &mut Ctx<'_>, root: toml_span::Value<'_>, file: &Path) -> Opti
             None
         }
     };
-    let cache = section(ctx, &mut root, "cache").map(|s| cache(ctx, s));
-    let identity = section(ctx, &mut root, "identity").map(|s| identity(ctx, s));
-    let purge = section(ctx, &mut root, "purge").map(|s| purge(ctx, s));
+    let cache = section(ctx, &mut root, "cache").map(|s| CacheConfig::read(ctx, s));
+    let identity = section(ctx, &mut root, "identity").map(|s| IdentityConfig::read(ctx, s));
+    let purge = section(ctx, &mut root, "purge").map(|s| PurgeConfig::read(ctx, s));
     let routes: Vec<_> = root
         .tables(ctx, "route")
         .into_iter()
@@ -96,77 +97,29 @@ fn section<'de>(ctx: &mut Ctx<'_>, root: &mut Section<'de>, key: &'static str) -
     }
 }
 
-fn addr(ctx: &mut Ctx<'_>, s: &mut Section<'_>, key: &'static str, default: &str) -> Option<SocketAddr> {
-    let v = s.parsed::<SocketAddr>(ctx, key, "an address like \"127.0.0.1:8080\"");
-    if v.is_none() && !ctx.issues.iter().any(|i| i.key == s.key_path(key)) {
-        return default.parse().ok();
-    }
-    v
-}
-
-fn server(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<ServerConfig> {
-    let listen = addr(ctx, &mut s, "listen", "0.0.0.0:8080");
-    let admin_listen = addr(ctx, &mut s, "admin_listen", "127.0.0.1:9091");
-    let tls = s.table(ctx, "tls").and_then(|mut t| {
-        let cert = t.string(ctx, "cert");
-        let key = t.string(ctx, "key");
-        let path = t.path.clone();
-        let offset = t.offset();
-        t.finish(ctx);
-        match (cert, key) {
-            (Some(c), Some(k)) => Some(TlsConfig {
-                cert: PathBuf::from(c.value),
-                key: PathBuf::from(k.value),
-            }),
-            _ => {
-                ctx.issue(offset, &path, "expected both `cert` and `key` (PEM file paths)");
-                None
-            }
-        }
-    });
-    let max_body = s.size(ctx, "max_body").unwrap_or(10 * 1024 * 1024);
-    let debug_headers = s.bool(ctx, "debug_headers").unwrap_or(false);
-    let access_log = s.bool(ctx, "access_log").unwrap_or(false);
-    let client_timeout = s
-        .duration(ctx, "client_timeout")
-        .unwrap_or(std::time::Duration::from_secs(30));
-    s.finish(ctx);
-    Some(ServerConfig {
-        listen: listen?,
-        admin_listen: admin_listen?,
-        tls,
-        max_body,
-        debug_headers,
-        access_log,
-        client_timeout,
-    })
-}
-
-fn origin(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<OriginConfig> {
-    let url = match s.string(ctx, "url") {
-        Some(u) => origin_url(ctx, &u),
-        None => {
-            ctx.issue(
-                s.offset(),
-                "origin.url",
-                "missing key (expected a URL like \"http://127.0.0.1:8000\")",
-            );
+/// `tls = { cert, key }`: both or neither.
+pub(super) fn tls(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<TlsConfig> {
+    let mut t = Section::open(ctx, f.key, f.value)?;
+    let cert = t.string(ctx, "cert");
+    let key = t.string(ctx, "key");
+    let path = t.path.clone();
+    let offset = t.offset();
+    t.finish(ctx);
+    match (cert, key) {
+        (Some(c), Some(k)) => Some(TlsConfig {
+            cert: PathBuf::from(c.value),
+            key: PathBuf::from(k.value),
+        }),
+        _ => {
+            ctx.issue(offset, &path, "expected both `cert` and `key` (PEM file paths)");
             None
         }
-    };
-    let timeout = s.duration(ctx, "timeout").unwrap_or(Duration::from_secs(30));
-    let preserve_host = s.bool(ctx, "preserve_host").unwrap_or(false);
-    s.finish(ctx);
-    let (url, authority) = url?;
-    Some(OriginConfig {
-        url,
-        authority,
-        timeout,
-        preserve_host,
-    })
+    }
 }
 
-fn origin_url(ctx: &mut Ctx<'_>, u: &Spanned<String>) -> Option<(http::Uri, http::uri::Authority)> {
+/// An `http://host:port` URL; its authority is checked here so the section can take it as given.
+pub(super) fn origin_url(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<http::Uri> {
+    let u = f.into_string(ctx)?;
     let parsed: http::Uri = match u.value.parse() {
         Ok(p) => p,
         Err(e) => {
@@ -202,54 +155,26 @@ fn origin_url(ctx: &mut Ctx<'_>, u: &Spanned<String>) -> Option<(http::Uri, http
         );
         return None;
     }
-    let authority = parsed.authority().cloned();
-    match authority {
-        Some(a) => Some((parsed, a)),
-        None => {
-            ctx.issue(u.offset, &u.key, "expected a host in the URL");
-            None
-        }
+    if parsed.authority().is_none() {
+        ctx.issue(u.offset, &u.key, "expected a host in the URL");
+        return None;
     }
+    Some(parsed)
 }
 
-fn cache(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<CacheConfig> {
-    let redis_urls = s.take("redis_url").map(|f| redis_urls(ctx, f)).unwrap_or_default();
-    let key_prefix = s.string(ctx, "key_prefix").map(|p| {
-        if p.value.is_empty() || p.value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            ctx.issue(
-                p.offset,
-                &p.key,
-                "expected a non-empty prefix without spaces, e.g. \"myapp:v1\"",
-            );
-        }
-        p.value
-    });
-    let redis_timeout = s.duration(ctx, "redis_timeout").unwrap_or(Duration::from_millis(250));
-    let degraded_memory_ttl = s.duration(ctx, "degraded_memory_ttl").unwrap_or(Duration::from_secs(5));
-    let fill_lease = s.duration(ctx, "fill_lease").unwrap_or_default();
-    let memory_capacity = s.size(ctx, "memory_capacity").unwrap_or(256 * 1024 * 1024);
-    let memory_ttl = s.duration(ctx, "memory_ttl").unwrap_or(Duration::from_secs(60));
-    let swr = s.duration(ctx, "stale_while_revalidate").unwrap_or_default();
-    let sie = s.duration(ctx, "stale_if_error").unwrap_or_default();
-    let respect = s.bool(ctx, "respect_origin_cache_control").unwrap_or(true);
-    let statuses = s.take("cacheable_statuses").map(|f| statuses(ctx, f));
-    s.finish(ctx);
-    Some(CacheConfig {
-        redis_urls,
-        redis_timeout,
-        fill_lease,
-        degraded_memory_ttl,
-        key_prefix: key_prefix.unwrap_or_else(|| "cachegate".to_string()),
-        memory_capacity,
-        memory_ttl,
-        stale_while_revalidate: swr,
-        stale_if_error: sie,
-        respect_origin_cache_control: respect,
-        cacheable_statuses: statuses.unwrap_or_else(|| vec![200, 203, 204, 301, 404, 410]),
-    })
+pub(super) fn key_prefix(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<String> {
+    let p = f.into_string(ctx)?;
+    if p.value.is_empty() || p.value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        ctx.issue(
+            p.offset,
+            &p.key,
+            "expected a non-empty prefix without spaces, e.g. \"myapp:v1\"",
+        );
+    }
+    Some(p.value)
 }
 
-fn redis_urls(ctx: &mut Ctx<'_>, f: reader::Field<'_>) -> Vec<String> {
+pub(super) fn redis_urls(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<Vec<String>> {
     let list = if f.value.as_str().is_some() {
         f.into_string(ctx).map(|s| vec![s])
     } else {
@@ -271,13 +196,13 @@ fn redis_urls(ctx: &mut Ctx<'_>, f: reader::Field<'_>) -> Vec<String> {
             );
         }
     }
-    list.into_iter().map(|s| s.value).collect()
+    Some(list.into_iter().map(|s| s.value).collect())
 }
 
-fn statuses(ctx: &mut Ctx<'_>, mut f: reader::Field<'_>) -> Vec<u16> {
+pub(super) fn statuses(ctx: &mut Ctx<'_>, mut f: Field<'_>) -> Option<Vec<u16>> {
     let ValueInner::Array(items) = f.value.take() else {
         ctx.issue(f.offset, &f.key, "expected a list of status codes, e.g. [200, 404]");
-        return Vec::new();
+        return Some(Vec::new());
     };
     let mut out = Vec::new();
     for mut item in items {
@@ -287,44 +212,34 @@ fn statuses(ctx: &mut Ctx<'_>, mut f: reader::Field<'_>) -> Vec<u16> {
             _ => ctx.issue(offset, &f.key, "expected an HTTP status code between 100 and 599"),
         }
     }
-    out
+    Some(out)
 }
 
-fn header_name(ctx: &mut Ctx<'_>, s: &mut Section<'_>, key: &'static str, default: &'static str) -> HeaderName {
-    s.parsed::<HeaderName>(ctx, key, "a header name")
-        .unwrap_or_else(|| HeaderName::from_static(default))
+pub(super) fn nets(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<Vec<IpNet>> {
+    let list = f.into_strings(ctx)?;
+    Some(list.iter().filter_map(|n| parse_net(ctx, n)).collect())
 }
 
-fn identity(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<IdentityConfig> {
-    let named_headers = ["role_header", "tenant_header", "user_header"]
-        .iter()
-        .any(|k| s.contains_key(k));
-    let role_header = header_name(ctx, &mut s, "role_header", "x-user-role");
-    let tenant_header = header_name(ctx, &mut s, "tenant_header", "x-org-id");
-    let user_header = s.parsed::<HeaderName>(ctx, "user_header", "a header name");
-    // No default trust: a TLS terminator or sidecar on loopback would otherwise make the
-    // identity headers forgeable by every client behind it.
-    let trust = s
-        .strings(ctx, "trust_headers_from")
-        .map(|list| list.iter().filter_map(|n| parse_net(ctx, n)).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let jwt = s.table(ctx, "jwt").and_then(|t| super::load_ident::jwt(ctx, t));
-    let lookup = s.table(ctx, "lookup").and_then(|t| super::load_ident::lookup(ctx, t));
-    let anonymous_role = s.string(ctx, "anonymous_role");
-    if let Some(a) = &anonymous_role {
-        if a.value.is_empty() {
-            ctx.issue(a.offset, &a.key, "expected a non-empty role name");
-        }
+pub(super) fn anonymous_role(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<String> {
+    let a = f.into_string(ctx)?;
+    if a.value.is_empty() {
+        ctx.issue(a.offset, &a.key, "expected a non-empty role name");
     }
-    let cookies = s.strings(ctx, "credential_cookies").map(|list| {
-        if list.iter().any(|c| c.value == "*") {
-            CredentialCookies::All
-        } else {
-            CredentialCookies::Named(list.into_iter().map(|c| c.value).collect())
-        }
-    });
-    let strip_cookies = s.strings(ctx, "strip_cookies").unwrap_or_default();
-    for c in &strip_cookies {
+    Some(a.value)
+}
+
+pub(super) fn credential_cookies(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<CredentialCookies> {
+    let list = f.into_strings(ctx)?;
+    Some(if list.iter().any(|c| c.value == "*") {
+        CredentialCookies::All
+    } else {
+        CredentialCookies::Named(list.into_iter().map(|c| c.value).collect())
+    })
+}
+
+pub(super) fn strip_cookies(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<Vec<String>> {
+    let list = f.into_strings(ctx)?;
+    for c in &list {
         let name = c.value.strip_suffix('*').unwrap_or(&c.value);
         if name.is_empty() || name.contains(['*', ';', '=', ' ']) {
             ctx.issue(
@@ -337,19 +252,7 @@ fn identity(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<IdentityConfig> {
             );
         }
     }
-    s.finish(ctx);
-    Some(IdentityConfig {
-        role_header,
-        tenant_header,
-        user_header,
-        named_headers,
-        trust_headers_from: trust,
-        jwt,
-        lookup,
-        anonymous_role: anonymous_role.map_or_else(|| "anonymous".to_string(), |a| a.value),
-        credential_cookies: cookies.unwrap_or(CredentialCookies::All),
-        strip_cookies: strip_cookies.into_iter().map(|c| c.value).collect(),
-    })
+    Some(list.into_iter().map(|c| c.value).collect())
 }
 
 fn parse_net(ctx: &mut Ctx<'_>, n: &Spanned<String>) -> Option<IpNet> {
@@ -368,16 +271,6 @@ fn parse_net(ctx: &mut Ctx<'_>, n: &Spanned<String>) -> Option<IpNet> {
         ),
     );
     None
-}
-
-fn purge(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<PurgeConfig> {
-    let token_env = s.string(ctx, "token_env").map(|v| v.value);
-    let hmac_secret_env = s.string(ctx, "hmac_secret_env").map(|v| v.value);
-    s.finish(ctx);
-    Some(PurgeConfig {
-        token_env,
-        hmac_secret_env,
-    })
 }
 
 /// `[warm]`: every key checked here, so a bad entry is a start-up error rather than a warm failure.
@@ -607,7 +500,7 @@ fn vary(ctx: &mut Ctx<'_>, list: &[Spanned<String>]) -> Vary {
     v
 }
 
-fn query(ctx: &mut Ctx<'_>, f: reader::Field<'_>) -> Option<QueryRule> {
+fn query(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<QueryRule> {
     const WANT: &str = "expected \"all\", { include = [...] } or { ignore = [...] }";
     if let Some(s) = f.value.as_str() {
         if s == "all" {

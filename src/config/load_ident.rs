@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use super::reader::{Ctx, Section};
+use super::reader::{Ctx, Field, Section};
 use super::{JwtConfig, LookupConfig};
 
 const HMAC_ALGS: [&str; 3] = ["HS256", "HS384", "HS512"];
@@ -14,7 +14,8 @@ const KEY_ALGS: [&str; 9] = [
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
 
-pub(super) fn jwt(ctx: &mut Ctx<'_>, mut t: Section<'_>) -> Option<JwtConfig> {
+pub(super) fn jwt(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<JwtConfig> {
+    let mut t = Section::open(ctx, f.key, f.value)?;
     let offset = t.offset();
     let path = t.path.clone();
     let header = t.parsed::<HeaderName>(ctx, "header", "a header name");
@@ -85,7 +86,8 @@ pub(super) fn jwt(ctx: &mut Ctx<'_>, mut t: Section<'_>) -> Option<JwtConfig> {
     })
 }
 
-pub(super) fn lookup(ctx: &mut Ctx<'_>, mut t: Section<'_>) -> Option<LookupConfig> {
+pub(super) fn lookup(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<LookupConfig> {
+    let mut t = Section::open(ctx, f.key, f.value)?;
     let offset = t.offset();
     let key = t.path.clone();
     let path = t.string(ctx, "path");

@@ -2,12 +2,15 @@
 //!
 //! Loading is two steps: `toml-span` parses the text keeping positions, then [`load`] walks it with
 //! a [`reader::Section`] per table, collecting every problem (unknown keys, wrong types, bad
-//! durations, bad patterns) as an [`Issue`] with its line and dotted key. Nothing here opens sockets
+//! durations, bad patterns) as an [`Issue`] with its line and dotted key. The settings sections are
+//! declared with [`section!`](section): each field once, with its key, type, default, reader and
+//! whether a reload may change it, which is what [`Config::restart_only`] compares. Nothing here opens sockets
 //! or reads environment variables: secrets are named by `*_env` keys and read by their owners.
 
 mod load;
 mod load_ident;
 mod reader;
+pub mod section;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,11 +21,13 @@ use http::{HeaderName, Method};
 use ipnet::IpNet;
 
 use crate::route::{PathPattern, TagTemplate};
+use reader::{address, boolean, duration, header_name, optional, size, string};
+use section::{section, Part, Reload, Restart};
 
 pub use load::from_str;
 
 /// The whole configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file it was read from, for messages.
     pub file: PathBuf,
@@ -44,24 +49,134 @@ pub struct Config {
     pub warm: Option<WarmConfig>,
 }
 
-/// `[server]`: listeners and answer shaping.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Public listener.
-    pub listen: SocketAddr,
-    /// Admin listener (`/healthz`, `/readyz`, later `/metrics` and `/purge`).
-    pub admin_listen: SocketAddr,
-    /// Optional TLS certificate and key (PEM).
-    pub tls: Option<TlsConfig>,
-    /// Largest response body that is cached, in bytes.
-    pub max_body: u64,
-    /// Add `X-Cache-Key` and `X-Cache-Tier` to answers.
-    pub debug_headers: bool,
-    /// Log one line per request at info (target `cachegate::access`).
-    pub access_log: bool,
-    /// How long a client connection may go without progress: for its request head to arrive,
-    /// idle between requests, or not reading an answer. Then it is closed.
-    pub client_timeout: std::time::Duration,
+impl Config {
+    /// The settings only a restart applies (listeners, tiers, trusted headers, purge secrets,
+    /// the warmer): a reload whose file changes any of them is refused as a whole.
+    pub fn restart_only(&self) -> RestartOnly<'_> {
+        // Destructured without `..`: a new top-level field does not compile until it is placed.
+        let Config {
+            file: _,
+            server,
+            origin,
+            cache,
+            identity,
+            purge,
+            routes: _,
+            invalidations: _,
+            warm,
+        } = self;
+        RestartOnly {
+            server: Part::of(server),
+            origin: Part::of(origin),
+            cache: Part::of(cache),
+            identity: Part::of(identity),
+            purge: Part::of(purge),
+            warm,
+        }
+    }
+
+    /// The settings a reload applies.
+    pub fn reloadable(&self) -> Reloadable<'_> {
+        let Config {
+            // The file is where the config came from, not a setting.
+            file: _,
+            server,
+            origin,
+            cache,
+            identity,
+            purge,
+            routes,
+            invalidations,
+            warm: _,
+        } = self;
+        Reloadable {
+            server: Part::of(server),
+            origin: Part::of(origin),
+            cache: Part::of(cache),
+            identity: Part::of(identity),
+            purge: Part::of(purge),
+            routes,
+            invalidations,
+        }
+    }
+}
+
+/// The restart-only part of a [`Config`], compared by value.
+#[derive(Debug, PartialEq)]
+pub struct RestartOnly<'a> {
+    /// Listeners, TLS and the client timeout.
+    pub server: Part<'a, ServerConfig, Restart>,
+    /// Nothing yet: every origin setting reloads.
+    pub origin: Part<'a, OriginConfig, Restart>,
+    /// The tiers and their keys.
+    pub cache: Part<'a, CacheConfig, Restart>,
+    /// The trusted identity headers and peers.
+    pub identity: Part<'a, IdentityConfig, Restart>,
+    /// The purge webhook's secrets, read once.
+    pub purge: Part<'a, PurgeConfig, Restart>,
+    /// The warmer is scheduled once at start-up.
+    pub warm: &'a Option<WarmConfig>,
+}
+
+impl RestartOnly<'_> {
+    /// Dotted keys that differ from `other`'s, e.g. `server.listen`, for the refusal message.
+    pub fn changed(&self, other: &Self) -> Vec<String> {
+        let sections = [
+            ("server", self.server.changed(&other.server)),
+            ("origin", self.origin.changed(&other.origin)),
+            ("cache", self.cache.changed(&other.cache)),
+            ("identity", self.identity.changed(&other.identity)),
+            ("purge", self.purge.changed(&other.purge)),
+        ];
+        let mut out: Vec<String> = sections
+            .into_iter()
+            .flat_map(|(name, keys)| keys.into_iter().map(move |k| format!("{name}.{k}")))
+            .collect();
+        if self.warm != other.warm {
+            out.push("warm".to_string());
+        }
+        out
+    }
+}
+
+/// The reloadable part of a [`Config`], compared by value.
+#[derive(Debug, PartialEq)]
+pub struct Reloadable<'a> {
+    /// Answer shaping.
+    pub server: Part<'a, ServerConfig, Reload>,
+    /// The origin and how it is asked.
+    pub origin: Part<'a, OriginConfig, Reload>,
+    /// Storage rules.
+    pub cache: Part<'a, CacheConfig, Reload>,
+    /// Identity sources and cookie rules.
+    pub identity: Part<'a, IdentityConfig, Reload>,
+    /// Nothing yet: the purge secrets are read once.
+    pub purge: Part<'a, PurgeConfig, Reload>,
+    /// `[[route]]`.
+    pub routes: &'a [RouteConfig],
+    /// `[[invalidate]]`.
+    pub invalidations: &'a [InvalidateConfig],
+}
+
+section! {
+    /// `[server]`: listeners and answer shaping.
+    pub struct ServerConfig {
+        /// Public listener.
+        restart listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8080)), read address;
+        /// Admin listener (`/healthz`, `/readyz`, later `/metrics` and `/purge`).
+        restart admin_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9091)), read address;
+        /// Optional TLS certificate and key (PEM).
+        restart tls: Option<TlsConfig> = None, read optional(load::tls);
+        /// Largest response body that is cached, in bytes.
+        reload max_body: u64 = 10 * 1024 * 1024, read size;
+        /// Add `X-Cache-Key` and `X-Cache-Tier` to answers.
+        reload debug_headers: bool = false, read boolean;
+        /// Log one line per request at info (target `cachegate::access`).
+        reload access_log: bool = false, read boolean;
+        /// How long a client connection may go without progress: for its request head to arrive,
+        /// idle between requests, or not reading an answer. Then it is closed.
+        restart client_timeout: Duration = Duration::from_secs(30), read duration;
+    }
 }
 
 /// `tls = { cert, key }`.
@@ -73,46 +188,49 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-/// `[origin]`: the application behind us.
-#[derive(Debug, Clone)]
-pub struct OriginConfig {
-    /// Base URL, `http://host:port` (a path prefix is not supported).
-    pub url: http::Uri,
-    /// `host:port` of the origin, used as `Host` unless `preserve_host`.
-    pub authority: http::uri::Authority,
-    /// Time allowed for the origin's response headers.
-    pub timeout: Duration,
-    /// Forward the client's `Host` instead of the origin's.
-    pub preserve_host: bool,
+section! {
+    /// `[origin]`: the application behind us.
+    pub struct OriginConfig {
+        /// Base URL, `http://host:port` (a path prefix is not supported).
+        reload url: http::Uri,
+            read load::origin_url, required "missing key (expected a URL like \"http://127.0.0.1:8000\")";
+        /// `host:port` of the origin, used as `Host` unless `preserve_host`.
+        reload authority: http::uri::Authority, derived |_| url.as_ref().and_then(|u| u.authority().cloned());
+        /// Time allowed for the origin's response headers.
+        reload timeout: Duration = Duration::from_secs(30), read duration;
+        /// Forward the client's `Host` instead of the origin's.
+        reload preserve_host: bool = false, read boolean;
+    }
 }
 
-/// `[cache]`: tiers and storage rules.
-#[derive(Debug, Clone)]
-pub struct CacheConfig {
-    /// Shared Redis tier URLs (one, or several for a cluster); empty = memory tier only.
-    pub redis_urls: Vec<String>,
-    /// Time allowed for one Redis command before it counts as a failure.
-    pub redis_timeout: Duration,
-    /// With Redis: one instance fetches a missing key while the others wait this long for it
-    /// to appear in Redis (`0s` = off: each instance fetches on its own).
-    pub fill_lease: Duration,
-    /// While Redis is unreachable, memory entries younger than this are still served (other
-    /// instances' purges cannot reach us then); `0s` = origin only.
-    pub degraded_memory_ttl: Duration,
-    /// Namespace of every key; bump the version to orphan old keys.
-    pub key_prefix: String,
-    /// Memory tier bound, in bytes of stored responses.
-    pub memory_capacity: u64,
-    /// The memory tier never keeps an entry longer than this.
-    pub memory_ttl: Duration,
-    /// Default window for serving stale while one refresh runs.
-    pub stale_while_revalidate: Duration,
-    /// Default window for serving stale when the origin fails.
-    pub stale_if_error: Duration,
-    /// Honour `no-store`, `private` and `Set-Cookie` from the origin.
-    pub respect_origin_cache_control: bool,
-    /// Statuses that may be stored.
-    pub cacheable_statuses: Vec<u16>,
+section! {
+    /// `[cache]`: tiers and storage rules.
+    pub struct CacheConfig {
+        /// Shared Redis tier URLs (one, or several for a cluster); empty = memory tier only.
+        restart redis_urls: Vec<String> as "redis_url" = Vec::new(), read load::redis_urls;
+        /// Namespace of every key; bump the version to orphan old keys.
+        restart key_prefix: String = "cachegate".to_string(), read load::key_prefix;
+        /// Time allowed for one Redis command before it counts as a failure.
+        restart redis_timeout: Duration = Duration::from_millis(250), read duration;
+        /// While Redis is unreachable, memory entries younger than this are still served (other
+        /// instances' purges cannot reach us then); `0s` = origin only.
+        restart degraded_memory_ttl: Duration = Duration::from_secs(5), read duration;
+        /// With Redis: one instance fetches a missing key while the others wait this long for it
+        /// to appear in Redis (`0s` = off: each instance fetches on its own).
+        reload fill_lease: Duration = Duration::ZERO, read duration;
+        /// Memory tier bound, in bytes of stored responses.
+        restart memory_capacity: u64 = 256 * 1024 * 1024, read size;
+        /// The memory tier never keeps an entry longer than this.
+        restart memory_ttl: Duration = Duration::from_secs(60), read duration;
+        /// Default window for serving stale while one refresh runs.
+        reload stale_while_revalidate: Duration = Duration::ZERO, read duration;
+        /// Default window for serving stale when the origin fails.
+        reload stale_if_error: Duration = Duration::ZERO, read duration;
+        /// Honour `no-store`, `private` and `Set-Cookie` from the origin.
+        reload respect_origin_cache_control: bool = true, read boolean;
+        /// Statuses that may be stored.
+        reload cacheable_statuses: Vec<u16> = vec![200, 203, 204, 301, 404, 410], read load::statuses;
+    }
 }
 
 /// Which cookies count as credentials.
@@ -134,33 +252,37 @@ impl CredentialCookies {
     }
 }
 
-/// `[identity]`: who is asking.
-#[derive(Debug, Clone)]
-pub struct IdentityConfig {
-    /// Trusted header carrying the role.
-    pub role_header: HeaderName,
-    /// Trusted header carrying the tenant.
-    pub tenant_header: HeaderName,
-    /// Trusted header carrying the user, when the gateway sends one. Without it, requests
-    /// identified by trusted headers have no user and bypass per-user routes.
-    pub user_header: Option<HeaderName>,
-    /// The config names identity headers itself (start-up warns when no peer is trusted).
-    pub named_headers: bool,
-    /// Peers whose identity and forwarding headers are believed (default: none). From every
-    /// other peer they are removed, in every spelling, before anything reads the request.
-    pub trust_headers_from: Vec<IpNet>,
-    /// JWT verification.
-    pub jwt: Option<JwtConfig>,
-    /// Session lookup against the origin.
-    pub lookup: Option<LookupConfig>,
-    /// Role of requests without any credentials.
-    pub anonymous_role: String,
-    /// Which cookies are credentials.
-    pub credential_cookies: CredentialCookies,
-    /// Cookies removed from every request before anything reads it (names, or prefixes ending
-    /// in `*`): analytics cookies the origin never reads, which would otherwise split entries
-    /// keyed by the origin's `Vary: Cookie`. Neither keyed nor forwarded.
-    pub strip_cookies: Vec<String>,
+section! {
+    /// `[identity]`: who is asking.
+    pub struct IdentityConfig {
+        /// Trusted header carrying the role.
+        restart role_header: HeaderName = HeaderName::from_static("x-user-role"), read header_name;
+        /// Trusted header carrying the tenant.
+        restart tenant_header: HeaderName = HeaderName::from_static("x-org-id"), read header_name;
+        /// Trusted header carrying the user, when the gateway sends one. Without it, requests
+        /// identified by trusted headers have no user and bypass per-user routes.
+        restart user_header: Option<HeaderName> = None, read optional(header_name);
+        /// The config names identity headers itself (start-up warns when no peer is trusted).
+        reload named_headers: bool = false,
+            derived |s| Some(["role_header", "tenant_header", "user_header"].iter().any(|k| s.given(k)));
+        /// Peers whose identity and forwarding headers are believed (default: none, because a
+        /// TLS terminator or sidecar on loopback would otherwise make them forgeable by every
+        /// client behind it). From every other peer they are removed, in every spelling, before
+        /// anything reads the request.
+        restart trust_headers_from: Vec<IpNet> = Vec::new(), read load::nets;
+        /// JWT verification.
+        reload jwt: Option<JwtConfig> = None, read optional(load_ident::jwt);
+        /// Session lookup against the origin.
+        reload lookup: Option<LookupConfig> = None, read optional(load_ident::lookup);
+        /// Role of requests without any credentials.
+        reload anonymous_role: String = "anonymous".to_string(), read load::anonymous_role;
+        /// Which cookies are credentials.
+        reload credential_cookies: CredentialCookies = CredentialCookies::All, read load::credential_cookies;
+        /// Cookies removed from every request before anything reads it (names, or prefixes ending
+        /// in `*`): analytics cookies the origin never reads, which would otherwise split entries
+        /// keyed by the origin's `Vary: Cookie`. Neither keyed nor forwarded.
+        reload strip_cookies: Vec<String> = Vec::new(), read load::strip_cookies;
+    }
 }
 
 impl IdentityConfig {
@@ -174,7 +296,7 @@ impl IdentityConfig {
 }
 
 /// `jwt = { ... }`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JwtConfig {
     /// Header carrying `Bearer <token>` (default `Authorization`), unless `cookie` is set.
     pub header: Option<HeaderName>,
@@ -203,7 +325,7 @@ pub struct JwtConfig {
 }
 
 /// `lookup = { ... }`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LookupConfig {
     /// Origin path answering who a session is.
     pub path: String,
@@ -221,13 +343,14 @@ pub struct LookupConfig {
     pub reset_paths: Vec<PathPattern>,
 }
 
-/// `[purge]`: how the purge webhook authenticates.
-#[derive(Debug, Clone, Default)]
-pub struct PurgeConfig {
-    /// Environment variable holding the bearer token.
-    pub token_env: Option<String>,
-    /// Environment variable holding the HMAC secret for signed webhooks.
-    pub hmac_secret_env: Option<String>,
+section! {
+    /// `[purge]`: how the purge webhook authenticates.
+    pub struct PurgeConfig {
+        /// Environment variable holding the bearer token.
+        restart token_env: Option<String> = None, read optional(string);
+        /// Environment variable holding the HMAC secret for signed webhooks.
+        restart hmac_secret_env: Option<String> = None, read optional(string);
+    }
 }
 
 /// Limits of one warm (`POST /admin/warm` or `[warm]`): the loader checks `[warm]` against them,
@@ -307,8 +430,18 @@ impl QueryRule {
     }
 }
 
+// A pattern is compiled from its source alone, so equal sources are equal patterns; reload
+// compares routes by value through this.
+impl PartialEq for PathPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for PathPattern {}
+
 /// One `[[route]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     /// Unique name, used in keys, metrics and purges.
     pub name: String,
@@ -342,7 +475,7 @@ pub enum PurgeScope {
 }
 
 /// One `[[invalidate]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InvalidateConfig {
     /// Methods that trigger it.
     pub methods: Vec<Method>,

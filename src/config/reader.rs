@@ -4,6 +4,10 @@
 //! the file, the line and the dotted key. This walker takes keys out of spanned tables, turns values
 //! into typed ones, and records an [`Issue`] for each problem instead of returning early. Whatever is
 //! left in a table when it is finished is an unknown key.
+//!
+//! `toml_span::de_helpers::TableHelper` collects errors too, but they carry only a span: no dotted
+//! key (a list item's error does not even say its index), and all unknown keys of a table come as
+//! one error, so the messages here could not be rebuilt from it.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -58,6 +62,7 @@ pub(crate) struct Section<'de> {
     offset: usize,
     table: Table<'de>,
     known: Vec<&'static str>,
+    given: Vec<&'static str>,
 }
 
 impl<'de> Section<'de> {
@@ -70,6 +75,7 @@ impl<'de> Section<'de> {
                 offset,
                 table,
                 known: Vec::new(),
+                given: Vec::new(),
             }),
             other => {
                 let found = other.type_str();
@@ -86,6 +92,7 @@ impl<'de> Section<'de> {
             offset: 0,
             table: Table::new(),
             known: Vec::new(),
+            given: Vec::new(),
         }
     }
 
@@ -109,6 +116,7 @@ impl<'de> Section<'de> {
     pub(crate) fn take(&mut self, key: &'static str) -> Option<Field<'de>> {
         self.known.push(key);
         let (k, value) = self.table.remove_entry(key)?;
+        self.given.push(key);
         Some(Field {
             key: self.key_path(key),
             offset: k.span.start,
@@ -125,29 +133,54 @@ impl<'de> Section<'de> {
         }
     }
 
-    pub(crate) fn string(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<Spanned<String>> {
-        let f = self.take(key)?;
-        f.into_string(ctx)
+    /// Whether `key` was in the table when it was taken.
+    pub(crate) fn given(&self, key: &str) -> bool {
+        self.given.contains(&key)
     }
 
-    pub(crate) fn bool(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<bool> {
-        let mut f = self.take(key)?;
-        match f.value.take() {
-            ValueInner::Boolean(b) => Some(b),
-            other => {
-                ctx.issue(
-                    f.offset,
-                    &f.key,
-                    format!("expected true or false, found a {}", other.type_str()),
-                );
+    /// A key with a default: absent, or present but bad (its issue recorded), it is the default.
+    pub(crate) fn with_default<T>(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        key: &'static str,
+        read: impl FnOnce(&mut Ctx<'_>, Field<'de>) -> Option<T>,
+        default: impl FnOnce() -> T,
+    ) -> T {
+        self.take(key).and_then(|f| read(ctx, f)).unwrap_or_else(default)
+    }
+
+    /// A key without a default: absent is an issue saying `missing`.
+    pub(crate) fn required<T>(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        key: &'static str,
+        read: impl FnOnce(&mut Ctx<'_>, Field<'de>) -> Option<T>,
+        missing: &str,
+    ) -> Option<T> {
+        match self.take(key) {
+            Some(f) => read(ctx, f),
+            None => {
+                ctx.issue(self.offset, &self.key_path(key), missing);
                 None
             }
         }
     }
 
+    /// A value computed from the section rather than read from one key.
+    pub(crate) fn derive<T>(&self, derive: impl FnOnce(&Self) -> Option<T>) -> Option<T> {
+        derive(self)
+    }
+
+    pub(crate) fn string(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<Spanned<String>> {
+        self.take(key)?.into_string(ctx)
+    }
+
+    pub(crate) fn bool(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<bool> {
+        boolean(ctx, self.take(key)?)
+    }
+
     pub(crate) fn strings(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<Vec<Spanned<String>>> {
-        let f = self.take(key)?;
-        f.into_strings(ctx)
+        self.take(key)?.into_strings(ctx)
     }
 
     /// A string parsed with `FromStr`; `what` says what was expected.
@@ -155,36 +188,12 @@ impl<'de> Section<'de> {
     where
         T::Err: std::fmt::Display,
     {
-        let s = self.string(ctx, key)?;
-        match s.value.parse::<T>() {
-            Ok(v) => Some(v),
-            Err(e) => {
-                ctx.issue(s.offset, &s.key, format!("expected {what}, found {:?} ({e})", s.value));
-                None
-            }
-        }
+        parsed(ctx, self.take(key)?, what)
     }
 
     /// A human duration such as "90s", "10m" or "1h".
     pub(crate) fn duration(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<Duration> {
-        let s = self.string(ctx, key)?;
-        parse_duration(ctx, &s)
-    }
-
-    /// A size such as "256MiB" or "10MB".
-    pub(crate) fn size(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<u64> {
-        let s = self.string(ctx, key)?;
-        match s.value.parse::<bytesize::ByteSize>() {
-            Ok(b) => Some(b.as_u64()),
-            Err(e) => {
-                ctx.issue(
-                    s.offset,
-                    &s.key,
-                    format!("expected a size like \"10MiB\", found {:?} ({e})", s.value),
-                );
-                None
-            }
-        }
+        duration(ctx, self.take(key)?)
     }
 
     /// `[[name]]` arrays of tables.
@@ -210,6 +219,80 @@ impl<'de> Section<'de> {
     pub(crate) fn table(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<Section<'de>> {
         let f = self.take(key)?;
         Section::open(ctx, f.key, f.value)
+    }
+}
+
+/// `true` or `false`.
+pub(crate) fn boolean(ctx: &mut Ctx<'_>, mut f: Field<'_>) -> Option<bool> {
+    match f.value.take() {
+        ValueInner::Boolean(b) => Some(b),
+        other => {
+            ctx.issue(
+                f.offset,
+                &f.key,
+                format!("expected true or false, found a {}", other.type_str()),
+            );
+            None
+        }
+    }
+}
+
+/// A string.
+pub(crate) fn string(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<String> {
+    f.into_string(ctx).map(|s| s.value)
+}
+
+/// A key whose absence means "none": read with `read`, wrapped in `Some`.
+pub(crate) fn optional<'de, T>(
+    read: impl FnOnce(&mut Ctx<'_>, Field<'de>) -> Option<T>,
+) -> impl FnOnce(&mut Ctx<'_>, Field<'de>) -> Option<Option<T>> {
+    move |ctx, f| read(ctx, f).map(Some)
+}
+
+/// A string parsed with `FromStr`; `what` says what was expected.
+pub(crate) fn parsed<T: FromStr>(ctx: &mut Ctx<'_>, f: Field<'_>, what: &str) -> Option<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let s = f.into_string(ctx)?;
+    match s.value.parse::<T>() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            ctx.issue(s.offset, &s.key, format!("expected {what}, found {:?} ({e})", s.value));
+            None
+        }
+    }
+}
+
+/// An address like "127.0.0.1:8080".
+pub(crate) fn address(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<std::net::SocketAddr> {
+    parsed(ctx, f, "an address like \"127.0.0.1:8080\"")
+}
+
+/// A header name.
+pub(crate) fn header_name(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<http::HeaderName> {
+    parsed(ctx, f, "a header name")
+}
+
+/// A human duration such as "90s", "10m" or "1h".
+pub(crate) fn duration(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<Duration> {
+    let s = f.into_string(ctx)?;
+    parse_duration(ctx, &s)
+}
+
+/// A size such as "256MiB" or "10MB".
+pub(crate) fn size(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<u64> {
+    let s = f.into_string(ctx)?;
+    match s.value.parse::<bytesize::ByteSize>() {
+        Ok(b) => Some(b.as_u64()),
+        Err(e) => {
+            ctx.issue(
+                s.offset,
+                &s.key,
+                format!("expected a size like \"10MiB\", found {:?} ({e})", s.value),
+            );
+            None
+        }
     }
 }
 
