@@ -13,6 +13,16 @@ pub struct PathPattern {
     params: Vec<String>,
 }
 
+// A pattern is compiled from its source alone, so equal sources are equal patterns (config
+// reload compares routes by value).
+impl PartialEq for PathPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for PathPattern {}
+
 impl fmt::Debug for PathPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.source)

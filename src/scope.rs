@@ -136,6 +136,83 @@ impl Generations {
     }
 }
 
+// === the shared tier's counters, as this instance knows them ===
+
+/// The hard and soft generation of one scope in the shared tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SharedGen {
+    /// A change invalidates.
+    pub hard: u64,
+    /// A change makes stale.
+    pub soft: u64,
+}
+
+/// The shared tier's counters as this instance last learnt them: read once per scope, then
+/// kept up to date by the values every purge message carries. It lets a shared-tier entry be
+/// validated without reading counters, like a memory entry.
+///
+/// What it says is only as good as the purge channel: it is trusted within one *period* of
+/// unbroken lease, and forgotten when a period ends (subscription lost, lease lapsed), since
+/// purges may have been missed. Counters only grow, so learning takes the larger value and the
+/// order in which a read and a purge message arrive does not matter.
+#[derive(Debug, Default)]
+pub struct CounterMirror {
+    known: RwLock<HashMap<Box<str>, SharedGen, foldhash::fast::RandomState>>,
+    /// The purge counter, learnt like the scopes' (`None` until read).
+    epoch: RwLock<Option<u64>>,
+    /// Bumped when what was learnt can no longer be trusted.
+    period: AtomicU64,
+}
+
+/// Scopes remembered before the mirror forgets everything and starts again.
+const MIRROR_MAX: usize = 1_000_000;
+
+impl CounterMirror {
+    /// The current period; pass it back to [`CounterMirror::learn`] for values read now.
+    pub fn period(&self) -> u64 {
+        self.period.load(Ordering::Acquire)
+    }
+
+    /// Forgets everything: purges may have been missed.
+    pub fn forget(&self) {
+        self.period.fetch_add(1, Ordering::AcqRel);
+        self.known.write().unwrap_or_else(|e| e.into_inner()).clear();
+        *self.epoch.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// What is known of `scope`.
+    pub fn get(&self, scope: &str) -> Option<SharedGen> {
+        self.known.read().unwrap_or_else(|e| e.into_inner()).get(scope).copied()
+    }
+
+    /// The purge counter, when known.
+    pub fn epoch(&self) -> Option<u64> {
+        *self.epoch.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records values read from the shared tier (or carried by a purge message) during
+    /// `period`; ignored when the period has ended since.
+    pub fn learn<'a>(&self, period: u64, epoch: Option<u64>, scopes: impl IntoIterator<Item = (&'a str, SharedGen)>) {
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock `forget` takes, so nothing read before a forget lands after it.
+        if self.period() != period {
+            return;
+        }
+        if known.len() >= MIRROR_MAX {
+            known.clear();
+        }
+        for (scope, g) in scopes {
+            let e = known.entry(scope.into()).or_default();
+            e.hard = e.hard.max(g.hard);
+            e.soft = e.soft.max(g.soft);
+        }
+        if let Some(v) = epoch {
+            let mut cur = self.epoch.write().unwrap_or_else(|e| e.into_inner());
+            *cur = Some(cur.map_or(v, |c| c.max(v)));
+        }
+    }
+}
+
 // === scope names ===
 
 /// The scope every entry belongs to.

@@ -430,16 +430,6 @@ impl QueryRule {
     }
 }
 
-// A pattern is compiled from its source alone, so equal sources are equal patterns; reload
-// compares routes by value through this.
-impl PartialEq for PathPattern {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for PathPattern {}
-
 /// One `[[route]]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
