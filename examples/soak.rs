@@ -64,7 +64,10 @@ fn redis(port: u16) -> Guard {
     // Ready when it accepts connections; a fixed pause would be too long or too short.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "redis-server did not listen within 10s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server did not listen within 10s"
+        );
         std::thread::yield_now();
     }
     Guard(child)

@@ -19,18 +19,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use cachegate::warm::{WarmReport, WarmRequest, DEFAULT_CONCURRENCY};
 use client::connect;
-pub use client::CliError;
+pub(crate) use client::CliError;
 
 /// The config file read when `--config` is not given.
-pub const DEFAULT_CONFIG: &str = "proxy.toml";
+pub(crate) const DEFAULT_CONFIG: &str = "proxy.toml";
 /// The admin listener used when no config says otherwise.
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:9091";
+pub(crate) const DEFAULT_ADMIN: &str = "127.0.0.1:9091";
 /// The variable holding the purge token when no config names one.
-pub const DEFAULT_TOKEN_ENV: &str = "CACHEGATE_PURGE_TOKEN";
+pub(crate) const DEFAULT_TOKEN_ENV: &str = "CACHEGATE_PURGE_TOKEN";
 
 /// Where the running instance listens and how to authenticate to it.
 #[derive(Debug, Clone, Default, Args)]
-pub struct Remote {
+pub(crate) struct Remote {
     /// Admin listener of the running instance [default: [server] admin_listen of --config, else 127.0.0.1:9091].
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
@@ -42,7 +42,7 @@ pub struct Remote {
 /// `cachegate purge`.
 #[derive(Debug, Clone, Args)]
 #[command(group(ArgGroup::new("what").required(true).multiple(true).args(["tags", "routes", "paths", "all", "tenant"])))]
-pub struct PurgeArgs {
+pub(crate) struct PurgeArgs {
     /// Where the instance is and the token.
     #[command(flatten)]
     pub remote: Remote,
@@ -68,7 +68,7 @@ pub struct PurgeArgs {
 
 /// `cachegate warm`.
 #[derive(Debug, Clone, Args)]
-pub struct WarmArgs {
+pub(crate) struct WarmArgs {
     /// Where the instance is and the token.
     #[command(flatten)]
     pub remote: Remote,
@@ -88,7 +88,7 @@ pub struct WarmArgs {
 
 /// Runs a verb on a current-thread runtime and turns its outcome into an exit code, printing
 /// errors to stderr.
-pub fn exit_code(verb: impl std::future::Future<Output = Result<(), CliError>>) -> u8 {
+pub(crate) fn exit_code(verb: impl std::future::Future<Output = Result<(), CliError>>) -> u8 {
     let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt.block_on(verb),
         Err(e) => Err(CliError::Failed(format!("cannot start the runtime: {e}"))),
@@ -106,7 +106,7 @@ pub fn exit_code(verb: impl std::future::Future<Output = Result<(), CliError>>) 
 ///
 /// # Errors
 /// Any [`CliError`].
-pub async fn stats(remote: Remote, config: Option<&Path>) -> Result<(), CliError> {
+pub(crate) async fn stats(remote: Remote, config: Option<&Path>) -> Result<(), CliError> {
     let client = connect(&remote, config, false)?;
     let v = client
         .call(Method::GET, "/admin/stats", None, Duration::from_secs(30))
@@ -119,7 +119,7 @@ pub async fn stats(remote: Remote, config: Option<&Path>) -> Result<(), CliError
 ///
 /// # Errors
 /// Any [`CliError`].
-pub async fn purge(args: PurgeArgs, config: Option<&Path>) -> Result<(), CliError> {
+pub(crate) async fn purge(args: PurgeArgs, config: Option<&Path>) -> Result<(), CliError> {
     let client = connect(&args.remote, config, true)?;
     let mut body = serde_json::json!({ "tags": args.tags, "routes": args.routes, "paths": args.paths });
     if args.all {
@@ -143,7 +143,7 @@ pub async fn purge(args: PurgeArgs, config: Option<&Path>) -> Result<(), CliErro
 ///
 /// # Errors
 /// Any [`CliError`]; [`CliError::WarmFailures`] when some variant could not be warmed.
-pub async fn warm(args: WarmArgs, config: Option<&Path>) -> Result<(), CliError> {
+pub(crate) async fn warm(args: WarmArgs, config: Option<&Path>) -> Result<(), CliError> {
     let paths = read_paths(&args.file)?;
     let client = connect(&args.remote, config, true)?;
     let bar = if std::io::stderr().is_terminal() {

@@ -14,7 +14,7 @@ use crate::message::path::PathError;
 
 /// Who caused an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorSource {
+pub(crate) enum ErrorSource {
     /// The client sent something we refuse.
     Downstream,
     /// The origin failed.
@@ -23,7 +23,7 @@ pub enum ErrorSource {
 
 /// Failures talking to the origin.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// No response headers within `[origin] timeout`.
     #[error("origin timed out after {0:?}")]
     Timeout(Duration),
@@ -38,10 +38,10 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// Every [`kind`](Self::kind), so each `cachegate_origin_errors_total` series exists before
     /// the first failure.
-    pub const KINDS: [&'static str; 3] = ["timeout", "connect", "request"];
+    pub(crate) const KINDS: [&'static str; 3] = ["timeout", "connect", "request"];
 
     /// The `cachegate_origin_errors_total` label.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         // Taken apart rather than spelled again, so the labels live in one list: a kind added
         // there stops this compiling until a variant returns it.
         let [timeout, connect, request] = Self::KINDS;
@@ -55,7 +55,7 @@ impl UpstreamError {
 
 /// Anything that ends a request with a synthetic answer.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// A malformed or refused request.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -69,7 +69,7 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// Who caused it.
-    pub fn source_kind(&self) -> ErrorSource {
+    pub(crate) fn source_kind(&self) -> ErrorSource {
         match self {
             ProxyError::BadRequest(_) | ProxyError::BadPath(_) => ErrorSource::Downstream,
             ProxyError::Upstream(_) => ErrorSource::Upstream,
@@ -77,7 +77,7 @@ impl ProxyError {
     }
 
     /// The status it is answered with.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -97,7 +97,7 @@ impl ProxyError {
     }
 
     /// The synthetic answer.
-    pub fn into_response(self) -> Response<ProxyBody> {
+    pub(crate) fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
         match self.source_kind() {
             ErrorSource::Upstream => tracing::warn!(error = %self, "origin failure"),

@@ -1,5 +1,7 @@
 //! The `cachegate` binary: CLI, logging, exit codes. Everything else lives in the library.
 
+#![warn(unreachable_pub)]
+
 mod cli;
 
 use std::path::{Path, PathBuf};

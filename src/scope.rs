@@ -20,7 +20,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tokio::sync::Notify;
 
 /// Everything but RFC 3986 unreserved characters is encoded in key and scope components.
-pub const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+pub(crate) const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Percent-encodes a free-form value (tenant, tag) for use inside a scope name or key.
 pub fn encode_component(v: &str) -> Cow<'_, str> {
@@ -136,122 +136,45 @@ impl Generations {
     }
 }
 
-// === the shared tier's counters, as this instance knows them ===
-
-/// The hard and soft generation of one scope in the shared tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SharedGen {
-    /// A change invalidates.
-    pub hard: u64,
-    /// A change makes stale.
-    pub soft: u64,
-}
-
-/// The shared tier's counters as this instance last learnt them: read once per scope, then
-/// kept up to date by the values every purge message carries. It lets a shared-tier entry be
-/// validated without reading counters, like a memory entry.
-///
-/// What it says is only as good as the purge channel: it is trusted within one *period* of
-/// unbroken lease, and forgotten when a period ends (subscription lost, lease lapsed), since
-/// purges may have been missed. Counters only grow, so learning takes the larger value and the
-/// order in which a read and a purge message arrive does not matter.
-#[derive(Debug, Default)]
-pub struct CounterMirror {
-    known: RwLock<HashMap<Box<str>, SharedGen, foldhash::fast::RandomState>>,
-    /// The purge counter, learnt like the scopes' (`None` until read).
-    epoch: RwLock<Option<u64>>,
-    /// Bumped when what was learnt can no longer be trusted.
-    period: AtomicU64,
-}
-
-/// Scopes remembered before the mirror forgets everything and starts again.
-const MIRROR_MAX: usize = 1_000_000;
-
-impl CounterMirror {
-    /// The current period; pass it back to [`CounterMirror::learn`] for values read now.
-    pub fn period(&self) -> u64 {
-        self.period.load(Ordering::Acquire)
-    }
-
-    /// Forgets everything: purges may have been missed.
-    pub fn forget(&self) {
-        self.period.fetch_add(1, Ordering::AcqRel);
-        self.known.write().unwrap_or_else(|e| e.into_inner()).clear();
-        *self.epoch.write().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-
-    /// What is known of `scope`.
-    pub fn get(&self, scope: &str) -> Option<SharedGen> {
-        self.known.read().unwrap_or_else(|e| e.into_inner()).get(scope).copied()
-    }
-
-    /// The purge counter, when known.
-    pub fn epoch(&self) -> Option<u64> {
-        *self.epoch.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Records values read from the shared tier (or carried by a purge message) during
-    /// `period`; ignored when the period has ended since.
-    pub fn learn<'a>(&self, period: u64, epoch: Option<u64>, scopes: impl IntoIterator<Item = (&'a str, SharedGen)>) {
-        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
-        // Checked under the lock `forget` takes, so nothing read before a forget lands after it.
-        if self.period() != period {
-            return;
-        }
-        if known.len() >= MIRROR_MAX {
-            known.clear();
-        }
-        for (scope, g) in scopes {
-            let e = known.entry(scope.into()).or_default();
-            e.hard = e.hard.max(g.hard);
-            e.soft = e.soft.max(g.soft);
-        }
-        if let Some(v) = epoch {
-            let mut cur = self.epoch.write().unwrap_or_else(|e| e.into_inner());
-            *cur = Some(cur.map_or(v, |c| c.max(v)));
-        }
-    }
-}
-
 // === scope names ===
 
 /// The scope every entry belongs to.
-pub const ALL: &str = "all";
+pub(crate) const ALL: &str = "all";
 
 /// Scope of every entry of a route.
-pub fn route_scope(route: &str) -> String {
+pub(crate) fn route_scope(route: &str) -> String {
     format!("route:{route}")
 }
 
 /// Scope of one URL of a route (every identity variant of it).
-pub fn url_scope(route: &str, path: &str, query: &str) -> String {
+pub(crate) fn url_scope(route: &str, path: &str, query: &str) -> String {
     format!("url:{route}:{path}?{query}")
 }
 
 /// Scope of a tag across every tenant.
-pub fn tag_scope(tag: &str) -> String {
+pub(crate) fn tag_scope(tag: &str) -> String {
     format!("tag:{}", encode_component(tag))
 }
 
 /// Scope of a tag for one tenant, or for tenant-less entries when `tenant` is `None`.
-pub fn tenant_tag_scope(tag: &str, tenant: Option<&str>) -> String {
+pub(crate) fn tenant_tag_scope(tag: &str, tenant: Option<&str>) -> String {
     let t = tenant.map(encode_component).unwrap_or_default();
     format!("tag:{}@{t}", encode_component(tag))
 }
 
 /// Scope of one session's identity mapping (by the hash of its cookie): a login or logout
 /// purges it, so every instance forgets the mapping before the answer is sent.
-pub fn session_scope(hash_hex: &str) -> String {
+pub(crate) fn session_scope(hash_hex: &str) -> String {
     format!("session:{hash_hex}")
 }
 
 /// Scope of every entry keyed with one tenant.
-pub fn tenant_scope(tenant: &str) -> String {
+pub(crate) fn tenant_scope(tenant: &str) -> String {
     format!("tenant:{}", encode_component(tenant))
 }
 
 /// The scopes of an entry of `route` with `tags`, keyed with `tenant`.
-pub fn entry_scopes(route: &str, url: String, tags: &[String], tenant: Option<&str>) -> Vec<String> {
+pub(crate) fn entry_scopes(route: &str, url: String, tags: &[String], tenant: Option<&str>) -> Vec<String> {
     let mut scopes = Vec::with_capacity(4 + 2 * tags.len());
     scopes.push(ALL.to_string());
     scopes.push(route_scope(route));
@@ -268,7 +191,7 @@ pub fn entry_scopes(route: &str, url: String, tags: &[String], tenant: Option<&s
 
 /// What sort of thing a scope names (the `kind` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ScopeKind {
+pub(crate) enum ScopeKind {
     /// A tag, across tenants or for one.
     Tag,
     /// Every entry of a route.
@@ -285,7 +208,7 @@ pub enum ScopeKind {
 
 impl ScopeKind {
     /// Every kind, so each `cachegate_purges_total` series can exist before the first purge.
-    pub const ALL: [ScopeKind; 6] = [
+    pub(crate) const ALL: [ScopeKind; 6] = [
         ScopeKind::Tag,
         ScopeKind::Route,
         ScopeKind::Path,
@@ -295,7 +218,7 @@ impl ScopeKind {
     ];
 
     /// The kind of `scope`, from the prefix its constructor gave it.
-    pub fn of(scope: &str) -> ScopeKind {
+    pub(crate) fn of(scope: &str) -> ScopeKind {
         match scope.split(':').next() {
             Some("tag") => ScopeKind::Tag,
             Some("route") => ScopeKind::Route,
@@ -307,7 +230,7 @@ impl ScopeKind {
     }
 
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ScopeKind::Tag => "tag",
             ScopeKind::Route => "route",

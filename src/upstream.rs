@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 
 /// Sends requests to the origin over a keep-alive pool.
 #[derive(Clone)]
-pub struct Origin {
+pub(crate) struct Origin {
     client: Client<HttpConnector, ProxyBody>,
     cfg: OriginConfig,
     metrics: Arc<Metrics>,
@@ -26,7 +26,7 @@ pub struct Origin {
 
 impl Origin {
     /// A client for the configured origin.
-    pub fn new(cfg: &OriginConfig, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(cfg: &OriginConfig, metrics: Arc<Metrics>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.timeout));
@@ -41,7 +41,7 @@ impl Origin {
     }
 
     /// The configured origin.
-    pub fn config(&self) -> &OriginConfig {
+    pub(crate) fn config(&self) -> &OriginConfig {
         &self.cfg
     }
 
@@ -50,7 +50,7 @@ impl Origin {
     ///
     /// # Errors
     /// [`UpstreamError`] naming the cause.
-    pub async fn send(&self, req: Request<ProxyBody>, route: &str) -> Result<Response<Incoming>, UpstreamError> {
+    pub(crate) async fn send(&self, req: Request<ProxyBody>, route: &str) -> Result<Response<Incoming>, UpstreamError> {
         let start = std::time::Instant::now();
         let result = match tokio::time::timeout(self.cfg.timeout, self.client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.cfg.timeout)),
@@ -74,13 +74,13 @@ impl Origin {
     }
 
     /// Counts a failure met after the answer's head (a body cut short or too slow).
-    pub fn count(&self, e: &UpstreamError) {
+    pub(crate) fn count(&self, e: &UpstreamError) {
         self.metrics.origin_error_counter(e.kind()).inc();
     }
 }
 
 /// The innermost error message: "Connection refused (os error 111)" rather than "client error".
-pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur: &dyn std::error::Error = e;
     while let Some(next) = cur.source() {
         cur = next;

@@ -19,7 +19,7 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use tokio::sync::{watch, Notify};
 
 /// The connections of one listener.
-pub struct Watchdog {
+pub(crate) struct Watchdog {
     timeout: u64,
     /// Seconds since the watchdog started, advanced by [`Watchdog::run`].
     now: AtomicU64,
@@ -28,7 +28,7 @@ pub struct Watchdog {
 }
 
 /// One connection's state, shared by its IO, its requests and the sweeper.
-pub struct Conn {
+pub(crate) struct Conn {
     /// Requests being answered (HTTP/2 can have several).
     in_flight: AtomicU32,
     /// When the connection last became idle: opened, or answered its last request.
@@ -40,7 +40,7 @@ pub struct Conn {
 
 impl Watchdog {
     /// A watchdog allowing `timeout` (rounded up to whole seconds) for each wait.
-    pub fn new(timeout: Duration) -> Arc<Self> {
+    pub(crate) fn new(timeout: Duration) -> Arc<Self> {
         let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
         Arc::new(Watchdog {
             timeout: secs.max(1),
@@ -51,7 +51,7 @@ impl Watchdog {
     }
 
     /// Registers a new connection; it is forgotten when the returned guard is dropped.
-    pub fn open(self: &Arc<Self>) -> Guard {
+    pub(crate) fn open(self: &Arc<Self>) -> Guard {
         let now = self.now.load(Ordering::Relaxed);
         let conn = Arc::new(Conn {
             in_flight: AtomicU32::new(0),
@@ -75,7 +75,7 @@ impl Watchdog {
 
     /// Advances the clock and signals every connection past its time, once a second, until
     /// `stop` changes.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    pub(crate) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -106,14 +106,14 @@ impl Watchdog {
 }
 
 /// A registered connection.
-pub struct Guard {
+pub(crate) struct Guard {
     id: u64,
     tracker: Tracker,
 }
 
 /// What a connection's service and IO hold to report progress.
 #[derive(Clone)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     conn: Arc<Conn>,
     dog: Arc<Watchdog>,
 }
@@ -121,7 +121,7 @@ pub struct Tracker {
 impl Guard {
     /// Resolves when the connection has overstayed with no request in progress; the caller
     /// then drops it.
-    pub async fn expired(&self) {
+    pub(crate) async fn expired(&self) {
         loop {
             self.tracker.conn.kill.notified().await;
             if self.tracker.conn.in_flight.load(Ordering::Acquire) == 0 {
@@ -131,12 +131,12 @@ impl Guard {
     }
 
     /// The handle the connection's service reports requests through.
-    pub fn tracker(&self) -> Tracker {
+    pub(crate) fn tracker(&self) -> Tracker {
         self.tracker.clone()
     }
 
     /// Wraps the connection's IO so that writes the client accepts count as progress.
-    pub fn io<T>(&self, inner: T) -> WatchedIo<T> {
+    pub(crate) fn io<T>(&self, inner: T) -> WatchedIo<T> {
         WatchedIo {
             inner,
             tracker: self.tracker.clone(),
@@ -146,7 +146,7 @@ impl Guard {
 
 impl Tracker {
     /// Marks one request as being answered until the returned value is dropped.
-    pub fn request(&self) -> InFlight {
+    pub(crate) fn request(&self) -> InFlight {
         self.conn.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
     }
@@ -160,7 +160,7 @@ impl Drop for Guard {
 }
 
 /// One request in progress on a watched connection.
-pub struct InFlight(Tracker);
+pub(crate) struct InFlight(Tracker);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -172,7 +172,7 @@ impl Drop for InFlight {
 }
 
 /// Connection IO that records when the client last accepted bytes.
-pub struct WatchedIo<T> {
+pub(crate) struct WatchedIo<T> {
     inner: T,
     tracker: Tracker,
 }

@@ -7,7 +7,7 @@ use crate::message::body::ProxyBody;
 /// A refused or failed admin request.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct AdminError {
+pub(crate) struct AdminError {
     /// The answer's status.
     pub status: StatusCode,
     /// What the caller reads: the cause, never a secret.
@@ -16,7 +16,7 @@ pub struct AdminError {
 
 impl AdminError {
     /// An error answered with `status`.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         AdminError {
             status,
             message: message.into(),
@@ -24,12 +24,12 @@ impl AdminError {
     }
 
     /// `400`: the request is malformed.
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
     /// The JSON answer, the only place admin errors become HTTP.
-    pub fn into_response(self) -> Response<ProxyBody> {
+    pub(crate) fn into_response(self) -> Response<ProxyBody> {
         super::json(self.status, &serde_json::json!({ "error": self.message }))
     }
 }

@@ -2,10 +2,10 @@
 //! It binds 127.0.0.1 by default and is separate from the public listener.
 
 mod error;
-pub mod purge;
+pub(crate) mod purge;
 mod warm;
 
-pub use error::AdminError;
+pub(crate) use error::AdminError;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,20 +31,20 @@ use purge::PurgeAuth;
 /// connections with a request in progress alone, so without this a client that sends headers
 /// and then stalls or trickles its body would hold the request open for ever. A body that is
 /// late gets 408 and the connection is closed.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest `POST /purge` (and `POST /admin/reload`) body: a purge names a few tags, routes or
 /// paths, so 64 KiB is already hundreds of them.
-pub const MAX_PURGE_BODY: usize = 64 * 1024;
+pub(crate) const MAX_PURGE_BODY: usize = 64 * 1024;
 
 /// Most bytes read from a signed request before its signature is verified. A signature covers
 /// the body, so it cannot be checked first; this keeps what anyone who can reach the admin
 /// listener makes us buffer small. A bearer token is checked before any byte of the body is
 /// read, so it is the way to send large warm requests.
-pub const MAX_SIGNED_BODY: usize = 256 * 1024;
+pub(crate) const MAX_SIGNED_BODY: usize = 256 * 1024;
 
 /// Admin endpoints.
-pub struct Admin {
+pub(crate) struct Admin {
     config: Arc<ArcSwap<Config>>,
     reloader: Arc<Reloader>,
     cache: Arc<Cache>,
@@ -57,7 +57,7 @@ pub struct Admin {
 
 impl Admin {
     /// Builds the admin handler.
-    pub fn new(
+    pub(crate) fn new(
         reloader: Arc<Reloader>,
         cache: Arc<Cache>,
         purger: Arc<Purger>,
@@ -79,7 +79,7 @@ impl Admin {
     }
 
     /// Routes one admin request; every [`AdminError`] becomes its answer here.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let answered = match (req.method(), req.uri().path()) {
             (&Method::POST, "/purge") => self.purge(req).await,
             (&Method::POST, "/admin/warm") => self.warm(req).await,

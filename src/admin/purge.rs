@@ -28,12 +28,12 @@ use crate::secrets::Secrets;
 const MAX_SKEW: Duration = Duration::from_secs(300);
 
 /// Header carrying a signed webhook's signature.
-pub const SIGNATURE_HEADER: &str = "x-cachegate-signature";
+pub(crate) const SIGNATURE_HEADER: &str = "x-cachegate-signature";
 
 /// A purge request body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PurgeRequest {
+pub(crate) struct PurgeRequest {
     /// Tags to purge.
     #[serde(default)]
     pub tags: Vec<String>,
@@ -58,7 +58,7 @@ fn refuse(status: StatusCode, msg: impl Into<String>) -> AdminError {
 }
 
 /// Secrets read once at start-up from the variables `[purge]` names.
-pub struct PurgeAuth {
+pub(crate) struct PurgeAuth {
     token: Option<Vec<u8>>,
     hmac: Option<Vec<u8>>,
     seen: Mutex<HashMap<String, Instant>>,
@@ -66,7 +66,7 @@ pub struct PurgeAuth {
 
 impl PurgeAuth {
     /// Authentication with these secrets.
-    pub fn new(secrets: &Secrets) -> Self {
+    pub(crate) fn new(secrets: &Secrets) -> Self {
         PurgeAuth {
             token: secrets.purge_token.clone().map(String::into_bytes),
             hmac: secrets.purge_hmac.clone().map(String::into_bytes),
@@ -75,7 +75,7 @@ impl PurgeAuth {
     }
 
     /// Whether any secret is configured (without one the endpoint is disabled).
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.token.is_some() || self.hmac.is_some()
     }
 
@@ -85,7 +85,7 @@ impl PurgeAuth {
     ///
     /// # Errors
     /// 401 with what was wrong.
-    pub fn check_headers(&self, headers: &HeaderMap) -> Result<HeaderAuth, AdminError> {
+    pub(crate) fn check_headers(&self, headers: &HeaderMap) -> Result<HeaderAuth, AdminError> {
         let unauthorized = |m: &str| refuse(StatusCode::UNAUTHORIZED, m);
         if headers.contains_key(http::header::AUTHORIZATION) {
             return self.check_token(headers).map(|()| HeaderAuth::Token);
@@ -127,7 +127,7 @@ impl PurgeAuth {
     ///
     /// # Errors
     /// 401 with what was wrong.
-    pub async fn check(&self, headers: &HeaderMap, body: &[u8], purger: &Purger) -> Result<(), AdminError> {
+    pub(crate) async fn check(&self, headers: &HeaderMap, body: &[u8], purger: &Purger) -> Result<(), AdminError> {
         let unauthorized = |m: &str| refuse(StatusCode::UNAUTHORIZED, m);
         if headers.contains_key(http::header::AUTHORIZATION) {
             return self.check_token(headers);
@@ -177,7 +177,7 @@ impl PurgeAuth {
 
 /// What [`PurgeAuth::check_headers`] established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeaderAuth {
+pub(crate) enum HeaderAuth {
     /// A valid bearer token: the request is authenticated.
     Token,
     /// A well-formed signature within the allowed skew: [`PurgeAuth::check`] verifies it once
@@ -213,7 +213,7 @@ fn parse_signature(sig: &str) -> Result<(u64, Vec<u8>), AdminError> {
 ///
 /// # Errors
 /// 400 with what is wrong; nothing has been purged.
-pub fn scopes_for(config: &Config, body: &[u8]) -> Result<(Vec<String>, bool), AdminError> {
+pub(crate) fn scopes_for(config: &Config, body: &[u8]) -> Result<(Vec<String>, bool), AdminError> {
     let req: PurgeRequest = serde_json::from_slice(body)
         .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("invalid purge body: {e}")))?;
     let bad = |m: String| refuse(StatusCode::BAD_REQUEST, m);

@@ -15,7 +15,7 @@ use crate::scope::Stamps;
 
 /// What a finished fetch left: the stored entry and the key it was stored under.
 #[derive(Debug, Clone)]
-pub struct Done {
+pub(super) struct Done {
     /// The key the entry went to (the origin's `Vary` may have extended the request's key).
     pub key: String,
     /// The entry.
@@ -23,7 +23,7 @@ pub struct Done {
 }
 
 /// A fetch in progress.
-pub struct Flight {
+pub(super) struct Flight {
     stamps: Stamps,
     /// `None` while running; `Some(None)` when it ended without a storable entry.
     done: watch::Sender<Option<Option<Done>>>,
@@ -31,7 +31,7 @@ pub struct Flight {
 
 impl Flight {
     /// Waits for the fetch to finish; `None` when it stored nothing.
-    pub async fn wait(&self) -> Option<Done> {
+    pub(super) async fn wait(&self) -> Option<Done> {
         let mut rx = self.done.subscribe();
         let result = rx.wait_for(|v| v.is_some()).await.ok()?.clone();
         result.flatten()
@@ -40,12 +40,12 @@ impl Flight {
 
 /// The table of fetches in progress.
 #[derive(Default)]
-pub struct Coalescer {
+pub(super) struct Coalescer {
     flights: Mutex<HashMap<String, Arc<Flight>, foldhash::fast::RandomState>>,
 }
 
 /// The role a request takes for its key.
-pub enum Join {
+pub(super) enum Join {
     /// It fetches; others may wait for it. Finish with [`Leader::finish`].
     Leader(Leader),
     /// Another request is fetching this key and no purge has touched it since.
@@ -53,7 +53,7 @@ pub enum Join {
 }
 
 /// The fetching request's handle; dropping it unfinished releases the waiters empty-handed.
-pub struct Leader {
+pub(super) struct Leader {
     key: String,
     flight: Arc<Flight>,
     table: Arc<Coalescer>,
@@ -61,7 +61,7 @@ pub struct Leader {
 
 impl Coalescer {
     /// Joins the fetch for `key`, or becomes its leader with `stamps` as its validity.
-    pub fn join(self: &Arc<Self>, key: &str, stamps: Stamps) -> Join {
+    pub(super) fn join(self: &Arc<Self>, key: &str, stamps: Stamps) -> Join {
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = flights.get(key) {
             if f.stamps.valid() {
@@ -81,7 +81,7 @@ impl Coalescer {
 
 impl Leader {
     /// Publishes the fetch's result to its waiters.
-    pub fn finish(self, result: Option<Done>) {
+    pub(super) fn finish(self, result: Option<Done>) {
         self.flight.done.send_replace(Some(result));
     }
 }

@@ -5,8 +5,8 @@
 //! the [`FillPermit`] a miss hands it. Generations, coalescing and the Redis tier stay inside.
 //!
 //! # Layout
-//! * [`lookup`]: a request's way through the tiers, and the permit to fill
-//! * [`coalesce`]: one origin fetch per key
+//! * `lookup`: a request's way through the tiers, and the permit to fill
+//! * `coalesce`: one origin fetch per key
 //! * [`key`]: path/query normalisation and the key string
 //! * [`policy`]: what may be stored and for how long (pure)
 //! * [`entry`]: the stored response

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioExecutor;
 
 /// Why a CLI verb failed; the message says what to fix.
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+pub(crate) enum CliError {
     /// Nothing answers at the admin address.
     #[error("cannot reach the admin listener at {addr}: is cachegate running? (set --admin)\n  cause: {cause}")]
     Unreachable {
@@ -58,7 +58,7 @@ pub enum CliError {
 
 impl CliError {
     /// 64 for usage and configuration errors, 1 for everything else.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) | CliError::NoToken { .. } => 64,
             _ => 1,

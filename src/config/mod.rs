@@ -1,7 +1,7 @@
 //! `proxy.toml`: the typed, validated configuration.
 //!
 //! Loading is two steps: `toml-span` parses the text keeping positions, then [`load`] walks it with
-//! a [`reader::Section`] per table, collecting every problem (unknown keys, wrong types, bad
+//! a `reader::Section` per table, collecting every problem (unknown keys, wrong types, bad
 //! durations, bad patterns) as an [`Issue`] with its line and dotted key. The settings sections are
 //! declared with [`section!`](section): each field once, with its key, type, default, reader and
 //! whether a reload may change it, which is what [`Config::restart_only`] compares. Nothing here opens sockets

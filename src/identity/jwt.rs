@@ -13,7 +13,7 @@ const LEEWAY_SECS: u64 = 30;
 
 /// Why a token was refused (said in debug logs, never with the token).
 #[derive(Debug, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     /// Malformed, badly signed, expired, or missing a required claim.
     #[error("{0}")]
     Invalid(jsonwebtoken::errors::Error),
@@ -26,7 +26,7 @@ pub enum TokenError {
 }
 
 /// Verifies tokens and reads role, tenant and user from their claims.
-pub struct JwtVerifier {
+pub(crate) struct JwtVerifier {
     algorithms: Vec<Algorithm>,
     secret: Option<DecodingKey>,
     public: Option<DecodingKey>,
@@ -40,7 +40,7 @@ impl JwtVerifier {
     ///
     /// # Errors
     /// [`SetupError`] naming the missing secret or unreadable key file.
-    pub fn new(cfg: &JwtConfig, secret: Option<&str>) -> Result<Self, SetupError> {
+    pub(crate) fn new(cfg: &JwtConfig, secret: Option<&str>) -> Result<Self, SetupError> {
         let algorithms = cfg
             .algorithms
             .iter()
@@ -102,7 +102,7 @@ impl JwtVerifier {
     ///
     /// # Errors
     /// Why the token was refused (never logged with the token itself).
-    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+    pub(crate) fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(TokenError::Invalid)?;
         if !self.algorithms.contains(&header.alg) {
             return Err(TokenError::Algorithm(header.alg));

@@ -10,7 +10,7 @@
 //! while that generation holds. The proxy forgets a session by purging its scope, which every
 //! instance acknowledges before the login or logout is answered.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -34,7 +34,7 @@ use crate::upstream::Origin;
 const MAX_ANSWER: usize = 64 * 1024;
 
 /// Session → identity, asked of the origin.
-pub struct SessionLookup {
+pub(crate) struct SessionLookup {
     cfg: LookupConfig,
     origin: Origin,
     origin_cfg: OriginConfig,
@@ -42,13 +42,12 @@ pub struct SessionLookup {
     generations: Arc<Generations>,
     coherence: Option<Arc<Coherence>>,
     anonymous: String,
-    asked: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
 /// Why a session could not be looked up: the request bypasses the cache.
 #[derive(Debug, thiserror::Error)]
-pub enum LookupError {
+pub(crate) enum LookupError {
     /// The cookie value cannot be sent in a header.
     #[error("the session cookie cannot be sent to the origin")]
     Unsendable,
@@ -80,7 +79,7 @@ struct Answer {
 
 impl SessionLookup {
     /// A lookup against `origin`.
-    pub fn new(
+    pub(crate) fn new(
         cfg: &LookupConfig,
         origin: Origin,
         anonymous: &str,
@@ -100,24 +99,18 @@ impl SessionLookup {
             generations,
             coherence,
             anonymous: anonymous.to_string(),
-            asked: AtomicU64::new(0),
             metrics,
         }
     }
 
     /// The session cookie's name.
-    pub fn cookie(&self) -> &str {
+    pub(crate) fn cookie(&self) -> &str {
         &self.cfg.cookie
     }
 
     /// Whether a write to `path` changes sessions (login, logout).
-    pub fn resets(&self, path: &str) -> bool {
+    pub(crate) fn resets(&self, path: &str) -> bool {
         self.cfg.reset_paths.iter().any(|p| p.matches(path))
-    }
-
-    /// Lookups sent to the origin so far.
-    pub fn asked(&self) -> u64 {
-        self.asked.load(Ordering::Relaxed)
     }
 
     fn hash(value: &str) -> [u8; 32] {
@@ -131,7 +124,7 @@ impl SessionLookup {
     ///
     /// # Errors
     /// Why the session could not be resolved.
-    pub async fn resolve(&self, value: &str) -> Result<(Arc<Claims>, Stamps), Arc<LookupError>> {
+    pub(crate) async fn resolve(&self, value: &str) -> Result<(Arc<Claims>, Stamps), Arc<LookupError>> {
         let hash = Self::hash(value);
         // Twice at most: an answer found stale (asked before a forget) is asked again once.
         for _ in 0..2 {
@@ -165,7 +158,7 @@ impl SessionLookup {
     }
 
     /// The identity of a session if already known; never asks the origin.
-    pub async fn known(&self, value: &str) -> Option<(Arc<Claims>, Stamps)> {
+    pub(crate) async fn known(&self, value: &str) -> Option<(Arc<Claims>, Stamps)> {
         let answer = self.cache.get(&Self::hash(value)).await?;
         (answer.stamps.valid() && self.heard_every_purge()).then(|| (answer.claims.clone(), answer.stamps.clone()))
     }
@@ -178,7 +171,7 @@ impl SessionLookup {
     }
 
     /// The purge scope that forgets this session on every instance.
-    pub fn scope_of(&self, value: &str) -> String {
+    pub(crate) fn scope_of(&self, value: &str) -> String {
         Self::scope(&Self::hash(value))
     }
 
@@ -187,7 +180,6 @@ impl SessionLookup {
     }
 
     async fn ask(&self, value: &str) -> Result<Claims, LookupError> {
-        self.asked.fetch_add(1, Ordering::Relaxed);
         let uri = Uri::builder()
             .scheme("http")
             .authority(self.origin_cfg.authority.clone())
@@ -247,7 +239,7 @@ impl SessionLookup {
 }
 
 /// Creates both `cachegate_identity_lookups_total` series at 0.
-pub fn prime_metrics(m: &Metrics) {
+pub(crate) fn prime_metrics(m: &Metrics) {
     for ok in [true, false] {
         m.identity_lookup_counter(ok);
     }

@@ -9,8 +9,8 @@
 //! * [`jwt`]: token verification and claims
 //! * [`lookup`]: session → identity via the origin, cached per session hash
 
-pub mod jwt;
-pub mod lookup;
+pub(crate) mod jwt;
+pub(crate) mod lookup;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -58,7 +58,7 @@ pub enum SetupError {
 /// claim name configured, a missing claim, a list where a string was expected) must never be
 /// keyed as if it had none.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Part<T = String> {
+pub(crate) enum Part<T = String> {
     /// The caller has none: anonymous, or a trusted gateway left it out on purpose.
     #[default]
     Absent,
@@ -70,7 +70,7 @@ pub enum Part<T = String> {
 
 impl<T> Part<T> {
     /// The value, when resolved.
-    pub fn known(&self) -> Option<&T> {
+    pub(crate) fn known(&self) -> Option<&T> {
         match self {
             Part::Known(v) => Some(v),
             _ => None,
@@ -98,7 +98,7 @@ impl<T: PartialEq> Part<T> {
 
 /// Identity parts read from a token or a lookup answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claims {
+pub(crate) struct Claims {
     /// Role.
     pub role: Part,
     /// Tenant.
@@ -109,7 +109,7 @@ pub struct Claims {
 
 impl Claims {
     /// A credential that says "nobody in particular" (a logged-out session).
-    pub fn anonymous(role: &str) -> Self {
+    pub(crate) fn anonymous(role: &str) -> Self {
         Claims {
             role: Part::Known(role.to_string()),
             tenant: Part::Absent,
@@ -136,7 +136,7 @@ impl Claims {
 
 /// The resolved identity of a request.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// Role; the anonymous role when nothing identifies the caller. Shared: most requests
     /// carry the same few roles, the anonymous one above all.
     pub role: Part<Arc<str>>,
@@ -169,7 +169,7 @@ impl Identity {
 
 /// How much resolving a request needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Depth {
+pub(crate) enum Depth {
     /// A cacheable read: resolve everything, asking the origin about sessions if needed.
     Read,
     /// A write: the writer's tenant scopes its purge; sessions only from the known mappings.
@@ -179,7 +179,7 @@ pub enum Depth {
 }
 
 /// Resolves identities with the configured sources.
-pub struct Resolver {
+pub(crate) struct Resolver {
     cfg: IdentityConfig,
     anonymous: Arc<str>,
     jwt: Option<JwtVerifier>,
@@ -207,7 +207,7 @@ impl Resolver {
     ///
     /// # Errors
     /// A missing JWT secret or unreadable key file.
-    pub fn new(
+    pub(crate) fn new(
         cfg: &IdentityConfig,
         secrets: &Secrets,
         origin: Origin,
@@ -232,12 +232,12 @@ impl Resolver {
     }
 
     /// Whether identity and forwarding headers from `peer` are believed.
-    pub fn trusts(&self, peer: IpAddr) -> bool {
+    pub(crate) fn trusts(&self, peer: IpAddr) -> bool {
         self.cfg.trust_headers_from.iter().any(|n| n.contains(&peer))
     }
 
     /// The identity header names (role, tenant and, when configured, user).
-    pub fn header_names(&self) -> impl Iterator<Item = &HeaderName> {
+    pub(crate) fn header_names(&self) -> impl Iterator<Item = &HeaderName> {
         [&self.cfg.role_header, &self.cfg.tenant_header]
             .into_iter()
             .chain(self.cfg.user_header.as_ref())
@@ -246,7 +246,7 @@ impl Resolver {
     /// Resolves the identity of a normalised request (identity headers from untrusted peers
     /// are already gone). Every part is resolved from the first source that has it: trusted
     /// headers, then the JWT and session credentials; a caller without any is anonymous.
-    pub async fn resolve(&self, trusted: bool, headers: &HeaderMap, depth: Depth) -> Identity {
+    pub(crate) async fn resolve(&self, trusted: bool, headers: &HeaderMap, depth: Depth) -> Identity {
         let mut id = Identity::anonymous(&self.anonymous);
         if depth == Depth::Strip {
             return id;
@@ -391,21 +391,21 @@ impl Resolver {
 
     /// Whether a cookie is a credential: identity keying answers it, so the origin's
     /// `Vary: Cookie` need not key it.
-    pub fn is_credential_cookie(&self, name: &str) -> bool {
+    pub(crate) fn is_credential_cookie(&self, name: &str) -> bool {
         self.cfg.jwt.as_ref().and_then(|j| j.cookie.as_deref()) == Some(name)
             || self.lookup.as_ref().map(|l| l.cookie()) == Some(name)
             || self.cfg.credential_cookies.is_credential(name)
     }
 
     /// Whether the cookie `name` is removed from requests (`strip_cookies`).
-    pub fn strips_cookie(&self, name: &str) -> bool {
+    pub(crate) fn strips_cookie(&self, name: &str) -> bool {
         self.cfg.strips_cookie(name)
     }
 
     /// Every value of the session cookie on a request. Usually one; a request that sends it
     /// twice bypasses the cache, but a login or logout it makes must forget both, since the
     /// origin may have read either.
-    pub fn sessions_of(&self, headers: &HeaderMap) -> Vec<String> {
+    pub(crate) fn sessions_of(&self, headers: &HeaderMap) -> Vec<String> {
         let Some(name) = self.lookup.as_ref().map(|l| l.cookie()) else {
             return Vec::new();
         };
@@ -439,7 +439,7 @@ fn bearer(v: &str) -> Option<&str> {
 
 /// `(name, value)` of every cookie on the request, in order, split the way common frameworks
 /// split them (on `;`, whitespace trimmed); pieces without a name are skipped.
-pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+pub(crate) fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(COOKIE)
         .iter()

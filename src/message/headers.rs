@@ -125,7 +125,7 @@ const OVERRIDES: [HeaderName; 9] = [
     HeaderName::from_static("x-host"),
 ];
 
-/// Removes the [`OVERRIDES`] headers.
+/// Removes the `OVERRIDES` headers.
 pub fn strip_overrides(headers: &mut HeaderMap) {
     remove_present(headers, &OVERRIDES);
 }

@@ -406,7 +406,7 @@ impl CacheResult {
 /// those of each route in `routes` (call again after a reload for new routes) and the origin
 /// error kinds. Otherwise a labelled family is absent until its first event: dashboards show
 /// "No data" instead of 0, and `rate()` and absence alerts misread it.
-pub fn prime_metrics<'a>(m: &Metrics, routes: impl IntoIterator<Item = &'a str>) {
+pub(crate) fn prime_metrics<'a>(m: &Metrics, routes: impl IntoIterator<Item = &'a str>) {
     for kind in UpstreamError::KINDS {
         m.origin_error_counter(kind);
     }
