@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Runs every test. Installs what the tests need that Cargo does not (redis-server, prometheus,
-# wrk) when it is missing and we are root; otherwise says how to install it.
+# Runs every test. Installs what the tests need that Cargo does not (redis-server, redis-cli,
+# prometheus, wrk) when it is missing and we are root; otherwise says how to install it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# redis-cli builds the test Redis Cluster; Debian's redis-server package brings it along.
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 if [ "${#need[@]}" -gt 0 ]; then

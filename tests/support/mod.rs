@@ -2,6 +2,9 @@
 //! 127.0.0.1 ephemeral ports.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod tls_redis;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
