@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::scope::{Generations, ALL};
+use crate::scope::{CounterMirror, Generations, ALL};
 use crate::tiers::redis::RedisTier;
 
 /// How long a heard heartbeat keeps the memory tier trusted.
@@ -39,6 +39,7 @@ pub struct Coherence {
     pending: Mutex<HashMap<u64, watch::Sender<usize>>>,
     redis: Arc<RedisTier>,
     generations: Arc<Generations>,
+    mirror: Arc<CounterMirror>,
     channel: String,
 }
 
@@ -56,12 +57,18 @@ impl Coherence {
             pending: Mutex::new(HashMap::new()),
             redis,
             generations,
+            mirror: Arc::default(),
             channel,
         })
     }
 
     fn now_nanos(&self) -> u64 {
         u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Redis' counters as this instance knows them, kept by the purge channel.
+    pub(crate) fn mirror(&self) -> &Arc<CounterMirror> {
+        &self.mirror
     }
 
     /// How many times the purge channel has been (re)subscribed.
@@ -93,9 +100,18 @@ impl Coherence {
             .unwrap_or_else(|e| e.into_inner())
             .insert(purge_id, tx);
         let message = format!("{} {purge_id} {} {}", self.id, u8::from(soft), scopes.join(" "));
+        let period = self.mirror.period();
         let result = self.redis.purge(scopes, soft, &self.channel, &message, self.id).await;
-        let acks = match result {
-            Ok((receivers, registered)) => {
+        let acks = match &result {
+            Ok(receipt) => {
+                // Our own message is not applied when it comes back: learn the values here.
+                self.mirror.heard(
+                    period,
+                    Some(receipt.epoch),
+                    soft,
+                    scopes.iter().map(String::as_str).zip(receipt.values.iter().copied()),
+                );
+                let (receivers, registered) = (receipt.receivers, receipt.others);
                 // Registered instances that did not receive it (a dropped subscription) never
                 // ack: waiting out the lease for them is what fences them.
                 let subscribers = receivers.saturating_sub(usize::from(self.subscribed.load(Ordering::Acquire)));
@@ -152,8 +168,10 @@ impl Coherence {
                     && pubsub.subscribe(keys.ack_channel(self.id)).await.is_ok();
                 if ok {
                     if !first {
-                        // Messages may have been lost while unsubscribed: forget the memory tier.
+                        // Messages may have been lost while unsubscribed: forget the memory tier
+                        // and what we knew of Redis' counters.
                         self.generations.bump(ALL);
+                        self.mirror.forget();
                         tracing::info!("purge channel resubscribed: memory tier dropped");
                     }
                     first = false;
@@ -170,6 +188,7 @@ impl Coherence {
                     }
                     self.subscribed.store(false, Ordering::Release);
                     self.lease_until.store(0, Ordering::Release);
+                    self.mirror.forget();
                     tracing::warn!("purge channel subscription lost; memory hits need Redis until it is back");
                 }
             }
@@ -186,8 +205,13 @@ impl Coherence {
             self.on_purge(text);
         } else if self.redis.keys().is_heartbeat_channel(channel) {
             if let Ok(sent) = text.parse::<u64>() {
-                self.lease_until
-                    .fetch_max(sent + LEASE.as_nanos() as u64, Ordering::AcqRel);
+                let until = sent + LEASE.as_nanos() as u64;
+                let before = self.lease_until.fetch_max(until, Ordering::AcqRel);
+                if before <= self.now_nanos() && until > before {
+                    // A new lease after a lapse (Redis down, a failover, a pause): purges may
+                    // have gone unheard meanwhile, so what we knew of the counters is dropped.
+                    self.mirror.forget();
+                }
             }
         } else if let Ok(purge_id) = text.parse::<u64>() {
             if let Some(tx) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).get(&purge_id) {
@@ -197,15 +221,28 @@ impl Coherence {
     }
 
     fn on_purge(&self, text: &str) {
-        let mut parts = text.split(' ');
-        let (Some(from), Some(purge_id), Some(_soft)) = (parts.next(), parts.next(), parts.next()) else {
+        let period = self.mirror.period();
+        let (head, values) = text.split_once(" | ").unwrap_or((text, ""));
+        let mut parts = head.split(' ');
+        let (Some(from), Some(purge_id), Some(soft)) = (parts.next(), parts.next(), parts.next()) else {
             return;
         };
         if from == self.id.to_string() {
             return;
         }
-        for scope in parts.filter(|s| !s.is_empty()) {
+        let scopes: Vec<&str> = parts.filter(|s| !s.is_empty()).collect();
+        for scope in &scopes {
             self.generations.bump(scope);
+        }
+        // `scope… | counter… epoch`: the counters as the purge left them.
+        let mut values: Vec<u64> = values.split(' ').filter_map(|v| v.parse().ok()).collect();
+        if values.len() == scopes.len() + 1 {
+            let epoch = values.pop();
+            self.mirror
+                .heard(period, epoch, soft == "1", scopes.iter().copied().zip(values));
+        } else {
+            // A message without values (an older version): nothing to learn, so forget.
+            self.mirror.forget();
         }
         let (redis, channel, purge_id) = (
             self.redis.clone(),

@@ -136,6 +136,119 @@ impl Generations {
     }
 }
 
+// === the shared tier's counters, as this instance knows them ===
+
+/// The hard and soft generation of one scope in the shared tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct SharedGen {
+    /// A change invalidates.
+    pub(crate) hard: u64,
+    /// A change makes stale.
+    pub(crate) soft: u64,
+}
+
+/// The shared tier's counters as this instance last learnt them: read once per scope, then
+/// kept up to date by the values every purge message carries. It lets a shared-tier entry be
+/// validated without reading counters, like a memory entry.
+///
+/// What it says is only as good as the purge channel: it is trusted within one *period* of
+/// unbroken lease, and forgotten when a period ends (subscription lost, lease lapsed), since
+/// purges may have been missed. Counters only grow, so learning takes the larger value and the
+/// order in which a read and a purge message arrive does not matter.
+#[derive(Debug, Default)]
+pub(crate) struct CounterMirror {
+    known: RwLock<HashMap<Box<str>, SharedGen, foldhash::fast::RandomState>>,
+    /// The purge counter, learnt like the scopes' (`None` until read).
+    epoch: RwLock<Option<u64>>,
+    /// Bumped when what was learnt can no longer be trusted.
+    period: AtomicU64,
+}
+
+/// Scopes remembered before the mirror forgets everything and starts again.
+const MIRROR_MAX: usize = 1_000_000;
+
+impl CounterMirror {
+    /// The current period; pass it back to [`CounterMirror::learn`] for values read now.
+    pub(crate) fn period(&self) -> u64 {
+        self.period.load(Ordering::Acquire)
+    }
+
+    /// Forgets everything: purges may have been missed.
+    pub(crate) fn forget(&self) {
+        self.period.fetch_add(1, Ordering::AcqRel);
+        self.known.write().unwrap_or_else(|e| e.into_inner()).clear();
+        *self.epoch.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// What is known of `scope`.
+    pub(crate) fn get(&self, scope: &str) -> Option<SharedGen> {
+        self.known.read().unwrap_or_else(|e| e.into_inner()).get(scope).copied()
+    }
+
+    /// The purge counter, when known.
+    pub(crate) fn epoch(&self) -> Option<u64> {
+        *self.epoch.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records values read from the shared tier during `period` (both counters of each scope,
+    /// read together); ignored when the period has ended since.
+    pub(crate) fn learn<'a>(
+        &self,
+        period: u64,
+        epoch: Option<u64>,
+        scopes: impl IntoIterator<Item = (&'a str, SharedGen)>,
+    ) {
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock `forget` takes, so nothing read before a forget lands after it.
+        if self.period() != period {
+            return;
+        }
+        if known.len() >= MIRROR_MAX {
+            known.clear();
+        }
+        for (scope, g) in scopes {
+            let e = known.entry(scope.into()).or_default();
+            e.hard = e.hard.max(g.hard);
+            e.soft = e.soft.max(g.soft);
+        }
+        if let Some(v) = epoch {
+            let mut cur = self.epoch.write().unwrap_or_else(|e| e.into_inner());
+            *cur = Some(cur.map_or(v, |c| c.max(v)));
+        }
+    }
+}
+
+impl CounterMirror {
+    /// Records what a purge message says: the new value of the hard (or, for a soft purge,
+    /// soft) counter of each purged scope. Only scopes already known are updated: the other
+    /// counter of an unknown scope is not in the message, and guessing it could pass an entry
+    /// a soft purge made stale.
+    pub(crate) fn heard<'a>(
+        &self,
+        period: u64,
+        epoch: Option<u64>,
+        soft: bool,
+        values: impl IntoIterator<Item = (&'a str, u64)>,
+    ) {
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        if self.period() != period {
+            return;
+        }
+        for (scope, v) in values {
+            if let Some(g) = known.get_mut(scope) {
+                let c = if soft { &mut g.soft } else { &mut g.hard };
+                *c = (*c).max(v);
+            }
+        }
+        if let Some(v) = epoch {
+            let mut cur = self.epoch.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = cur.as_mut() {
+                *c = (*c).max(v);
+            }
+        }
+    }
+}
+
 // === scope names ===
 
 /// The scope every entry belongs to.

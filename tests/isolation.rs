@@ -1455,11 +1455,11 @@ impl Run {
             .sum()
     }
 
-    /// Purges Redis has recorded (`{prefix}:_epoch`).
+    /// Purges Redis has recorded (`{prefix}` in braces, then `:_epoch`).
     async fn epoch(&self) -> i64 {
         let mut c = self.redis.clone();
         redis::cmd("GET")
-            .arg(format!("{PREFIX}:_epoch"))
+            .arg(format!("{{{PREFIX}}}:_epoch"))
             .query_async::<Option<i64>>(&mut c)
             .await
             .unwrap_or_default()

@@ -494,7 +494,11 @@ async fn key_prefix_namespaces_everything() {
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut c).await.unwrap();
     assert!(!keys.is_empty());
     for k in &keys {
-        assert!(k.starts_with("t:v1:"), "{k} is outside the prefix");
+        // Counters, epoch and registry carry the prefix as their hash tag.
+        assert!(
+            k.starts_with("t:v1:") || k.starts_with("{t:v1}:"),
+            "{k} is outside the prefix"
+        );
     }
     // A v2 prefix sees none of it.
     let text = support::config_text(&origin, &format!("{}{ROUTES}", redis_cache(&redis, "t:v2")));
@@ -614,11 +618,12 @@ async fn purges_made_while_redis_is_down_are_replayed() {
     );
 }
 
-/// The tier on its own: `gens` reads the counters a lookup validates against, and every key
-/// it writes keeps the name instances of other versions expect.
+/// The tier on its own: a purge reports the counters it left (and publishes them), `gens`
+/// reads the same values, an entry reads back with the generations it was written with, and
+/// every key keeps its documented name (counters, epoch and registry under one hash tag).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tier_counters_and_key_names() {
-    use cachegate::tiers::redis::{Gen, Lookup, RedisTier};
+    use cachegate::tiers::redis::{Gen, RedisTier};
 
     let redis = RedisServer::start().await;
     let metrics = Arc::new(cachegate::metrics::Metrics::new());
@@ -628,8 +633,10 @@ async fn tier_counters_and_key_names() {
     assert!(eventually(Duration::from_secs(5), || tier.is_up()).await);
 
     let scopes: Vec<String> = ["tag:a", "tag:b", "tag:c"].map(String::from).to_vec();
-    tier.purge(&scopes[..1], false, "k:v1:_purge", "m", 1).await.unwrap();
-    tier.purge(&scopes[1..2], true, "k:v1:_purge", "m", 1).await.unwrap();
+    let first = tier.purge(&scopes[..1], false, "k:v1:_purge", "m", 1).await.unwrap();
+    assert_eq!((first.values.clone(), first.epoch), (vec![1], 1));
+    let second = tier.purge(&scopes[1..2], true, "k:v1:_purge", "m", 1).await.unwrap();
+    assert_eq!((second.values.clone(), second.epoch), (vec![1], 2));
     let gens = tier.gens(&scopes).await.unwrap();
     assert_eq!(gens.epoch, 2);
     assert_eq!(
@@ -640,16 +647,21 @@ async fn tier_counters_and_key_names() {
             Gen { hard: 0, soft: 0 }
         ]
     );
-    match tier.lookup("k:v1:r:/x", &scopes).await.unwrap() {
-        Lookup::Miss(g) => assert_eq!((g.epoch, g.scopes), (gens.epoch, gens.scopes.clone())),
-        other => panic!("expected a miss, got {other:?}"),
-    }
+    assert!(tier.get("k:v1:r:/x").await.unwrap().is_none());
     assert!(tier.gens(&[]).await.unwrap().scopes.is_empty());
 
-    assert!(tier
-        .store("k:v1:r:/x", &scopes, &gens, true, b"body", Duration::from_secs(60))
+    let recorded: Vec<(&str, Gen)> = scopes
+        .iter()
+        .map(String::as_str)
+        .zip(gens.scopes.iter().copied())
+        .collect();
+    tier.put("k:v1:r:/x", &recorded, b"body", Duration::from_secs(60))
         .await
-        .unwrap());
+        .unwrap();
+    let stored = tier.get("k:v1:r:/x").await.unwrap().expect("the entry reads back");
+    assert_eq!(&stored.payload[..], b"body");
+    let back: Vec<(&str, Gen)> = stored.recorded.iter().map(|(s, g)| (s.as_str(), *g)).collect();
+    assert_eq!(back, recorded);
     assert!(tier.try_lease("k:v1:r:/x", 7, Duration::from_secs(60)).await.unwrap());
     assert!(tier.set_once("ab12", Duration::from_secs(60)).await.unwrap());
     assert!(!tier.set_once("ab12", Duration::from_secs(60)).await.unwrap());
@@ -663,13 +675,13 @@ async fn tier_counters_and_key_names() {
     assert_eq!(
         keys,
         [
-            "k:v1:_epoch",
-            "k:v1:_g:tag:a",
-            "k:v1:_instances",
             "k:v1:_lease:k:v1:r:/x",
             "k:v1:_replay:ab12",
-            "k:v1:_s:tag:b",
             "k:v1:r:/x",
+            "{k:v1}:_epoch",
+            "{k:v1}:_g:tag:a",
+            "{k:v1}:_instances",
+            "{k:v1}:_s:tag:b",
         ]
     );
     tier.release_lease("k:v1:r:/x", 7).await;

@@ -31,10 +31,10 @@ use crate::clock::Clock;
 use crate::coherence::Coherence;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::scope::{Generations, Stamps};
+use crate::scope::{CounterMirror, Generations, SharedGen, Stamps};
 use crate::tiers::memory::MemoryTier;
 use crate::tiers::redis::TierError;
-use crate::tiers::redis::{self, Gens, RedisTier};
+use crate::tiers::redis::{Gen, Gens, RedisTier};
 use coalesce::{Coalescer, Done};
 use entry::{CachedResponse, Staleness, WireEntry};
 use key::{BaseKey, VaryInput};
@@ -80,6 +80,15 @@ struct Fill {
     scopes: Vec<String>,
 }
 
+/// How a Redis entry's recorded generations compare with the current ones.
+enum Verdict {
+    Valid,
+    /// A soft purge since: serve stale while refreshing.
+    SoftPurged,
+    /// A purge since (or the counters could not be read).
+    Purged,
+}
+
 /// Cache tiers plus the generation table.
 pub struct Cache {
     memory: MemoryTier<CachedResponse>,
@@ -89,6 +98,8 @@ pub struct Cache {
     /// flag rather than one per route, so a config reload that reorders routes keeps it right.
     seen_vary: AtomicBool,
     generations: Arc<Generations>,
+    /// Redis' counters as this instance knows them.
+    mirror: Arc<CounterMirror>,
     clock: Arc<Clock>,
     metrics: Arc<Metrics>,
     redis: Option<Arc<RedisTier>>,
@@ -109,7 +120,9 @@ impl Cache {
     ) -> Self {
         let ttl = config.cache.memory_ttl;
         let (redis, coherence) = redis.map_or((None, None), |(r, c)| (Some(r), Some(c)));
+        let mirror = coherence.as_ref().map(|c| c.mirror().clone()).unwrap_or_default();
         Cache {
+            mirror,
             memory: MemoryTier::new(config.cache.memory_capacity, ttl, metrics.memory_evictions.clone()),
             vary_index: moka::future::Cache::builder()
                 .max_capacity(1_000_000)
@@ -201,6 +214,10 @@ impl Cache {
     /// Asks the shared tier (if any). `scopes` are the entry's scopes known from the request;
     /// local counters are captured before Redis is read, so a purge heard meanwhile still
     /// invalidates a promoted copy.
+    ///
+    /// While the lease holds this is one `GET`: the entry is validated against the counters
+    /// this instance already knows (see [`CounterMirror`]). Counters it does not know yet are
+    /// read alongside, once.
     async fn shared(&self, key: &str, scopes: Vec<String>, stamps: Stamps) -> Shared {
         let local_epoch = self.generations.epoch();
         let mut fill = Fill {
@@ -212,38 +229,137 @@ impl Cache {
         let Some(redis) = &self.redis else {
             return Shared::Miss(fill);
         };
-        match redis.lookup(key, &fill.scopes).await {
-            Ok(redis::Lookup::Hit(payload, recorded)) => {
-                match self
-                    .promote(key, &payload, recorded, fill.stamps.clone(), local_epoch)
+        let trusted = self.lease_valid();
+        let period = self.mirror.period();
+        let known = if trusted { self.known_gens(&fill.scopes) } else { None };
+        let (found, read) = match known {
+            Some(k) => (redis.get(key).await, Ok(k)),
+            None => tokio::join!(redis.get(key), redis.gens(&fill.scopes)),
+        };
+        if let (true, Ok(g)) = (trusted, &read) {
+            self.learn(period, &fill.scopes, g);
+        }
+        fill.gens = read.ok();
+        let stored = match found {
+            Ok(Some(s)) => s,
+            Ok(None) => return Shared::Miss(fill),
+            Err(e) => {
+                tracing::debug!(error = %e, "redis lookup skipped");
+                return Shared::Miss(fill);
+            }
+        };
+        let verdict = self.validate(redis, &stored.recorded, trusted, period).await;
+        match verdict {
+            Verdict::Valid => {
+                let recorded: Vec<String> = stored.recorded.into_iter().map(|(s, _)| s).collect();
+                if let Some((entry, state)) = self
+                    .promote(key, &stored.payload, recorded, fill.stamps.clone(), local_epoch)
                     .await
                 {
-                    Some((entry, state)) => return Shared::Hit(entry, state),
-                    // Undecodable or past every window: refill, reading fresh generations.
-                    None => fill.gens = redis.gens(&fill.scopes).await.ok(),
+                    return Shared::Hit(entry, state);
                 }
             }
-            Ok(redis::Lookup::Stale(payload, g)) => {
-                fill.gens = Some(g);
-                // Soft-purged: servable while it is refreshed; never promoted to memory.
-                if let Ok(wire) = WireEntry::decode(&payload) {
+            // Soft-purged: servable while it is refreshed; never promoted to memory.
+            Verdict::SoftPurged => {
+                if let Ok(wire) = WireEntry::decode(&stored.payload) {
                     let entry = self.entry_from_wire(wire, Stamps::default());
                     if entry.staleness(self.clock.now()) != Staleness::Dead {
                         return Shared::SoftStale(Arc::new(entry));
                     }
                 }
             }
-            Ok(redis::Lookup::Miss(g)) => fill.gens = Some(g),
-            Err(e) => tracing::debug!(error = %e, "redis lookup skipped"),
+            Verdict::Purged => {}
         }
         Shared::Miss(fill)
+    }
+
+    /// Whether this instance hears every purge (the coherence lease).
+    fn lease_valid(&self) -> bool {
+        self.coherence.as_ref().is_some_and(|c| c.lease_valid())
+    }
+
+    /// The Redis generations of `scopes` as this instance knows them, when it knows them all.
+    fn known_gens(&self, scopes: &[String]) -> Option<Gens> {
+        let epoch = self.mirror.epoch()?;
+        let scopes = scopes
+            .iter()
+            .map(|s| {
+                self.mirror.get(s).map(|g| Gen {
+                    hard: g.hard,
+                    soft: g.soft,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Gens { epoch, scopes })
+    }
+
+    /// Remembers generations read from Redis during `period`.
+    fn learn(&self, period: u64, scopes: &[String], gens: &Gens) {
+        let pairs = scopes.iter().zip(&gens.scopes).map(|(s, g)| {
+            (
+                s.as_str(),
+                SharedGen {
+                    hard: g.hard,
+                    soft: g.soft,
+                },
+            )
+        });
+        self.mirror.learn(period, Some(gens.epoch), pairs);
+    }
+
+    /// Checks the generations an entry recorded against the current ones: known ones from the
+    /// mirror (while `trusted`), the rest read in one `MGET`.
+    async fn validate(&self, redis: &RedisTier, recorded: &[(String, Gen)], trusted: bool, period: u64) -> Verdict {
+        let mut soft = false;
+        let mut unknown: Vec<(String, Gen)> = Vec::new();
+        for (scope, g) in recorded {
+            match self.mirror.get(scope).filter(|_| trusted) {
+                Some(m) if g.hard < m.hard => return Verdict::Purged,
+                Some(m) if g.hard == m.hard && g.soft <= m.soft => soft |= g.soft < m.soft,
+                // Unknown, or newer than we know (a purge message still on its way): ask.
+                _ => unknown.push((scope.clone(), *g)),
+            }
+        }
+        if !unknown.is_empty() {
+            let names: Vec<String> = unknown.iter().map(|(s, _)| s.clone()).collect();
+            let Ok(current) = redis.gens(&names).await else {
+                return Verdict::Purged;
+            };
+            if trusted {
+                self.learn(period, &names, &current);
+            }
+            for ((_, g), c) in unknown.iter().zip(&current.scopes) {
+                if g.hard != c.hard {
+                    return Verdict::Purged;
+                }
+                soft |= g.soft != c.soft;
+            }
+        }
+        if soft {
+            Verdict::SoftPurged
+        } else {
+            Verdict::Valid
+        }
     }
 
     /// A fill for `scopes` without a lookup (stale-if-error candidates, background refreshes).
     async fn capture(&self, scopes: Vec<String>, stamps: Stamps) -> Fill {
         let local_epoch = self.generations.epoch();
         let gens = match &self.redis {
-            Some(r) => r.gens(&scopes).await.ok(),
+            Some(r) => {
+                let trusted = self.lease_valid();
+                let period = self.mirror.period();
+                match self.known_gens(&scopes).filter(|_| trusted) {
+                    Some(g) => Some(g),
+                    None => {
+                        let read = r.gens(&scopes).await.ok();
+                        if let (true, Some(g)) = (trusted, &read) {
+                            self.learn(period, &scopes, g);
+                        }
+                        read
+                    }
+                }
+            }
             None => None,
         };
         Fill {
@@ -317,10 +433,12 @@ impl Cache {
         }
         let key = self.full_key(&target);
         if let (Some(redis), Some(mut gens)) = (&self.redis, gens) {
-            let check_epoch = !surrogate.is_empty();
-            if check_epoch {
+            if !surrogate.is_empty() {
+                // Their generations are read now, after the fetch: valid only if no purge at
+                // all happened anywhere since the capture (the epoch did not move).
                 match redis.gens(&surrogate).await {
-                    Ok(g) => gens.scopes.extend(g.scopes),
+                    Ok(g) if g.epoch == gens.epoch => gens.scopes.extend(g.scopes),
+                    Ok(_) => return None,
                     Err(_) => return self.put_memory(key, &target, stamps, entry).await,
                 }
                 scopes.extend(surrogate);
@@ -336,14 +454,13 @@ impl Cache {
             };
             let mut payload = Vec::with_capacity(entry.body.len() + 256);
             wire.encode(&mut payload);
-            // Refused = a purge landed during the fetch. An error leaves the memory copy, which
-            // local purges still guard.
-            let stored = redis
-                .store(&key, &scopes, &gens, check_epoch, &payload, entry.keep_for())
-                .await;
-            if let Ok(false) = stored {
-                return None;
-            }
+            let recorded: Vec<(&str, Gen)> = scopes
+                .iter()
+                .map(String::as_str)
+                .zip(gens.scopes.iter().copied())
+                .collect();
+            // A failed write leaves the memory copy, which local purges still guard.
+            let _ = redis.put(&key, &recorded, &payload, entry.keep_for()).await;
         }
         self.put_memory(key, &target, stamps, entry).await
     }

@@ -50,19 +50,35 @@ pub(super) struct Purge {
 static PURGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local vals = {}
 for i = 2, #KEYS do
-  redis.call('INCR', KEYS[i])
+  vals[#vals + 1] = redis.call('INCR', KEYS[i])
   redis.call('PEXPIRE', KEYS[i], ARGV[3])
 end
 local t = redis.call('TIME')
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t[1] * 1000 + math.floor(t[2] / 1000))
 local others = redis.call('ZCARD', KEYS[1])
 if redis.call('ZSCORE', KEYS[1], ARGV[4]) then others = others - 1 end
-local receivers = redis.call('PUBLISH', ARGV[1], ARGV[2])
-return {receivers, others}
+local receivers = redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' | ' .. table.concat(vals, ' '))
+local out = {receivers, others}
+for i = 1, #vals do out[#out + 1] = vals[i] end
+return out
 "#,
     )
 });
+
+/// What Redis did with a purge.
+#[derive(Debug, Clone, Default)]
+pub struct PurgeReceipt {
+    /// Subscribers the message reached.
+    pub receivers: usize,
+    /// Other live instances in the registry.
+    pub others: usize,
+    /// The purged scopes' counters after the purge, in the order given.
+    pub values: Vec<u64>,
+    /// The epoch after the purge.
+    pub epoch: u64,
+}
 
 impl RedisTier {
     /// Current generations of `scopes` (used for scopes learnt from the response).
@@ -104,7 +120,7 @@ impl RedisTier {
         channel: &str,
         message: &str,
         me: u64,
-    ) -> Result<(usize, usize), TierError> {
+    ) -> Result<PurgeReceipt, TierError> {
         if !self.is_up() && self.reach_directly().await {
             // Redis answered a fresh connection: the tier is back before the probe noticed.
             self.mark_up();
@@ -120,10 +136,7 @@ impl RedisTier {
             .run(Op::Purge, async |mut c| self.send_purge(&mut c, &purge).await)
             .await
         {
-            Ok((receivers, others)) => Ok((
-                usize::try_from(receivers).unwrap_or(0),
-                usize::try_from(others).unwrap_or(0),
-            )),
+            Ok(reply) => Ok(receipt(&reply)),
             Err(e) => {
                 self.remember_purge(purge);
                 Err(e)
@@ -136,7 +149,7 @@ impl RedisTier {
         &self,
         conn: &mut C,
         p: &Purge,
-    ) -> redis::RedisResult<(i64, i64)> {
+    ) -> redis::RedisResult<Vec<i64>> {
         let mut inv = PURGE.key(self.keys.instances());
         for s in &p.scopes {
             inv.key(self.keys.counter(p.soft, s));
@@ -180,5 +193,18 @@ impl RedisTier {
         } else {
             pending.push(p);
         }
+    }
+}
+
+/// The script's reply `{receivers, others, counter…, epoch}` as a receipt.
+fn receipt(reply: &[i64]) -> PurgeReceipt {
+    let n = |i: usize| reply.get(i).map_or(0, |v| u64::try_from(*v).unwrap_or(0));
+    let mut values: Vec<u64> = reply.iter().skip(2).map(|v| u64::try_from(*v).unwrap_or(0)).collect();
+    let epoch = values.pop().unwrap_or(0);
+    PurgeReceipt {
+        receivers: usize::try_from(n(0)).unwrap_or(0),
+        others: usize::try_from(n(1)).unwrap_or(0),
+        values,
+        epoch,
     }
 }

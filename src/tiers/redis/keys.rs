@@ -1,15 +1,21 @@
 //! The name of every Redis key and pub/sub channel, so the layout is decided in one place.
 //!
-//! With `{prefix}` the configured `key_prefix`:
+//! With `P` the configured `key_prefix`:
 //!
-//! * entries: their cache key, which already starts with `{prefix}:{route}:`;
-//! * scope generation counters: `{prefix}:_g:{scope}` (hard) and `{prefix}:_s:{scope}` (soft);
-//! * `{prefix}:_epoch`: counts every purge;
-//! * `{prefix}:_instances`: the sorted set of live instances;
+//! * entries: their cache key, which already starts with `P:{route}:`;
+//! * scope generation counters: `{P}:_g:{scope}` (hard) and `{P}:_s:{scope}` (soft);
+//! * `{P}:_epoch`: counts every purge;
+//! * `{P}:_instances`: the sorted set of live instances;
 //! * `{prefix}:_lease:{cache key}`: the cross-instance fill lease of one entry;
 //! * `{prefix}:_replay:{signature}`: a webhook signature already accepted;
 //! * channels: `{prefix}:_purge` (purges), `{prefix}:_hb:{id}` (an instance's heartbeats) and
 //!   `{prefix}:_ack:{id}` (acknowledgements of that instance's purges).
+//!
+//! On a Redis Cluster entries spread over the slots by their own key, while everything a script
+//! touches together (counters, epoch, instance registry) carries the hash tag `{P}` and so lives
+//! in one slot: each script runs on one shard, and purges and heartbeats, both published by
+//! that shard, reach every subscriber in the order they were made. A single node uses the same
+//! names. (`key_prefix` may not contain braces, so the tag is exactly `P`.)
 //!
 //! Route names start with a letter or digit and everything else here with `_`, so entries never
 //! meet the other namespaces. Instances of different versions share one Redis during a rolling
@@ -32,11 +38,13 @@ impl Keys {
     /// Names under `key_prefix` (given without the trailing `:`).
     pub fn new(key_prefix: &str) -> Self {
         let prefix = format!("{key_prefix}:");
+        // The hash tag: one slot for every key a script touches together.
+        let slot = format!("{{{key_prefix}}}:");
         Keys {
-            hard: format!("{prefix}_g:"),
-            soft: format!("{prefix}_s:"),
-            epoch: format!("{prefix}_epoch"),
-            instances: format!("{prefix}_instances"),
+            hard: format!("{slot}_g:"),
+            soft: format!("{slot}_s:"),
+            epoch: format!("{slot}_epoch"),
+            instances: format!("{slot}_instances"),
             purge: format!("{prefix}_purge"),
             prefix,
         }
@@ -120,12 +128,12 @@ mod tests {
         let k = Keys::new("app:v1");
         assert_eq!(k.prefix(), "app:v1:");
         assert_eq!(k.entry("app:v1:r:/a"), "app:v1:r:/a");
-        assert_eq!(k.counter(false, "tag:x"), "app:v1:_g:tag:x");
-        assert_eq!(k.counter(true, "tag:x"), "app:v1:_s:tag:x");
-        assert_eq!(k.counter_prefix(false), "app:v1:_g:");
-        assert_eq!(k.counter_prefix(true), "app:v1:_s:");
-        assert_eq!(k.epoch(), "app:v1:_epoch");
-        assert_eq!(k.instances(), "app:v1:_instances");
+        assert_eq!(k.counter(false, "tag:x"), "{app:v1}:_g:tag:x");
+        assert_eq!(k.counter(true, "tag:x"), "{app:v1}:_s:tag:x");
+        assert_eq!(k.counter_prefix(false), "{app:v1}:_g:");
+        assert_eq!(k.counter_prefix(true), "{app:v1}:_s:");
+        assert_eq!(k.epoch(), "{app:v1}:_epoch");
+        assert_eq!(k.instances(), "{app:v1}:_instances");
         assert_eq!(k.lease("app:v1:r:/a"), "app:v1:_lease:app:v1:r:/a");
         assert_eq!(k.replay("ab12"), "app:v1:_replay:ab12");
         assert_eq!(k.purge_channel(), "app:v1:_purge");

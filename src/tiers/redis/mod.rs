@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-pub use counters::{Gen, Gens};
-pub use entries::{Lookup, MAX_ENTRY_TTL};
+pub use counters::{Gen, Gens, PurgeReceipt};
+pub use entries::{Stored, MAX_ENTRY_TTL};
 pub use keys::Keys;
 
 /// Longest expiry sent with `PX` / `PEXPIRE` for anything but entries (leases, replay guards,
