@@ -72,6 +72,9 @@ pub enum StartError {
     /// `[cache] redis_url` cannot be used.
     #[error("invalid [cache] redis_url: {0}")]
     RedisUrl(#[source] redis::RedisError),
+    /// `[cache] redis_ca_file` cannot be read.
+    #[error("cannot read [cache] redis_ca_file {path}: {source}", path = .0.display(), source = .1)]
+    RedisCa(std::path::PathBuf, #[source] std::io::Error),
     /// An identity source cannot be set up (a missing secret, a bad key file).
     #[error(transparent)]
     Identity(#[from] SetupError),
@@ -86,7 +89,7 @@ impl StartError {
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Bind { .. } => 1,
-            StartError::RedisUrl(_) | StartError::Identity(_) | StartError::Warm(_) => 64,
+            StartError::RedisUrl(_) | StartError::RedisCa(..) | StartError::Identity(_) | StartError::Warm(_) => 64,
         }
     }
 }
@@ -118,12 +121,17 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
     crate::tiers::redis::prime_metrics(&metrics);
     crate::reload::prime_metrics(&metrics);
     crate::identity::lookup::prime_metrics(&metrics);
-    let shared = match config.cache.redis_urls.first() {
-        Some(url) => {
+    let shared = match config.cache.redis_target() {
+        Some(target) => {
+            let ca = match &config.cache.redis_ca_file {
+                Some(path) => Some(std::fs::read(path).map_err(|e| StartError::RedisCa(path.clone(), e))?),
+                None => None,
+            };
             let redis = RedisTier::new(
-                url,
+                &target,
                 &config.cache.key_prefix,
                 config.cache.redis_timeout,
+                ca,
                 metrics.clone(),
             )
             .map_err(StartError::RedisUrl)?;

@@ -160,8 +160,11 @@ impl Coherence {
 
     async fn subscribe_loop(&self, mut stop: watch::Receiver<bool>) {
         let mut first = true;
+        // Connections tried so far: on a cluster each goes to the next seed node.
+        let mut attempt = 0u64;
         loop {
-            if let Ok(mut pubsub) = self.redis.client().get_async_pubsub().await {
+            attempt += 1;
+            if let Ok(mut pubsub) = self.redis.subscriber(attempt - 1).get_async_pubsub().await {
                 let keys = self.redis.keys();
                 let ok = pubsub.subscribe(&self.channel).await.is_ok()
                     && pubsub.subscribe(keys.heartbeat_channel(self.id)).await.is_ok()

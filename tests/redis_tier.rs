@@ -1,6 +1,7 @@
 //! The shared Redis tier with real redis-server processes: cross-instance hits, coherence,
 //! O(1) purges, no resurrection, and Redis outages that never reach clients.
 
+#[macro_use]
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,7 +10,19 @@ use std::time::Duration;
 
 use cachegate::secrets::Secrets;
 use http::Method;
+use support::shared::{Kind, SharedRedis};
 use support::{eventually, redis_cache, respond, Origin, Proxy, RedisServer};
+
+on_node_and_cluster!(
+    second_instance_hits_redis_then_its_memory,
+    compressed_large_bodies_round_trip_through_redis,
+    write_via_one_instance_is_seen_via_another_immediately,
+    reads_and_writes_on_two_instances_end_fresh_everywhere,
+    webhook_purges_reach_every_instance,
+    webhook_tenant_purge_spares_other_tenants,
+    soft_purge_serves_stale_while_refreshing,
+    redis_hit_is_one_get_while_the_lease_holds,
+);
 
 const ROUTES: &str = r#"
 [[route]]
@@ -43,11 +56,18 @@ fn secrets() -> Secrets {
 }
 
 async fn instance(origin: &Origin, redis: &RedisServer, extra: &str) -> Proxy {
+    started(origin, &redis_cache(redis, "t:v1"), extra).await
+}
+
+async fn instance_on(origin: &Origin, redis: &SharedRedis, extra: &str) -> Proxy {
+    started(origin, &redis.cache_toml("t:v1"), extra).await
+}
+
+async fn started(origin: &Origin, cache: &str, extra: &str) -> Proxy {
     let text = support::config_text(
         origin,
         &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndebug_headers = true\n{}{extra}{ROUTES}",
-            redis_cache(redis, "t:v1")
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndebug_headers = true\n{cache}{extra}{ROUTES}"
         ),
     );
     let p = Proxy::from_text_with(&text, secrets()).await;
@@ -55,12 +75,11 @@ async fn instance(origin: &Origin, redis: &RedisServer, extra: &str) -> Proxy {
     p
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn second_instance_hits_redis_then_its_memory() {
-    let redis = RedisServer::start().await;
+async fn second_instance_hits_redis_then_its_memory(kind: Kind) {
+    let redis = SharedRedis::start(kind).await;
     let (origin, _) = versioned().await;
-    let a = instance(&origin, &redis, "").await;
-    let b = instance(&origin, &redis, "").await;
+    let a = instance_on(&origin, &redis, "").await;
+    let b = instance_on(&origin, &redis, "").await;
     assert_eq!(a.get("/courses/").send().await.x_cache(), "MISS");
     let from_redis = b.get("/courses/").send().await;
     assert_eq!(from_redis.x_cache(), "HIT");
@@ -71,25 +90,19 @@ async fn second_instance_hits_redis_then_its_memory() {
     assert_eq!(origin.hits(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compressed_large_bodies_round_trip_through_redis() {
-    let redis = RedisServer::start().await;
+async fn compressed_large_bodies_round_trip_through_redis(kind: Kind) {
+    let redis = SharedRedis::start(kind).await;
     let body: String = (0..20_000).map(|i| format!("row {i};")).collect();
     let b2 = body.clone();
     let origin = Origin::start(move |_| respond(200, &[("content-type", "text/plain")], b2.clone())).await;
-    let a = instance(&origin, &redis, "").await;
-    let b = instance(&origin, &redis, "").await;
+    let a = instance_on(&origin, &redis, "").await;
+    let b = instance_on(&origin, &redis, "").await;
     a.get("/courses/").send().await;
     let r = b.get("/courses/").send().await;
     assert_eq!(r.header("x-cache-tier"), "redis");
     assert_eq!(r.text(), body);
     assert_eq!(r.header("content-type"), "text/plain");
-    let mut c = redis.conn().await.unwrap();
-    let stored: usize = redis::cmd("STRLEN")
-        .arg(r.header("x-cache-key"))
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let stored: usize = redis.query(redis::cmd("STRLEN").arg(r.header("x-cache-key"))).await;
     assert!(
         stored < body.len() / 2,
         "stored {stored} bytes for a {} byte body",
@@ -98,12 +111,11 @@ async fn compressed_large_bodies_round_trip_through_redis() {
 }
 
 /// Write through A, read through B immediately, many rounds: never the old version.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn write_via_one_instance_is_seen_via_another_immediately() {
-    let redis = RedisServer::start().await;
+async fn write_via_one_instance_is_seen_via_another_immediately(kind: Kind) {
+    let redis = SharedRedis::start(kind).await;
     let (origin, _) = versioned().await;
-    let a = instance(&origin, &redis, "").await;
-    let b = instance(&origin, &redis, "").await;
+    let a = instance_on(&origin, &redis, "").await;
+    let b = instance_on(&origin, &redis, "").await;
     let mut stale = 0;
     for round in 1..=60 {
         b.get("/courses/").send().await; // B's memory holds the current version
@@ -119,12 +131,11 @@ async fn write_via_one_instance_is_seen_via_another_immediately() {
     assert_eq!(stale, 0, "stale reads through the other instance");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_and_writes_on_two_instances_end_fresh_everywhere() {
-    let redis = RedisServer::start().await;
+async fn reads_and_writes_on_two_instances_end_fresh_everywhere(kind: Kind) {
+    let redis = SharedRedis::start(kind).await;
     let (origin, version) = versioned().await;
-    let a = Arc::new(instance(&origin, &redis, "").await);
-    let b = Arc::new(instance(&origin, &redis, "").await);
+    let a = Arc::new(instance_on(&origin, &redis, "").await);
+    let b = Arc::new(instance_on(&origin, &redis, "").await);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     let mut tasks = Vec::new();
     for i in 0..8 {
@@ -161,12 +172,11 @@ async fn purge(p: &Proxy, body: &str) -> support::Resp {
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhook_purges_reach_every_instance() {
-    let redis = RedisServer::start().await;
+async fn webhook_purges_reach_every_instance(kind: Kind) {
+    let redis = SharedRedis::start(kind).await;
     let (origin, _) = versioned().await;
-    let a = instance(&origin, &redis, "").await;
-    let b = instance(&origin, &redis, "").await;
+    let a = instance_on(&origin, &redis, "").await;
+    let b = instance_on(&origin, &redis, "").await;
     for p in [&a, &b] {
         p.get("/courses/").send().await;
         p.get("/lectures/1/").send().await;
@@ -189,11 +199,10 @@ async fn webhook_purges_reach_every_instance() {
     assert_eq!(b.get("/lectures/1/").send().await.x_cache(), "MISS");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhook_tenant_purge_spares_other_tenants() {
-    let redis = RedisServer::start().await;
+async fn webhook_tenant_purge_spares_other_tenants(kind: Kind) {
+    let redis = SharedRedis::start(kind).await;
     let (origin, _) = versioned().await;
-    let a = instance(&origin, &redis, "").await;
+    let a = instance_on(&origin, &redis, "").await;
     for t in ["1", "2"] {
         a.get("/courses/").role("teacher").tenant(t).send().await;
     }
@@ -213,12 +222,11 @@ async fn webhook_tenant_purge_spares_other_tenants() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn soft_purge_serves_stale_while_refreshing() {
-    let redis = RedisServer::start().await;
+async fn soft_purge_serves_stale_while_refreshing(kind: Kind) {
+    let redis = SharedRedis::start(kind).await;
     let (origin, _) = versioned().await;
-    let a = instance(&origin, &redis, "").await;
-    let b = instance(&origin, &redis, "").await;
+    let a = instance_on(&origin, &redis, "").await;
+    let b = instance_on(&origin, &redis, "").await;
     a.get("/courses/").send().await;
     let r = purge(&a, r#"{"tags": ["courses"], "soft": true}"#).await;
     assert_eq!(r.status, 200);
@@ -627,7 +635,11 @@ async fn tier_counters_and_key_names() {
 
     let redis = RedisServer::start().await;
     let metrics = Arc::new(cachegate::metrics::Metrics::new());
-    let tier = RedisTier::new(&redis.url(), "k:v1", Duration::from_secs(2), metrics).unwrap();
+    let target = cachegate::config::RedisTarget {
+        seeds: vec![redis.url()],
+        cluster: false,
+    };
+    let tier = RedisTier::new(&target, "k:v1", Duration::from_secs(2), None, metrics).unwrap();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(tier.clone().connect(stop_rx));
     assert!(eventually(Duration::from_secs(5), || tier.is_up()).await);
@@ -692,4 +704,42 @@ async fn tier_counters_and_key_names() {
         .unwrap();
     assert_eq!(lease, None);
     let _ = stop.send(true);
+}
+
+/// While the lease holds, a Redis-tier hit is one plain `GET`: no script, no counter read.
+/// The first lookup of a scope reads its counters once (`MGET`); later hits do not.
+async fn redis_hit_is_one_get_while_the_lease_holds(kind: Kind) {
+    let redis = SharedRedis::start(kind).await;
+    let (origin, _) = versioned().await;
+    let a = instance_on(&origin, &redis, "").await;
+    // B keeps nothing in memory: every hit is a Redis hit.
+    let b = instance_on(&origin, &redis, "memory_capacity = \"0B\"\nmemory_ttl = \"0s\"\n").await;
+    a.get("/courses/").send().await;
+    let first = b.get("/courses/").send().await;
+    assert_eq!(
+        (first.x_cache().as_str(), first.header("x-cache-tier").as_str()),
+        ("HIT", "redis")
+    );
+    let (gets, mgets, scripts) = (
+        redis.calls("get").await,
+        redis.calls("mget").await,
+        redis.calls("evalsha").await,
+    );
+    for _ in 0..20 {
+        let r = b.get("/courses/").send().await;
+        assert_eq!(
+            (r.x_cache().as_str(), r.header("x-cache-tier").as_str()),
+            ("HIT", "redis")
+        );
+    }
+    assert_eq!(redis.calls("get").await - gets, 20, "one GET per hit");
+    assert_eq!(
+        redis.calls("mget").await - mgets,
+        0,
+        "no counter reads once they are known"
+    );
+    assert_eq!(redis.calls("evalsha").await - scripts, 0, "no script on a hit");
+    // A purge through A reaches B's knowledge of the counters: the next hit is refused.
+    purge(&a, r#"{"tags": ["courses"]}"#).await;
+    assert_eq!(b.get("/courses/").send().await.x_cache(), "MISS");
 }

@@ -164,39 +164,50 @@ pub(super) fn origin_url(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<http::Uri> {
 
 pub(super) fn key_prefix(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<String> {
     let p = f.into_string(ctx)?;
-    if p.value.is_empty() || p.value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    // Braces would change the Redis Cluster hash tag the prefix is used as.
+    if p.value.is_empty()
+        || p.value
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
+    {
         ctx.issue(
             p.offset,
             &p.key,
-            "expected a non-empty prefix without spaces, e.g. \"myapp:v1\"",
+            "expected a non-empty prefix without spaces or braces, e.g. \"myapp:v1\"",
         );
     }
     Some(p.value)
 }
 
 pub(super) fn redis_urls(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<Vec<String>> {
+    let (offset, key) = (f.offset, f.key.clone());
     let list = if f.value.as_str().is_some() {
         f.into_string(ctx).map(|s| vec![s])
     } else {
         f.into_strings(ctx)
     };
-    let list = list.unwrap_or_default();
-    for u in &list {
-        let ok = ["redis://", "rediss://", "redis+cluster://", "rediss+cluster://"]
-            .iter()
-            .any(|p| u.value.starts_with(p));
-        if !ok {
-            ctx.issue(
-                u.offset,
-                &u.key,
-                format!(
-                    "expected a redis://, rediss:// or redis+cluster:// URL, found {:?}",
-                    u.value
-                ),
-            );
-        }
+    let urls: Vec<String> = list.unwrap_or_default().into_iter().map(|s| s.value).collect();
+    if let Err(e) = super::redis_target(&urls) {
+        ctx.issue(offset, &key, e);
+        return Some(Vec::new());
     }
-    Some(list.into_iter().map(|s| s.value).collect())
+    Some(urls)
+}
+
+/// A path to a file that can be read now.
+pub(super) fn readable_file(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<std::path::PathBuf> {
+    let s = f.into_string(ctx)?;
+    if let Err(e) = std::fs::metadata(&s.value).and_then(|m| {
+        if m.is_file() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("not a file"))
+        }
+    }) {
+        ctx.issue(s.offset, &s.key, format!("cannot read {:?}: {e}", s.value));
+        return None;
+    }
+    Some(s.value.into())
 }
 
 pub(super) fn statuses(ctx: &mut Ctx<'_>, mut f: Field<'_>) -> Option<Vec<u16>> {

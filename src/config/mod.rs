@@ -206,8 +206,13 @@ section! {
 section! {
     /// `[cache]`: tiers and storage rules.
     pub struct CacheConfig {
-        /// Shared Redis tier URLs (one, or several for a cluster); empty = memory tier only.
+        /// Shared Redis tier: one `redis://`/`rediss://` URL (a single node), a list of node URLs
+        /// or one `redis+cluster://h1:p1,h2:p2/` URL (a Redis Cluster, discovered from any of
+        /// them); empty = memory tier only. See [`CacheConfig::redis_target`].
         restart redis_urls: Vec<String> as "redis_url" = Vec::new(), read load::redis_urls;
+        /// PEM file of the CA that signed Redis' TLS certificate (`rediss://`), instead of the
+        /// public web roots.
+        restart redis_ca_file: Option<PathBuf> = None, read optional(load::readable_file);
         /// Namespace of every key; bump the version to orphan old keys.
         restart key_prefix: String = "cachegate".to_string(), read load::key_prefix;
         /// Time allowed for one Redis command before it counts as a failure.
@@ -528,13 +533,80 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     from_str(&src, path)
 }
 
+/// What `[cache] redis_url` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    /// Plain node URLs (`redis://` or `rediss://`, credentials included): the node, or the
+    /// cluster's seed nodes.
+    pub seeds: Vec<String>,
+    /// A Redis Cluster (a list of URLs, or a `+cluster` scheme).
+    pub cluster: bool,
+}
+
+impl CacheConfig {
+    /// The Redis the shared tier talks to; `None` without `redis_url`. The loader has already
+    /// refused what this cannot read, so a loaded config always gives `Some` or `None` here.
+    pub fn redis_target(&self) -> Option<RedisTarget> {
+        redis_target(&self.redis_urls).ok().flatten()
+    }
+}
+
+/// Reads `redis_url`'s values: one plain URL is a single node; several, or one
+/// `redis+cluster://[user:pass@]h1:p1,h2:p2/` (also `rediss+cluster://`), a cluster.
+pub(crate) fn redis_target(urls: &[String]) -> Result<Option<RedisTarget>, String> {
+    let (seeds, cluster) = match urls {
+        [] => return Ok(None),
+        [one] if one.contains("+cluster://") => (cluster_seeds(one)?, true),
+        [one] => (vec![one.clone()], false),
+        many => (many.to_vec(), true),
+    };
+    let tls = seeds.first().is_some_and(|s| s.starts_with("rediss://"));
+    for seed in &seeds {
+        if !(seed.starts_with("redis://") || seed.starts_with("rediss://")) {
+            return Err(format!("{seed:?}: expected a redis:// or rediss:// URL (a cluster is one redis+cluster:// URL or a list of node URLs)"));
+        }
+        if seed.starts_with("rediss://") != tls {
+            return Err("mixes redis:// and rediss:// nodes: a cluster speaks TLS on every node or on none".into());
+        }
+        redis::IntoConnectionInfo::into_connection_info(seed.as_str()).map_err(|e| format!("{seed:?}: {e}"))?;
+    }
+    Ok(Some(RedisTarget { seeds, cluster }))
+}
+
+/// `redis+cluster://[user:pass@]h1:p1,h2:p2[/]` → `redis://[user:pass@]h1:p1`, ….
+fn cluster_seeds(url: &str) -> Result<Vec<String>, String> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?}: not a URL"))?;
+    let base = match scheme {
+        "redis+cluster" => "redis",
+        "rediss+cluster" => "rediss",
+        _ => return Err(format!("{url:?}: expected redis+cluster:// or rediss+cluster://")),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('/') || rest.contains('?') {
+        return Err(format!(
+            "{url:?}: a cluster URL has no database or options (a cluster has one database)"
+        ));
+    }
+    let (userinfo, hosts) = match rest.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), rest),
+    };
+    let seeds: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("{base}://{userinfo}{h}"))
+        .collect();
+    if seeds.is_empty() {
+        return Err(format!("{url:?}: names no node (expected host:port,host:port)"));
+    }
+    Ok(seeds)
+}
+
 impl Config {
     /// Features that are configured but not implemented yet, for a start-up warning.
     pub fn inactive_features(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if self.cache.redis_urls.len() > 1 || self.cache.redis_urls.iter().any(|u| u.contains("+cluster")) {
-            out.push("[cache] redis_url as a cluster (Redis Cluster is not supported yet: the first URL is used as a single node)");
-        }
         if self.server.tls.is_some() {
             out.push("[server] tls (TLS is not implemented yet: the listener speaks plain HTTP)");
         }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod shared;
 pub mod tls_redis;
 
 use std::collections::HashMap;

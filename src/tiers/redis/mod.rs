@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::config::RedisTarget;
 
 pub use counters::{Gen, Gens, PurgeReceipt};
 pub use entries::{Stored, MAX_ENTRY_TTL};
@@ -145,8 +145,11 @@ pub enum TierError {
 
 /// The Redis tier.
 pub struct RedisTier {
-    client: redis::Client,
-    conn: OnceLock<ConnectionManager>,
+    clients: conn::Clients,
+    /// One client per node the purge channel may subscribe through (a cluster delivers every
+    /// `PUBLISH` to every node, so any will do).
+    subscribers: Vec<redis::Client>,
+    conn: OnceLock<conn::Conn>,
     keys: Keys,
     timeout: Duration,
     up: AtomicBool,
@@ -157,20 +160,53 @@ pub struct RedisTier {
 }
 
 impl RedisTier {
-    /// A tier for `url`; connecting happens in the background (see [`RedisTier::connect`]).
+    /// A tier for `target`; connecting happens in the background (see
+    /// [`RedisTier::connect`]). `ca_pem` is the CA to trust for `rediss://` instead of the
+    /// public roots.
     ///
     /// # Errors
-    /// A message when the URL cannot be parsed.
+    /// A URL the client cannot use.
     pub fn new(
-        url: &str,
+        target: &RedisTarget,
         prefix: &str,
         timeout: Duration,
+        ca_pem: Option<Vec<u8>>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Arc<Self>, redis::RedisError> {
-        let url = url.replacen("+cluster", "", 1);
-        let client = redis::Client::open(url.as_str())?;
+        if target.seeds.iter().any(|s| s.starts_with("rediss://")) {
+            // The redis crate's rustls comes without a crypto provider; an error only means
+            // one is installed already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let node = |url: &str| match &ca_pem {
+            Some(pem) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(url),
+        };
+        let subscribers = target.seeds.iter().map(|u| node(u)).collect::<Result<Vec<_>, _>>()?;
+        let clients = if target.cluster {
+            let mut b = redis::cluster::ClusterClientBuilder::new(target.seeds.clone())
+                .connection_timeout(timeout.max(Duration::from_secs(1)))
+                .response_timeout(timeout)
+                .retries(2);
+            if let Some(pem) = &ca_pem {
+                b = b.certs(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                });
+            }
+            conn::Clients::Cluster(b.build()?)
+        } else {
+            conn::Clients::Single(subscribers[0].clone())
+        };
         Ok(Arc::new(RedisTier {
-            client,
+            clients,
+            subscribers,
             conn: OnceLock::new(),
             keys: Keys::new(prefix),
             timeout,
@@ -180,9 +216,11 @@ impl RedisTier {
         }))
     }
 
-    /// The client, for the pub/sub connection.
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// The client for the purge channel's `attempt`-th connection: the node itself, or the
+    /// cluster's seed nodes in turn, so a failed node is not tried for ever.
+    pub fn subscriber(&self, attempt: u64) -> &redis::Client {
+        let n = self.subscribers.len() as u64;
+        &self.subscribers[usize::try_from(attempt % n.max(1)).unwrap_or(0)]
     }
 
     /// `{prefix}:` — every key starts with it.
@@ -218,11 +256,7 @@ impl RedisTier {
     }
 
     /// Runs one command with the timeout, marking the tier down on failure.
-    async fn run<T>(
-        &self,
-        op: Op,
-        f: impl AsyncFnOnce(ConnectionManager) -> redis::RedisResult<T>,
-    ) -> Result<T, TierError> {
+    async fn run<T>(&self, op: Op, f: impl AsyncFnOnce(conn::Conn) -> redis::RedisResult<T>) -> Result<T, TierError> {
         if !self.is_up() {
             return Err(TierError::Down);
         }
