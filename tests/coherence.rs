@@ -1,10 +1,17 @@
 //! Cross-instance freshness with a paused instance: a write through A is answered even while B
 //! is stopped (SIGSTOP), and B serves nothing stale when it resumes.
 
+#[macro_use]
 mod support;
 
 use http::Method;
-use support::{redis_cache, Binary, Proxy, RedisServer};
+use support::shared::{Kind, SharedRedis};
+use support::{Binary, Proxy};
+
+on_node_and_cluster!(
+    paused_instance_serves_nothing_stale_after_resume,
+    instance_with_broken_subscription_serves_nothing_stale,
+);
 
 const ROUTES: &str = r#"
 [[route]]
@@ -18,11 +25,10 @@ path = "/courses/{*rest}"
 tags = ["courses"]
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paused_instance_serves_nothing_stale_after_resume() {
-    let redis = RedisServer::start().await;
+async fn paused_instance_serves_nothing_stale_after_resume(kind: Kind) {
+    let redis = SharedRedis::start(kind).await;
     let (origin, _) = support::versioned_origin().await;
-    let cache = redis_cache(&redis, "pause:v1");
+    let cache = redis.cache_toml("pause:v1");
     let a = Proxy::start(&origin, &format!("{cache}{ROUTES}")).await;
     a.wait_shared().await;
     let b = Binary::start(&format!(
@@ -50,11 +56,10 @@ async fn paused_instance_serves_nothing_stale_after_resume() {
 
 /// An instance whose subscription silently broke cannot ack; the purger waits out its lease
 /// instead of answering at once, so the broken instance cannot serve its memory copy.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instance_with_broken_subscription_serves_nothing_stale() {
-    let redis = RedisServer::start().await;
+async fn instance_with_broken_subscription_serves_nothing_stale(kind: Kind) {
+    let redis = SharedRedis::start(kind).await;
     let (origin, _) = support::versioned_origin().await;
-    let cache = redis_cache(&redis, "broken:v1");
+    let cache = redis.cache_toml("broken:v1");
     let debug = "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndebug_headers = true\n";
     let a = Proxy::start(&origin, &format!("{debug}{cache}{ROUTES}")).await;
     let b = Proxy::start(&origin, &format!("{debug}{cache}{ROUTES}")).await;
@@ -64,14 +69,7 @@ async fn instance_with_broken_subscription_serves_nothing_stale() {
     for round in 1..=5 {
         b.get("/courses/").send().await;
         assert_eq!(b.get("/courses/").send().await.header("x-cache-tier"), "memory");
-        let mut c = redis.conn().await.unwrap();
-        let _: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        redis.kill_pubsub_clients().await;
         a.req(Method::POST, "/courses/").send().await;
         if b.get("/courses/").send().await.text() != format!("v{round}") {
             stale += 1;

@@ -51,19 +51,35 @@ impl SharedRedis {
         }
     }
 
-    /// Calls of `command` (lower case, e.g. `get`, `evalsha`) every node has served so far.
-    pub async fn calls(&self, command: &str) -> u64 {
-        let ports: Vec<u16> = match self {
-            SharedRedis::Node(r) => vec![r.port],
-            SharedRedis::Cluster(c) => c.nodes().iter().filter(|n| n.is_running()).map(|n| n.port).collect(),
-        };
-        let mut total = 0;
-        for port in ports {
-            let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-                .unwrap()
-                .get_multiplexed_async_connection()
+    /// Closes every pub/sub connection on every node (`CLIENT KILL TYPE pubsub`); returns how
+    /// many were closed.
+    pub async fn kill_pubsub_clients(&self) -> i64 {
+        let mut killed = 0;
+        for port in self.ports() {
+            let mut conn = node_conn(port).await;
+            killed += redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query_async::<i64>(&mut conn)
                 .await
                 .unwrap();
+        }
+        killed
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        match self {
+            SharedRedis::Node(r) => vec![r.port],
+            SharedRedis::Cluster(c) => c.nodes().iter().filter(|n| n.is_running()).map(|n| n.port).collect(),
+        }
+    }
+
+    /// Calls of `command` (lower case, e.g. `get`, `evalsha`) every node has served so far.
+    pub async fn calls(&self, command: &str) -> u64 {
+        let mut total = 0;
+        for port in self.ports() {
+            let mut conn = node_conn(port).await;
             let info: String = redis::cmd("INFO")
                 .arg("commandstats")
                 .query_async(&mut conn)
@@ -73,6 +89,14 @@ impl SharedRedis {
         }
         total
     }
+}
+
+async fn node_conn(port: u16) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }
 
 /// `cmdstat_<command>:calls=N,…` from `INFO commandstats`.
