@@ -22,7 +22,7 @@ use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::coherence::Coherence;
 use crate::config::Config;
-use crate::identity::SetupError;
+use crate::identity::{SessionGuard, SetupError};
 use crate::invalidation::Purger;
 use crate::message::body::ProxyBody;
 use crate::metrics::Metrics;
@@ -48,8 +48,8 @@ pub struct Running {
     pub cache: Arc<Cache>,
     /// The freshness clock (tests advance it).
     pub clock: Arc<Clock>,
-    /// Purges, and the cross-instance protocol behind them.
-    pub purger: Arc<Purger>,
+    /// The cross-instance protocol, with Redis (tests watch its subscriptions).
+    pub coherence: Option<Arc<Coherence>>,
     /// Config hot reload.
     pub reloader: Arc<Reloader>,
     stop: watch::Sender<bool>,
@@ -148,12 +148,21 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         metrics.clone(),
     ));
     let purger_generations = generations.clone();
+    let coherence = shared.as_ref().map(|(_, c)| c.clone());
+    let guard = SessionGuard::new(generations.clone(), coherence.clone());
     let purger = Arc::new(Purger::new(
         generations,
         shared.as_ref().map(|(_, c)| c.clone()),
         metrics.clone(),
     ));
-    let proxy = Proxy::new(config.clone(), cache.clone(), purger.clone(), &secrets, metrics.clone())?;
+    let proxy = Proxy::new(
+        config.clone(),
+        cache.clone(),
+        purger.clone(),
+        &guard,
+        &secrets,
+        metrics.clone(),
+    )?;
     let proxy = Arc::new(ArcSwap::from_pointee(proxy));
     if secrets.purge_token.is_none() && secrets.purge_hmac.is_none() {
         tracing::info!("purge webhook disabled: no secret in the variables [purge] token_env / hmac_secret_env name");
@@ -167,10 +176,10 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         proxy.clone(),
         cache.clone(),
         purger.clone(),
+        guard,
         secrets.clone(),
         metrics.clone(),
     ));
-    let running_purger = purger.clone();
     let admin = Arc::new(Admin::new(
         reloader.clone(),
         cache.clone(),
@@ -220,7 +229,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         admin_addr,
         cache,
         clock,
-        purger: running_purger,
+        coherence,
         reloader,
         stop,
         tasks,

@@ -81,18 +81,28 @@ impl Coherence {
         self.now_nanos() < self.lease_until.load(Ordering::Acquire)
     }
 
-    /// Publishes a purge of `scopes` (already bumped locally) and waits until every other
-    /// instance has acknowledged it or the lease time has passed. Returns the number of acks.
-    ///
-    /// # Errors
     /// Sets a once-only marker for `name` across instances; false when it was already set.
     /// An unreachable Redis answers true: the caller's local check still stands.
     pub async fn remember_once(&self, name: &str, ttl: Duration) -> bool {
         !matches!(self.redis.set_once(name, ttl).await, Ok(false))
     }
 
+    /// Records a purge of `scopes` in Redis and publishes it, runs `apply_locally` once Redis
+    /// has recorded it (or failed to), then waits until every other instance has acknowledged
+    /// it or the lease time has passed. Returns the number of acks.
+    ///
+    /// Local counters move only after Redis' have and this instance knows their new values:
+    /// otherwise a lookup here could, in between, find a purged Redis entry still valid and
+    /// keep it in memory under fresh stamps.
+    ///
+    /// # Errors
     /// The Redis failure; the purge then reached this instance only.
-    pub async fn publish_purge(&self, scopes: &[String], soft: bool) -> Result<usize, crate::tiers::redis::TierError> {
+    pub async fn publish_purge(
+        &self,
+        scopes: &[String],
+        soft: bool,
+        apply_locally: impl FnOnce(),
+    ) -> Result<usize, crate::tiers::redis::TierError> {
         let purge_id = self.next_purge.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = watch::channel(0usize);
         self.pending
@@ -102,15 +112,20 @@ impl Coherence {
         let message = format!("{} {purge_id} {} {}", self.id, u8::from(soft), scopes.join(" "));
         let period = self.mirror.period();
         let result = self.redis.purge(scopes, soft, &self.channel, &message, self.id).await;
+        match &result {
+            // Our own message is not applied when it comes back: learn the values here.
+            Ok(receipt) => self.mirror.heard(
+                period,
+                Some(receipt.epoch),
+                soft,
+                scopes.iter().map(String::as_str).zip(receipt.values.iter().copied()),
+            ),
+            // What we knew may now be behind Redis (the purge may have landed there after all).
+            Err(_) => self.mirror.forget(),
+        }
+        apply_locally();
         let acks = match &result {
             Ok(receipt) => {
-                // Our own message is not applied when it comes back: learn the values here.
-                self.mirror.heard(
-                    period,
-                    Some(receipt.epoch),
-                    soft,
-                    scopes.iter().map(String::as_str).zip(receipt.values.iter().copied()),
-                );
                 let (receivers, registered) = (receipt.receivers, receipt.others);
                 // Registered instances that did not receive it (a dropped subscription) never
                 // ack: waiting out the lease for them is what fences them.
@@ -234,10 +249,9 @@ impl Coherence {
             return;
         }
         let scopes: Vec<&str> = parts.filter(|s| !s.is_empty()).collect();
-        for scope in &scopes {
-            self.generations.bump(scope);
-        }
-        // `scope… | counter… epoch`: the counters as the purge left them.
+        // `scope… | counter… epoch`: the counters as the purge left them. Applied before the
+        // local counters move: a lookup whose stamps are taken after that must not find a
+        // Redis entry valid by what the mirror still said.
         let mut values: Vec<u64> = values.split(' ').filter_map(|v| v.parse().ok()).collect();
         if values.len() == scopes.len() + 1 {
             let epoch = values.pop();
@@ -246,6 +260,9 @@ impl Coherence {
         } else {
             // A message without values (an older version): nothing to learn, so forget.
             self.mirror.forget();
+        }
+        for scope in &scopes {
+            self.generations.bump(scope);
         }
         let (redis, channel, purge_id) = (
             self.redis.clone(),

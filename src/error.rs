@@ -1,4 +1,5 @@
-//! Errors that become HTTP answers, and the single place they do.
+//! Errors that become the public listener's HTTP answers, and the single place they do (the
+//! admin listener has its own, `admin::AdminError`).
 //!
 //! Each variant says where it came from ([`ErrorSource`]); its status follows from that: the
 //! client's fault is a 4xx, the origin's a 502/504. Bodies are short and name the cause, never

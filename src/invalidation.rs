@@ -84,17 +84,6 @@ impl Purger {
         }
     }
 
-    /// This instance's scope generations, for what keeps its own remembered answers (session
-    /// lookups).
-    pub fn generations(&self) -> &Arc<Generations> {
-        &self.generations
-    }
-
-    /// The cross-instance protocol, when Redis is configured.
-    pub fn coherence(&self) -> Option<&Arc<crate::coherence::Coherence>> {
-        self.coherence.as_ref()
-    }
-
     /// Records `signature` among every instance's signed purges; false when one of them saw
     /// it within `ttl`. True without Redis, or when Redis does not answer (the local check
     /// still stands).
@@ -105,8 +94,8 @@ impl Purger {
         }
     }
 
-    /// Invalidates `scopes` here at once, then in Redis and on every other instance; returns
-    /// once they have all been told (or the lease time has passed). A soft purge marks Redis
+    /// Invalidates `scopes` in Redis, then here, then on every other instance; returns once
+    /// they have all been told (or the lease time has passed). Without Redis, here at once. A soft purge marks Redis
     /// entries stale instead of invalid; memory copies are always dropped.
     pub async fn purge(&self, scopes: &[String], soft: bool, trigger: Trigger) -> PurgeOutcome {
         let mut kinds: Vec<ScopeKind> = scopes.iter().map(|s| ScopeKind::of(s)).collect();
@@ -116,12 +105,18 @@ impl Purger {
             self.metrics.purge_counter(trigger.as_str(), k.as_str()).inc();
         }
         self.metrics.purged.inc_by(scopes.len() as u64);
-        for s in scopes {
-            self.generations.bump(s);
-        }
+        let bump = || {
+            for s in scopes {
+                self.generations.bump(s);
+            }
+        };
         let (shared, acks) = match &self.coherence {
-            None => (false, 0),
-            Some(c) => match c.publish_purge(scopes, soft).await {
+            None => {
+                bump();
+                (false, 0)
+            }
+            // Redis first, then here: see `Coherence::publish_purge`.
+            Some(c) => match c.publish_purge(scopes, soft, bump).await {
                 Ok(acks) => (true, acks),
                 Err(e) => {
                     tracing::warn!(error = %e, "purge applied to this instance only: redis did not record it");

@@ -208,6 +208,14 @@ impl Metrics {
         self.lookups.with_label_values(&[route, result, tier])
     }
 
+    /// How many lookups `cachegate_cache_lookups_total{route, result, tier}` has counted (0
+    /// for a series that does not exist; reading does not create it).
+    pub fn lookups_counted(&self, route: &str, result: &str, tier: &str) -> u64 {
+        self.lookups
+            .get_metric_with_label_values(&[route, result, tier])
+            .map_or(0, |c| c.get())
+    }
+
     /// `cachegate_bypass_total{route, reason}`.
     pub fn bypass_counter(&self, route: &str, reason: &str) -> IntCounter {
         self.bypass.with_label_values(&[route, reason])

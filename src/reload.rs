@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::cache::Cache;
 use crate::config::{self, Config, ConfigError};
+use crate::identity::SessionGuard;
 use crate::identity::SetupError;
 use crate::invalidation::Purger;
 use crate::metrics::Metrics;
@@ -27,6 +28,7 @@ pub struct Reloader {
     pub proxy: Arc<ArcSwap<Proxy>>,
     cache: Arc<Cache>,
     purger: Arc<Purger>,
+    guard: SessionGuard,
     secrets: Secrets,
     metrics: Arc<Metrics>,
     lock: tokio::sync::Mutex<()>,
@@ -41,11 +43,12 @@ fn unix_now() -> u64 {
 
 impl Reloader {
     /// A reloader for the running parts.
-    pub fn new(
+    pub(crate) fn new(
         config: Arc<ArcSwap<Config>>,
         proxy: Arc<ArcSwap<Proxy>>,
         cache: Arc<Cache>,
         purger: Arc<Purger>,
+        guard: SessionGuard,
         secrets: Secrets,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -56,6 +59,7 @@ impl Reloader {
             proxy,
             cache,
             purger,
+            guard,
             secrets,
             metrics,
             lock: tokio::sync::Mutex::new(()),
@@ -101,6 +105,7 @@ impl Reloader {
             config.clone(),
             self.cache.clone(),
             self.purger.clone(),
+            &self.guard,
             &self.secrets,
             self.metrics.clone(),
         )?;

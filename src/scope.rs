@@ -162,15 +162,33 @@ pub(crate) struct CounterMirror {
     epoch: RwLock<Option<u64>>,
     /// Bumped when what was learnt can no longer be trusted.
     period: AtomicU64,
+    /// Bumped by every purge message applied: a read that started before one may predate its
+    /// counter increment, and must not be learnt.
+    heard: AtomicU64,
+}
+
+/// When a read of the shared tier's counters started, for [`CounterMirror::learn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MirrorToken {
+    period: u64,
+    heard: u64,
 }
 
 /// Scopes remembered before the mirror forgets everything and starts again.
 const MIRROR_MAX: usize = 1_000_000;
 
 impl CounterMirror {
-    /// The current period; pass it back to [`CounterMirror::learn`] for values read now.
+    /// The current period: what [`CounterMirror::heard`] is told of.
     pub(crate) fn period(&self) -> u64 {
         self.period.load(Ordering::Acquire)
+    }
+
+    /// Take before reading counters from the shared tier; pass it to [`CounterMirror::learn`].
+    pub(crate) fn token(&self) -> MirrorToken {
+        MirrorToken {
+            period: self.period(),
+            heard: self.heard.load(Ordering::Acquire),
+        }
     }
 
     /// Forgets everything: purges may have been missed.
@@ -190,17 +208,20 @@ impl CounterMirror {
         *self.epoch.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records values read from the shared tier during `period` (both counters of each scope,
-    /// read together); ignored when the period has ended since.
+    /// Records values read from the shared tier since `token` was taken (both counters of
+    /// each scope, read together). Ignored when the period has ended since, or when a purge
+    /// message was applied meanwhile: the read may predate that purge, and a scope the message
+    /// skipped as unknown would be learnt with its old value.
     pub(crate) fn learn<'a>(
         &self,
-        period: u64,
+        token: MirrorToken,
         epoch: Option<u64>,
         scopes: impl IntoIterator<Item = (&'a str, SharedGen)>,
     ) {
         let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
-        // Checked under the lock `forget` takes, so nothing read before a forget lands after it.
-        if self.period() != period {
+        // Checked under the lock `forget` and `heard` take, so nothing read before either lands
+        // after it.
+        if self.token() != token {
             return;
         }
         if known.len() >= MIRROR_MAX {
@@ -234,6 +255,7 @@ impl CounterMirror {
         if self.period() != period {
             return;
         }
+        self.heard.fetch_add(1, Ordering::AcqRel);
         for (scope, v) in values {
             if let Some(g) = known.get_mut(scope) {
                 let c = if soft { &mut g.soft } else { &mut g.hard };

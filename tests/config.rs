@@ -329,3 +329,48 @@ fn restart_only_and_reloadable_parts_split_the_fields() {
     assert_eq!(before.restart_only(), preserve.restart_only());
     assert_ne!(before.reloadable(), preserve.reloadable());
 }
+
+/// `redis_url`: one URL is a node, a list or a `+cluster` URL a cluster whose seeds carry the
+/// credentials; everything else is refused with file, line and key.
+#[test]
+fn redis_url_names_a_node_or_a_cluster() {
+    let target = |value: &str| {
+        config::from_str(&format!("{ORIGIN}[cache]\nredis_url = {value}\n"), Path::new("p.toml"))
+            .unwrap()
+            .cache
+            .redis_target()
+            .unwrap()
+    };
+    let node = target("\"redis://10.0.0.1:6379/0\"");
+    assert_eq!(
+        (node.seeds, node.cluster),
+        (vec!["redis://10.0.0.1:6379/0".to_string()], false)
+    );
+    let list = target("[\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\"]");
+    assert!(list.cluster);
+    assert_eq!(list.seeds.len(), 2);
+    let cluster = target("\"rediss+cluster://app:pw@h1:7000,h2:7001/\"");
+    assert!(cluster.cluster);
+    assert_eq!(cluster.seeds, ["rediss://app:pw@h1:7000", "rediss://app:pw@h2:7001"]);
+
+    for (value, says) in [
+        ("\"redis+cluster:///\"", "names no node"),
+        ("\"redis+cluster://h1:1,h2:2/3\"", "no database"),
+        ("[\"redis://h1:1\", \"rediss://h2:2\"]", "mixes redis:// and rediss://"),
+        (
+            "[\"redis://h1:1\", \"http://h2:2\"]",
+            "expected a redis:// or rediss:// URL",
+        ),
+        ("\"redis://h1:notaport\"", "redis://h1:notaport"),
+    ] {
+        let e = errors(&format!("{ORIGIN}[cache]\nredis_url = {value}\n"));
+        assert!(
+            e.contains("bad.toml:4") && e.contains("cache.redis_url") && e.contains(says),
+            "{value}: {e}"
+        );
+    }
+    let e = errors(&format!("{ORIGIN}[cache]\nkey_prefix = \"{{app}}\"\n"));
+    assert!(e.contains("cache.key_prefix") && e.contains("braces"), "{e}");
+    let e = errors(&format!("{ORIGIN}[cache]\nredis_ca_file = \"/nonexistent/ca.pem\"\n"));
+    assert!(e.contains("bad.toml:4") && e.contains("cache.redis_ca_file"), "{e}");
+}

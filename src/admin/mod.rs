@@ -1,4 +1,5 @@
-//! The admin listener: health, readiness and the purge webhook (metrics join it later).
+//! The admin listener: health, readiness, metrics, stats, the purge webhook, warming and
+//! reload.
 //! It binds 127.0.0.1 by default and is separate from the public listener.
 
 mod error;
@@ -142,12 +143,7 @@ impl Admin {
 
     async fn stats(&self) -> Response<ProxyBody> {
         let (entries, bytes) = self.cache.memory_usage().await;
-        let lookups = |route: &str, result: &str, tier: &str| {
-            self.metrics
-                .lookups
-                .get_metric_with_label_values(&[route, result, tier])
-                .map_or(0, |c| c.get())
-        };
+        let lookups = |route: &str, result: &str, tier: &str| self.metrics.lookups_counted(route, result, tier);
         let config = self.config.load();
         let routes: Vec<serde_json::Value> = config
             .routes

@@ -62,6 +62,9 @@ pub struct Hit {
     pub entry: Arc<CachedResponse>,
     /// The tier that had it.
     pub tier: Tier,
+    /// The key it is stored under, when another request's fill stored it under a key the
+    /// origin's `Vary` extended (otherwise the request's own key).
+    pub stored_as: Option<String>,
 }
 
 /// What a lookup found.
@@ -170,7 +173,9 @@ impl Cache {
                 if let Ok(Some(done)) = tokio::time::timeout(waits.coalesced, flight.wait()).await {
                     // The origin's Vary may have put the answer under another key than ours.
                     if done.entry.is_usable(self.clock.now()) && self.key_for(key.base, key.input).await == done.key {
-                        return Lookup::Fresh(Hit::memory(done.entry));
+                        let mut hit = Hit::memory(done.entry);
+                        hit.stored_as = Some(done.key);
+                        return Lookup::Fresh(hit);
                     }
                 }
                 None
@@ -276,6 +281,7 @@ impl Hit {
         Hit {
             entry,
             tier: Tier::Memory,
+            stored_as: None,
         }
     }
 
@@ -283,6 +289,7 @@ impl Hit {
         Hit {
             entry,
             tier: Tier::Redis,
+            stored_as: None,
         }
     }
 }
@@ -322,7 +329,7 @@ impl FillPermit {
         };
         let key = cache.full_key(&target);
         let done = match self.fill.take() {
-            Some(fill) => cache.put(fill, target, filled.surrogate, entry).await,
+            Some(fill) => cache.put(fill, target, key.clone(), filled.surrogate, entry).await,
             None => None,
         };
         let stored = done.is_some();

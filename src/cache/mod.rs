@@ -31,7 +31,7 @@ use crate::clock::Clock;
 use crate::coherence::Coherence;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::scope::{CounterMirror, Generations, SharedGen, Stamps};
+use crate::scope::{CounterMirror, Generations, MirrorToken, SharedGen, Stamps};
 use crate::tiers::memory::MemoryTier;
 use crate::tiers::redis::TierError;
 use crate::tiers::redis::{Gen, Gens, RedisTier};
@@ -230,14 +230,14 @@ impl Cache {
             return Shared::Miss(fill);
         };
         let trusted = self.lease_valid();
-        let period = self.mirror.period();
+        let token = self.mirror.token();
         let known = if trusted { self.known_gens(&fill.scopes) } else { None };
         let (found, read) = match known {
             Some(k) => (redis.get(key).await, Ok(k)),
             None => tokio::join!(redis.get(key), redis.gens(&fill.scopes)),
         };
         if let (true, Ok(g)) = (trusted, &read) {
-            self.learn(period, &fill.scopes, g);
+            self.learn(token, &fill.scopes, g);
         }
         fill.gens = read.ok();
         let stored = match found {
@@ -248,7 +248,7 @@ impl Cache {
                 return Shared::Miss(fill);
             }
         };
-        let verdict = self.validate(redis, &stored.recorded, trusted, period).await;
+        let verdict = self.validate(redis, &stored.recorded, trusted, token).await;
         match verdict {
             Verdict::Valid => {
                 let recorded: Vec<String> = stored.recorded.into_iter().map(|(s, _)| s).collect();
@@ -293,8 +293,8 @@ impl Cache {
         Some(Gens { epoch, scopes })
     }
 
-    /// Remembers generations read from Redis during `period`.
-    fn learn(&self, period: u64, scopes: &[String], gens: &Gens) {
+    /// Remembers generations read from Redis since `token` was taken.
+    fn learn(&self, token: MirrorToken, scopes: &[String], gens: &Gens) {
         let pairs = scopes.iter().zip(&gens.scopes).map(|(s, g)| {
             (
                 s.as_str(),
@@ -304,12 +304,18 @@ impl Cache {
                 },
             )
         });
-        self.mirror.learn(period, Some(gens.epoch), pairs);
+        self.mirror.learn(token, Some(gens.epoch), pairs);
     }
 
     /// Checks the generations an entry recorded against the current ones: known ones from the
     /// mirror (while `trusted`), the rest read in one `MGET`.
-    async fn validate(&self, redis: &RedisTier, recorded: &[(String, Gen)], trusted: bool, period: u64) -> Verdict {
+    async fn validate(
+        &self,
+        redis: &RedisTier,
+        recorded: &[(String, Gen)],
+        trusted: bool,
+        token: MirrorToken,
+    ) -> Verdict {
         let mut soft = false;
         let mut unknown: Vec<(String, Gen)> = Vec::new();
         for (scope, g) in recorded {
@@ -326,7 +332,7 @@ impl Cache {
                 return Verdict::Purged;
             };
             if trusted {
-                self.learn(period, &names, &current);
+                self.learn(token, &names, &current);
             }
             for ((_, g), c) in unknown.iter().zip(&current.scopes) {
                 if g.hard != c.hard {
@@ -348,13 +354,13 @@ impl Cache {
         let gens = match &self.redis {
             Some(r) => {
                 let trusted = self.lease_valid();
-                let period = self.mirror.period();
+                let token = self.mirror.token();
                 match self.known_gens(&scopes).filter(|_| trusted) {
                     Some(g) => Some(g),
                     None => {
                         let read = r.gens(&scopes).await.ok();
                         if let (true, Some(g)) = (trusted, &read) {
-                            self.learn(period, &scopes, g);
+                            self.learn(token, &scopes, g);
                         }
                         read
                     }
@@ -414,7 +420,14 @@ impl Cache {
     /// Stores a filled entry in every tier, unless a purge landed since its fetch began.
     /// Returns the stored entry and its key. `vary` is the origin's `Vary` list, reduced by
     /// [`vary_names`]; `surrogate` the scopes learnt from the response.
-    async fn put(&self, fill: Fill, target: Target<'_>, surrogate: Vec<String>, entry: CachedResponse) -> Option<Done> {
+    async fn put(
+        &self,
+        fill: Fill,
+        target: Target<'_>,
+        key: String,
+        surrogate: Vec<String>,
+        entry: CachedResponse,
+    ) -> Option<Done> {
         let Fill {
             mut stamps,
             local_epoch,
@@ -431,7 +444,6 @@ impl Cache {
         if !stamps.valid() {
             return None;
         }
-        let key = self.full_key(&target);
         if let (Some(redis), Some(mut gens)) = (&self.redis, gens) {
             if !surrogate.is_empty() {
                 // Their generations are read now, after the fetch: valid only if no purge at

@@ -202,6 +202,22 @@ impl Found {
     }
 }
 
+/// What keeps remembered session answers honest: the generation table (a login or logout is a
+/// purge of the session's scope) and, with Redis, the lease that says every purge is heard.
+/// Built once at start-up and handed to every [`Resolver`] a reload builds.
+#[derive(Clone)]
+pub struct SessionGuard {
+    generations: Arc<Generations>,
+    coherence: Option<Arc<Coherence>>,
+}
+
+impl SessionGuard {
+    /// A guard over this instance's generations and, with Redis, its coherence lease.
+    pub fn new(generations: Arc<Generations>, coherence: Option<Arc<Coherence>>) -> Self {
+        SessionGuard { generations, coherence }
+    }
+}
+
 impl Resolver {
     /// Builds the sources.
     ///
@@ -211,10 +227,10 @@ impl Resolver {
         cfg: &IdentityConfig,
         secrets: &Secrets,
         origin: Origin,
-        generations: Arc<Generations>,
-        coherence: Option<Arc<Coherence>>,
+        guard: &SessionGuard,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SetupError> {
+        let (generations, coherence) = (guard.generations.clone(), guard.coherence.clone());
         let jwt = match &cfg.jwt {
             Some(j) => Some(JwtVerifier::new(j, secrets.jwt_secret.as_deref())?),
             None => None,

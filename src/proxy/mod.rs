@@ -2,7 +2,7 @@
 //! pass through.
 //!
 //! # Layout
-//! * [`read`]: GET/HEAD on a cached route: tiers, coalescing, stale serving
+//! * [`read`]: GET/HEAD on a cached route: key, the cache's answer, stale serving
 //! * [`answer`]: answers from a stored entry (hits, stale, `304`, HEAD)
 //! * [`fill`]: a miss: the origin fetch, storage, stale-if-error
 //! * [`write`]: unsafe methods and the purges they trigger
@@ -26,7 +26,7 @@ use crate::cache::policy::BypassReason;
 use crate::cache::{key, Cache, Tier};
 use crate::config::Config;
 use crate::error::{ProxyError, UpstreamError};
-use crate::identity::{Depth, Resolver, SetupError};
+use crate::identity::{Depth, Resolver, SessionGuard, SetupError};
 use crate::invalidation::{Purger, Trigger};
 use crate::message::body::ProxyBody;
 use crate::message::headers;
@@ -63,18 +63,12 @@ impl Proxy {
         config: Arc<Config>,
         cache: Arc<Cache>,
         purger: Arc<Purger>,
+        guard: &SessionGuard,
         secrets: &Secrets,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SetupError> {
         let origin = Origin::new(&config.origin, metrics.clone());
-        let identity = Resolver::new(
-            &config.identity,
-            secrets,
-            origin.clone(),
-            purger.generations().clone(),
-            purger.coherence().cloned(),
-            metrics.clone(),
-        )?;
+        let identity = Resolver::new(&config.identity, secrets, origin.clone(), guard, metrics.clone())?;
         let hit_series = config.routes.iter().map(|_| OnceLock::new()).collect();
         Ok(Proxy {
             hit_series,

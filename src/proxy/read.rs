@@ -1,4 +1,5 @@
-//! GET/HEAD on a cached route: key, lookup in the tiers, coalescing, stale serving.
+//! GET/HEAD on a cached route: the key, the cache's answer (see `Cache::lookup`), stale
+//! serving with one background refresh, and the fill on a miss.
 //!
 //! A fresh entry is a `HIT`. An entry inside `stale_while_revalidate` (or soft-purged) is served
 //! as `STALE` while one background refresh runs. An entry inside `stale_if_error` only is kept
@@ -62,7 +63,10 @@ impl Proxy {
             })
             .await;
         let permit = match found {
-            Lookup::Fresh(hit) => return Ok(self.serve(&asked, &hit.entry, hit.tier, key.full(), Serve::Hit, out)),
+            Lookup::Fresh(hit) => {
+                let stored_as = hit.stored_as.as_deref().unwrap_or(key.full());
+                return Ok(self.serve(&asked, &hit.entry, hit.tier, stored_as, Serve::Hit, out));
+            }
             Lookup::Stale(hit) => {
                 self.refresh_in_background(&req, idx, ctx, &id);
                 return Ok(self.serve(&asked, &hit.entry, hit.tier, key.full(), Serve::Stale, out));

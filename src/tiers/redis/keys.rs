@@ -1,15 +1,15 @@
 //! The name of every Redis key and pub/sub channel, so the layout is decided in one place.
 //!
-//! With `P` the configured `key_prefix`:
+//! With `P` the configured `key_prefix` (the braces below are literal: a hash tag):
 //!
-//! * entries: their cache key, which already starts with `P:{route}:`;
-//! * scope generation counters: `{P}:_g:{scope}` (hard) and `{P}:_s:{scope}` (soft);
+//! * entries: their cache key, which already starts with `P:<route>:`;
+//! * scope generation counters: `{P}:_g:<scope>` (hard) and `{P}:_s:<scope>` (soft);
 //! * `{P}:_epoch`: counts every purge;
 //! * `{P}:_instances`: the sorted set of live instances;
-//! * `{prefix}:_lease:{cache key}`: the cross-instance fill lease of one entry;
-//! * `{prefix}:_replay:{signature}`: a webhook signature already accepted;
-//! * channels: `{prefix}:_purge` (purges), `{prefix}:_hb:{id}` (an instance's heartbeats) and
-//!   `{prefix}:_ack:{id}` (acknowledgements of that instance's purges).
+//! * `P:_lease:<cache key>`: the cross-instance fill lease of one entry;
+//! * `P:_replay:<signature>`: a webhook signature already accepted;
+//! * channels: `P:_purge` (purges), `P:_hb:<id>` (an instance's heartbeats) and
+//!   `P:_ack:<id>` (acknowledgements of that instance's purges).
 //!
 //! On a Redis Cluster entries spread over the slots by their own key, while everything a script
 //! touches together (counters, epoch, instance registry) carries the hash tag `{P}` and so lives
@@ -19,7 +19,9 @@
 //!
 //! Route names start with a letter or digit and everything else here with `_`, so entries never
 //! meet the other namespaces. Instances of different versions share one Redis during a rolling
-//! upgrade, which is why these names are pinned by a test.
+//! upgrade, which is why these names are pinned by a test; a release that changes them (as the
+//! move of the counters under the hash tag did) says so, and is rolled out with a new
+//! `key_prefix`.
 
 use std::fmt::Display;
 
