@@ -8,13 +8,18 @@
 #   memory hit         cachegate, memory tier, one URL repeatedly (2 KiB, 32 KiB)
 #   Redis hit          cachegate with the memory tier off (0B, 0s) and a real redis-server; wrk
 #                      cycles through 1000 pre-filled URLs (scripts/bench/cycle.lua) so coalescing
-#                      never merges lookups: one EVALSHA per request, checked by counting them
+#                      never merges lookups: one plain GET per request, checked by counting the
+#                      GET calls (INFO commandstats) around the measurement
 #   miss, memory only  cachegate, a unique query string per request (scripts/bench/unique.lua)
 #   miss, with Redis   the same through a cachegate with memory tier + Redis
+#   ..., cluster       the Redis hit and the miss with Redis again, against a local Redis Cluster
+#                      (3 masters + 3 replicas, redis_url = "redis+cluster://..."); its Redis CPU
+#                      and GET count are summed over all six nodes
 #   nginx proxy_cache  hit (2 KiB, 32 KiB) and miss (scripts/bench/nginx.conf.in)
 #   Varnish            hit (2 KiB, 32 KiB) and miss (scripts/bench/varnish.vcl.in)
 # Server CPU = utime + stime (/proc/<pid>/stat) of the serving process tree, plus redis-server
-# for the Redis rows, sampled right before and right after the measured run, per request.
+# (every cluster node for the cluster rows) for the Redis rows, sampled right before and right
+# after the measured run, per request.
 # Then, unless disabled: the purge cost (cargo bench --bench purge) and a bounded-memory run
 # (cachegate with memory_capacity = 64MiB under unique 32 KiB misses, RSS and tier bytes every 5 s).
 #
@@ -26,6 +31,7 @@
 #         BENCH_RUNS (default 3)               repeats of the whole series, interleaved (run 1 of
 #                                              every row, then run 2, ...); the table shows medians
 #         BENCH_ANCHORS (default 1)            0 = skip nginx and Varnish
+#         BENCH_CLUSTER (default 1)            0 = skip the Redis Cluster rows (and the cluster)
 #         BENCH_PURGE (default 1)              0 = skip the purge bench
 #         BENCH_MEMORY (default 1)             0 = skip the bounded-memory run
 #         BENCH_MEMORY_DURATION (default 60s)  length of the bounded-memory run
@@ -47,6 +53,7 @@ THREADS="${BENCH_THREADS:-2}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 RUNS="${BENCH_RUNS:-3}"
 ANCHORS="${BENCH_ANCHORS:-1}"
+CLUSTER="${BENCH_CLUSTER:-1}"
 PURGE="${BENCH_PURGE:-1}"
 MEMORY="${BENCH_MEMORY:-1}"
 MEMORY_DURATION="${BENCH_MEMORY_DURATION:-60s}"
@@ -296,6 +303,16 @@ fi
 PORT_NAMES=(LIMIT_PORT ORIGIN_PORT REDIS_PORT
     CGMEM_PORT CGMEM_ADMIN CGMISS_PORT CGMISS_ADMIN CGRED_PORT CGRED_ADMIN CGMIX_PORT CGMIX_ADMIN
     CGBOUND_PORT CGBOUND_ADMIN NGINX_PORT VARNISH_PORT VARNISH_ADMIN)
+# The Redis Cluster: six nodes, each with a client port and a cluster bus port (set with
+# --cluster-port, never the default client port + 10000, which may be taken), and the two
+# cachegate instances in front of it.
+CLUSTER_NODES=6
+if [[ "$CLUSTER" != 0 ]]; then
+    PORT_NAMES+=(CGREDC_PORT CGREDC_ADMIN CGMIXC_PORT CGMIXC_ADMIN)
+    for i in $(seq "$CLUSTER_NODES"); do
+        PORT_NAMES+=("CLUSTER_PORT_$i" "CLUSTER_BUS_$i")
+    done
+fi
 read -r -a PORTS < <(python3 -c '
 import socket, sys
 socks = [socket.socket() for _ in range(int(sys.argv[1]))]
@@ -318,6 +335,19 @@ CGRED="http://127.0.0.1:$CGRED_PORT"
 CGMIX="http://127.0.0.1:$CGMIX_PORT"
 NGINX="http://127.0.0.1:$NGINX_PORT"
 VARNISH="http://127.0.0.1:$VARNISH_PORT"
+CLUSTER_PORTS=() CLUSTER_BUSES=()
+if [[ "$CLUSTER" != 0 ]]; then
+    CGREDC="http://127.0.0.1:$CGREDC_PORT"
+    CGMIXC="http://127.0.0.1:$CGMIXC_PORT"
+    for i in $(seq "$CLUSTER_NODES"); do
+        port_var="CLUSTER_PORT_$i" bus_var="CLUSTER_BUS_$i"
+        CLUSTER_PORTS+=("${!port_var}")
+        CLUSTER_BUSES+=("${!bus_var}")
+    done
+    # redis+cluster://127.0.0.1:p1,127.0.0.1:p2,.../
+    CLUSTER_URL="redis+cluster://$(printf '127.0.0.1:%s,' "${CLUSTER_PORTS[@]}")"
+    CLUSTER_URL="${CLUSTER_URL%,}/"
+fi
 
 # --- configs ----------------------------------------------------------------------------------
 # write_config FILE LISTEN_PORT ADMIN_PORT DEBUG_HEADERS <<< "[cache] section": one config per
@@ -382,6 +412,23 @@ key_prefix = "bench:miss"
 memory_capacity = "512MiB"
 memory_ttl = "10m"
 EOF
+# The same two against the Redis Cluster.
+if [[ "$CLUSTER" != 0 ]]; then
+    write_config "$WORKDIR/cg-redis-cluster.toml" "$CGREDC_PORT" "$CGREDC_ADMIN" true <<EOF
+[cache]
+redis_url = "$CLUSTER_URL"
+key_prefix = "bench:hit"
+memory_capacity = "0B"
+memory_ttl = "0s"
+EOF
+    write_config "$WORKDIR/cg-mixed-cluster.toml" "$CGMIXC_PORT" "$CGMIXC_ADMIN" false <<EOF
+[cache]
+redis_url = "$CLUSTER_URL"
+key_prefix = "bench:miss"
+memory_capacity = "512MiB"
+memory_ttl = "10m"
+EOF
+fi
 MEMORY_BOUND=$(( 64 * 1024 * 1024 ))
 write_config "$WORKDIR/cg-bound.toml" "$CGBOUND_PORT" "$CGBOUND_ADMIN" false <<'EOF'
 [cache]
@@ -426,6 +473,54 @@ for _ in $(seq 100); do
 done
 [[ "$(redis ping 2>/dev/null)" == "PONG" ]] || { cat "$WORKDIR/redis.log" >&2; die "redis-server did not answer on port $REDIS_PORT within 10 s"; }
 
+# The Redis Cluster: six empty nodes, each in its own directory, joined by redis-cli into three
+# masters with one replica each; ready when every node says cluster_state:ok.
+redis_at() { # PORT args...: redis-cli against one node
+    timeout 10 redis-cli -h 127.0.0.1 -p "$1" "${@:2}"
+}
+CLUSTER_PIDS=""
+if [[ "$CLUSTER" != 0 ]]; then
+    mkdir -p "$WORKDIR/cluster"
+    for i in "${!CLUSTER_PORTS[@]}"; do
+        port="${CLUSTER_PORTS[$i]}"
+        mkdir -p "$WORKDIR/cluster/$port"
+        start "redis-cluster-$port" redis-server --port "$port" --cluster-port "${CLUSTER_BUSES[$i]}" \
+            --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file "$WORKDIR/cluster/nodes-$port.conf" \
+            --cluster-node-timeout 2000 --repl-ping-replica-period 1 --repl-diskless-sync-delay 0 \
+            --save "" --appendonly no --dir "$WORKDIR/cluster/$port"
+        CLUSTER_PIDS="$CLUSTER_PIDS $LAST_PID"
+    done
+    for port in "${CLUSTER_PORTS[@]}"; do
+        for _ in $(seq 100); do
+            [[ "$(redis_at "$port" ping 2>/dev/null)" == "PONG" ]] && break
+            pause 0.1
+        done
+        [[ "$(redis_at "$port" ping 2>/dev/null)" == "PONG" ]] \
+            || { cat "$WORKDIR/redis-cluster-$port.log" >&2; die "cluster node $port did not answer within 10 s"; }
+    done
+    say "creating the Redis Cluster (3 masters, 3 replicas) on ports ${CLUSTER_PORTS[*]}"
+    bounded 60 redis-cli --cluster create "${CLUSTER_PORTS[@]/#/127.0.0.1:}" \
+        --cluster-replicas 1 --cluster-yes >"$WORKDIR/cluster-create.log" 2>&1 \
+        || { cat "$WORKDIR/cluster-create.log" >&2; die "redis-cli --cluster create failed or timed out"; }
+    cluster_ok() { # every node: cluster_state:ok
+        local port
+        for port in "${CLUSTER_PORTS[@]}"; do
+            redis_at "$port" cluster info 2>/dev/null | tr -d '\r' | grep -qx 'cluster_state:ok' || return 1
+        done
+    }
+    for _ in $(seq 300); do
+        cluster_ok && break
+        pause 0.1
+    done
+    cluster_ok || {
+        for port in "${CLUSTER_PORTS[@]}"; do
+            echo "node $port:" >&2
+            redis_at "$port" cluster info 2>&1 | tr -d '\r' | grep -E 'cluster_state|cluster_slots_ok|known_nodes' >&2 || true
+        done
+        die "the Redis Cluster did not reach cluster_state:ok on every node within 30 s"
+    }
+fi
+
 RUST_LOG=warn start cg-mem "$CACHEGATE_BIN" run --config "$WORKDIR/cg-mem.toml"
 CGMEM_PID=$LAST_PID
 RUST_LOG=warn start cg-miss "$CACHEGATE_BIN" run --config "$WORKDIR/cg-miss.toml"
@@ -438,6 +533,15 @@ wait_ready "cachegate (memory hit)" "http://127.0.0.1:$CGMEM_ADMIN/healthz" "$WO
 wait_ready "cachegate (memory miss)" "http://127.0.0.1:$CGMISS_ADMIN/healthz" "$WORKDIR/cg-miss.log"
 wait_ready "cachegate (redis hit)" "http://127.0.0.1:$CGRED_ADMIN/healthz" "$WORKDIR/cg-redis.log"
 wait_ready "cachegate (memory + redis)" "http://127.0.0.1:$CGMIX_ADMIN/healthz" "$WORKDIR/cg-mixed.log"
+CGREDC_PID="" CGMIXC_PID=""
+if [[ "$CLUSTER" != 0 ]]; then
+    RUST_LOG=warn start cg-redis-cluster "$CACHEGATE_BIN" run --config "$WORKDIR/cg-redis-cluster.toml"
+    CGREDC_PID=$LAST_PID
+    RUST_LOG=warn start cg-mixed-cluster "$CACHEGATE_BIN" run --config "$WORKDIR/cg-mixed-cluster.toml"
+    CGMIXC_PID=$LAST_PID
+    wait_ready "cachegate (redis hit, cluster)" "http://127.0.0.1:$CGREDC_ADMIN/healthz" "$WORKDIR/cg-redis-cluster.log"
+    wait_ready "cachegate (memory + redis, cluster)" "http://127.0.0.1:$CGMIXC_ADMIN/healthz" "$WORKDIR/cg-mixed-cluster.log"
+fi
 
 fill_template() { # template output KEY=VALUE...
     local sed_args=() kv
@@ -511,6 +615,7 @@ for size in 2k:2048 32k:32768; do
 done
 expect_miss_then_hit "cachegate miss (memory only)" "$CGMISS" x-cache
 expect_miss_then_hit "cachegate miss (with redis)" "$CGMIX" x-cache
+if [[ "$CLUSTER" != 0 ]]; then expect_miss_then_hit "cachegate miss (with redis, cluster)" "$CGMIXC" x-cache; fi
 if (( HAVE_NGINX )); then expect_miss_then_hit "nginx miss" "$NGINX" x-cache-status; fi
 if (( HAVE_VARNISH )); then expect_miss_then_hit "varnish miss" "$VARNISH" x-cache; fi
 
@@ -528,31 +633,42 @@ say "limit headers:                $LIMIT_HEADERS"
 { curl -s --max-time 5 -D - -o /dev/null "$CGMEM/2k/x"; curl -s --max-time 5 -D - -o /dev/null "$LIMIT/2k/x"; } \
     >"$WORKDIR/headers.txt" 2>/dev/null || true
 
-# The Redis-hit row cycles through 1000 URLs: fill them all, then check every one is a Redis hit.
+# The Redis-hit rows cycle through 1000 URLs: fill them all, then check every one is a Redis hit.
 REDIS_URLS=1000
 bounded 120 python3 "$BENCH_DIR/fill.py" 127.0.0.1 "$CGRED_PORT" "/2k/r?i=" "$REDIS_URLS" HIT/redis 60 \
     || { cat "$WORKDIR/cg-redis.log" >&2; die "the Redis-hit URLs are not all Redis hits"; }
+if [[ "$CLUSTER" != 0 ]]; then
+    bounded 120 python3 "$BENCH_DIR/fill.py" 127.0.0.1 "$CGREDC_PORT" "/2k/r?i=" "$REDIS_URLS" HIT/redis 60 \
+        || { cat "$WORKDIR/cg-redis-cluster.log" >&2; die "the Redis-hit URLs are not all Redis hits on the cluster"; }
+fi
 
-# Redis lookups are EVALSHA calls; counting them around the measurement shows that every
-# measured request was one Redis lookup (none answered from memory or coalesced, none a miss).
-evalsha_calls() {
-    redis info commandstats | tr -d '\r' | awk -F'[:=,]' '$1 == "cmdstat_evalsha" { print $3 }' | grep . || echo 0
+# A Redis-tier lookup is one plain GET of the entry; counting the GET calls (INFO commandstats,
+# summed over every node of the row's Redis) around the measurement shows that every measured
+# request was one Redis lookup (none answered from memory or coalesced, none a miss).
+get_calls() { # PORT...
+    local port n total=0
+    for port in "$@"; do
+        n="$(redis_at "$port" info commandstats | tr -d '\r' \
+            | awk -F'[:=,]' '$1 == "cmdstat_get" { print $3 }' | grep . || echo 0)"
+        total=$(( total + n ))
+    done
+    echo "$total"
 }
 now_s() { date +%s.%N; }
-# The instances' own background scripts (their coherence heartbeat) are EVALSHA calls too:
-# their rate over one idle second is subtracted. The pauses let requests still in flight from
-# the warm-up (before) and from the measurement (after) finish first.
-lookups_before() { # base path of the row's files
+# Any GET the instances make in the background (there should be none: their heartbeat is a
+# script) is measured over one idle second and subtracted. The pauses let requests still in
+# flight from the warm-up (before) and from the measurement (after) finish first.
+lookups_before() { # base path of the row's files, then the Redis ports
     local c0
     pause 0.5
-    c0="$(evalsha_calls)"
+    c0="$(get_calls "${@:2}")"
     pause 1
-    echo "$(( $(evalsha_calls) - c0 ))" >"$1.idle"
-    echo "$(evalsha_calls) $(now_s)" >"$1.lookups"
+    echo "$(( $(get_calls "${@:2}") - c0 ))" >"$1.idle"
+    echo "$(get_calls "${@:2}") $(now_s)" >"$1.lookups"
 }
-lookups_after() {
+lookups_after() { # base path, then the Redis ports
     pause 0.5
-    echo "$(evalsha_calls) $(now_s)" >>"$1.lookups"
+    echo "$(get_calls "${@:2}") $(now_s)" >>"$1.lookups"
 }
 
 # --- CPU accounting -------------------------------------------------------------------------------
@@ -576,9 +692,17 @@ ROWS=(
     "cg_mem_hit_2k|cachegate memory hit, 2 KiB|2k|hit"
     "cg_mem_hit_32k|cachegate memory hit, 32 KiB|32k|hit"
     "cg_redis_hit_2k|cachegate Redis hit (memory off), 2 KiB|2k|redis_hit"
+)
+if [[ "$CLUSTER" != 0 ]]; then
+    ROWS+=("cg_cluster_hit_2k|cachegate Redis hit (memory off), cluster, 2 KiB|2k|redis_hit")
+fi
+ROWS+=(
     "cg_miss_mem_2k|cachegate miss, memory only, 2 KiB|2k|miss"
     "cg_miss_redis_2k|cachegate miss, memory + Redis, 2 KiB|2k|redis_miss"
 )
+if [[ "$CLUSTER" != 0 ]]; then
+    ROWS+=("cg_miss_cluster_2k|cachegate miss, memory + Redis, cluster, 2 KiB|2k|redis_miss")
+fi
 if (( HAVE_NGINX )); then
     ROWS+=(
         "nginx_hit_2k|nginx proxy_cache hit, 2 KiB|2k|hit"
@@ -624,6 +748,7 @@ EOF
 # measure ROW RUN: warm up, then measure with CPU samples right around the measured wrk run.
 measure() {
     local name label size kind run="$2" base url proxy_pids="" redis_pids="" origin_pids="" header="" args=()
+    local redis_ports=()
     IFS='|' read -r name label size kind <<<"$1"
     base="$RAW/$name.run$run"
     case "$name" in
@@ -631,9 +756,12 @@ measure() {
         origin_*) url="$ORIGIN/$size/x"; proxy_pids="$ORIGIN_PID" ;;
         cg_mem_hit_*) url="$CGMEM/$size/x"; proxy_pids="$CGMEM_PID"; header=x-cache ;;
         cg_redis_hit_*) url="$CGRED/$size/r"; proxy_pids="$CGRED_PID"; redis_pids="$REDIS_PID"
-            args=(-s "$BENCH_DIR/cycle.lua") ;;
+            redis_ports=("$REDIS_PORT"); args=(-s "$BENCH_DIR/cycle.lua") ;;
+        cg_cluster_hit_*) url="$CGREDC/$size/r"; proxy_pids="$CGREDC_PID"; redis_pids="$CLUSTER_PIDS"
+            redis_ports=("${CLUSTER_PORTS[@]}"); args=(-s "$BENCH_DIR/cycle.lua") ;;
         cg_miss_mem_*) url="$CGMISS/$size/m"; proxy_pids="$CGMISS_PID" ;;
         cg_miss_redis_*) url="$CGMIX/$size/m"; proxy_pids="$CGMIX_PID"; redis_pids="$REDIS_PID" ;;
+        cg_miss_cluster_*) url="$CGMIXC/$size/m"; proxy_pids="$CGMIXC_PID"; redis_pids="$CLUSTER_PIDS" ;;
         nginx_hit_*) url="$NGINX/$size/x"; proxy_pids="$NGINX_PID"; header=x-cache-status ;;
         nginx_miss_*) url="$NGINX/$size/m"; proxy_pids="$NGINX_PID" ;;
         varnish_hit_*) url="$VARNISH/$size/x"; proxy_pids="$VARNISH_PID"; header=x-cache ;;
@@ -665,15 +793,17 @@ measure() {
             "${args[@]}" "$url" -- "${warm_args[@]}" >/dev/null || die "wrk warm-up failed for $name"
     fi
     [[ "$kind" == *miss ]] && script_args+=("$name-$run")
-    if [[ "$kind" == redis_hit ]]; then lookups_before "$base"; fi
+    if [[ "$kind" == redis_hit ]]; then lookups_before "$base" "${redis_ports[@]}"; fi
     say "run $run/$RUNS: measuring '$label' for ${DURATION_S}s: $url"
     local p0 r0 o0 p1 r1 o1 rc=0
+    # shellcheck disable=SC2086 # space-separated lists of pids
     p0="$(ticks $proxy_pids)" r0="$(ticks $redis_pids)" o0="$(ticks $origin_pids)"
     bounded "$limit" wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION_S}s" --timeout 5s --latency \
         "${args[@]}" "$url" -- "${script_args[@]}" >"$base.txt" || rc=$?
+    # shellcheck disable=SC2086 # space-separated lists of pids
     p1="$(ticks $proxy_pids)" r1="$(ticks $redis_pids)" o1="$(ticks $origin_pids)"
     (( rc == 0 )) || die "wrk failed for $name (exit $rc): $(cat "$base.txt")"
-    if [[ "$kind" == redis_hit ]]; then lookups_after "$base"; fi
+    if [[ "$kind" == redis_hit ]]; then lookups_after "$base" "${redis_ports[@]}"; fi
     local result
     result="$(parse_wrk "$base.txt")" || die "cannot read the wrk output of $name"
     echo "$result $(( p1 - p0 )) $(( r1 - r0 )) $(( o1 - o0 ))" >"$base.res"
@@ -699,7 +829,9 @@ done
 say "series done in $(( SECONDS - SERIES_START ))s"
 
 # Proof that the misses were stored: a URL from the last measured miss run is now a hit.
-for pair in "cg_miss_mem_2k|$CGMISS" "cg_miss_redis_2k|$CGMIX"; do
+STORED_CHECKS=("cg_miss_mem_2k|$CGMISS" "cg_miss_redis_2k|$CGMIX")
+if [[ "$CLUSTER" != 0 ]]; then STORED_CHECKS+=("cg_miss_cluster_2k|$CGMIXC"); fi
+for pair in "${STORED_CHECKS[@]}"; do
     IFS='|' read -r name base_url <<<"$pair"
     stored="$(header_of "$base_url/2k/m?bench=$name-$RUNS-1-10" x-cache)"
     [[ "$stored" == "HIT" ]] || say "warning: a URL from the $name run was not stored (X-Cache: '$stored')"
@@ -764,6 +896,11 @@ fi
     echo "- work directory (nginx cache files) on: $(stat -f -c %T "$WORKDIR" 2>/dev/null || echo unknown) ($(dirname "$WORKDIR"))"
     echo "- $(redis-server --version | cut -d' ' -f1-3)$( (( HAVE_NGINX )) && echo "; $(nginx -v 2>&1)")$( (( HAVE_VARNISH )) && echo "; $(varnishd -V 2>&1 | head -1)")"
     (( HAVE_NGINX && HAVE_VARNISH )) || [[ "$ANCHORS" == 0 ]] || echo "- nginx/Varnish rows missing: not installed"
+    if [[ "$CLUSTER" != 0 ]]; then
+        echo "- Redis Cluster rows: 3 masters + 3 replicas on loopback (ports ${CLUSTER_PORTS[*]}), cluster-node-timeout 2000 ms"
+    else
+        echo "- Redis Cluster rows skipped (BENCH_CLUSTER=0)"
+    fi
     echo
     CLK_TCK="$CLK_TCK" THREADS="$THREADS" CONNECTIONS="$CONNECTIONS" RUNS="$RUNS" DURATION="$DURATION_S" \
         WARMUP="$WARMUP_S" MEMORY_BOUND="$MEMORY_BOUND" MEMORY_DURATION="$MEMORY_DURATION_S" \

@@ -3,7 +3,7 @@
 
 Reads RESULTS_DIR/rows.tsv (name, label, size, kind per row, in table order), the per-run
 results RESULTS_DIR/raw/<row>.run<k>.res written by bench.sh ("rps p50_ms p99_ms requests errors
-non2xx proxy_ticks redis_ticks origin_ticks"), the Redis lookup counts of the Redis-hit row, and,
+non2xx proxy_ticks redis_ticks origin_ticks"), the Redis lookup (GET) counts of the Redis-hit rows, and,
 when present, purge.txt (output of `cargo bench --bench purge`) and memory.tsv / memory.wrk.txt
 (the bounded-memory run). Prints Markdown."""
 import os
@@ -73,8 +73,9 @@ for name, label, size, kind in rows:
           f"| {fmt(ratio(med(name, 'cpu'), med(limit, 'cpu')), '.2f')}× |")
 print()
 print("server CPU = utime + stime of the serving process tree (nginx master + workers, varnishd manager + "
-      "child, cachegate, bench_server), plus redis-server for the rows that use Redis (its share is the "
-      "'of which Redis' column), between right before and right after the measured wrk run, divided by the "
+      "child, cachegate, bench_server), plus redis-server for the rows that use Redis (all six nodes for the "
+      "cluster rows; its share is the 'of which Redis' column), between right before and right after the "
+      "measured wrk run, divided by the "
       f"requests wrk counted (clock ticks of 1/{CLK_TCK} s). 'origin CPU' is the origin's share behind a "
       "proxy (about 0 for hits, so it also shows hits were hits). Ratios compare with the limit row of the "
       "same body size.")
@@ -87,23 +88,41 @@ for size in ("2k", "32k"):
     vals = [f"{h['rps'] / l['rps']:.2f}" for h, l in zip(hit, lim) if l["rps"]]
     print(f"- {size}: {' / '.join(vals) if vals else 'n/a'}")
 
-# Redis lookups per request in the pure Redis-hit row.
-print()
-for k, r in enumerate(res.get("cg_redis_hit_2k", []), start=1):
-    base = f"{d}/raw/cg_redis_hit_2k.run{k}"
-    try:
-        idle = int(open(f"{base}.idle").read().split()[0])
-        (c1, t1), (c2, t2) = [line.split() for line in open(f"{base}.lookups").read().splitlines()]
-    except (OSError, ValueError):
+# Redis lookups (one GET each) per request in the pure Redis-hit rows (single node, cluster: the
+# cluster's count is summed over its six nodes).
+for name, label, size, kind in rows:
+    if kind != "redis_hit" or not res[name]:
         continue
-    background = round(idle * (float(t2) - float(t1)))
-    lookups = int(c2) - int(c1) - background
-    per = lookups / r["total"] if r["total"] else float("nan")
-    print(f"Redis hit, run {k}: {lookups:,} Redis lookups (EVALSHA) for {r['total']:,} requests = {per:.3f} "
-          f"per request ({int(c2) - int(c1):,} calls minus ~{background} background calls)")
-    slack = CONNECTIONS + 20 + r["total"] // 200
-    if not -slack <= lookups - r["total"] <= CONNECTIONS + slack:
-        print(f"  warning: not one Redis lookup per request: the Redis-hit row was not a pure Redis hit")
+    print()
+    for k in range(1, RUNS + 1):
+        r = load(name, k)
+        base = f"{d}/raw/{name}.run{k}"
+        try:
+            idle = int(open(f"{base}.idle").read().split()[0])
+            (c1, t1), (c2, t2) = [line.split() for line in open(f"{base}.lookups").read().splitlines()]
+        except (OSError, ValueError):
+            continue
+        if r is None:
+            continue
+        background = round(idle * (float(t2) - float(t1)))
+        lookups = int(c2) - int(c1) - background
+        per = lookups / r["total"] if r["total"] else float("nan")
+        print(f"{label}, run {k}: Redis lookups (GET) for {r['total']:,} requests = {per:.3f} per request "
+              f"({lookups:,} lookups: {int(c2) - int(c1):,} GET calls minus ~{background} background calls)")
+        slack = CONNECTIONS + 20 + r["total"] // 200
+        if not -slack <= lookups - r["total"] <= CONNECTIONS + slack:
+            print("  warning: not one Redis lookup per request: the Redis-hit row was not a pure Redis hit")
+
+# The cluster rows against their single-node counterparts.
+pairs = [("Redis hit", "cg_cluster_hit_2k", "cg_redis_hit_2k"),
+         ("miss, memory + Redis", "cg_miss_cluster_2k", "cg_miss_redis_2k")]
+if any(res.get(c) for _, c, _ in pairs):
+    print()
+    print("Redis Cluster ÷ single Redis node, 2 KiB (medians):")
+    for what, cluster, node in pairs:
+        print(f"- {what}: req/s {fmt(ratio(med(cluster, 'rps'), med(node, 'rps')), '.2f')}×, "
+              f"server CPU/req {fmt(ratio(med(cluster, 'cpu'), med(node, 'cpu')), '.2f')}×, "
+              f"Redis CPU/req {fmt(ratio(med(cluster, 'redis_cpu'), med(node, 'redis_cpu')), '.2f')}×")
 
 # Goals.
 checks = []
