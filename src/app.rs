@@ -27,10 +27,11 @@ use crate::invalidation::Purger;
 use crate::message::body::ProxyBody;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::reload::Reloader;
+use crate::reload::{ProxyParts, Reloader};
 use crate::scope::Generations;
 use crate::secrets::Secrets;
 use crate::tiers::redis::RedisTier;
+use crate::tls::ServerTls;
 use crate::warm::{WarmError, Warmer};
 use crate::watchdog::Watchdog;
 use arc_swap::ArcSwap;
@@ -72,6 +73,9 @@ pub enum StartError {
     /// `[cache] redis_url` cannot be used.
     #[error("invalid [cache] redis_url: {0}")]
     RedisUrl(#[source] redis::RedisError),
+    /// `[server] tls` names files that cannot be used.
+    #[error("[server] tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// `[cache] redis_ca_file` cannot be read.
     #[error("cannot read [cache] redis_ca_file {path}: {source}", path = .0.display(), source = .1)]
     RedisCa(std::path::PathBuf, #[source] std::io::Error),
@@ -89,7 +93,11 @@ impl StartError {
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Bind { .. } => 1,
-            StartError::RedisUrl(_) | StartError::RedisCa(..) | StartError::Identity(_) | StartError::Warm(_) => 64,
+            StartError::RedisUrl(_)
+            | StartError::RedisCa(..)
+            | StartError::Tls(_)
+            | StartError::Identity(_)
+            | StartError::Warm(_) => 64,
         }
     }
 }
@@ -109,6 +117,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 /// # Errors
 /// As [`start`].
 pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, StartError> {
+    let tls = match &config.server.tls {
+        Some(files) => Some(Arc::new(ServerTls::load(files)?)),
+        None => None,
+    };
     let (proxy_listener, proxy_addr) = bind(config.server.listen, "listen").await?;
     let (admin_listener, admin_addr) = bind(config.server.admin_listen, "admin_listen").await?;
     let config = Arc::new(config);
@@ -174,10 +186,13 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
     let reloader = Arc::new(Reloader::new(
         Arc::new(ArcSwap::new(config.clone())),
         proxy.clone(),
-        cache.clone(),
-        purger.clone(),
-        guard,
-        secrets.clone(),
+        ProxyParts {
+            cache: cache.clone(),
+            purger: purger.clone(),
+            guard,
+            secrets: secrets.clone(),
+        },
+        tls.clone(),
         metrics.clone(),
     ));
     let admin = Arc::new(Admin::new(
@@ -193,19 +208,21 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
     let mut tasks = vec![
         tokio::spawn(serve(
             proxy_listener,
+            tls,
             client_timeout,
             stop_rx.clone(),
-            move |req, peer| {
+            move |req, peer, secure| {
                 // Loaded per request: a reload swaps it, in-flight requests keep the one they have.
                 let proxy = proxy.load_full();
-                async move { proxy.handle(req, peer).await }
+                async move { proxy.handle(req, peer, secure).await }
             },
         )),
         tokio::spawn(serve(
             admin_listener,
+            None,
             client_timeout,
             stop_rx.clone(),
-            move |req, _peer| {
+            move |req, _peer, _secure| {
                 let admin = admin.clone();
                 async move { admin.handle(req).await }
             },
@@ -255,10 +272,16 @@ impl Running {
     }
 }
 
-/// Accept loop for one listener: HTTP/1.1 and HTTP/2 (prior knowledge) on each connection.
-async fn serve<H, F>(listener: TcpListener, client_timeout: Duration, mut stop: watch::Receiver<bool>, handler: H)
-where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+/// Accept loop for one listener: HTTP/1.1 and HTTP/2 on each connection (by ALPN over TLS,
+/// by prior knowledge without). `handler` learns the peer and whether the connection is TLS.
+async fn serve<H, F>(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    client_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr, bool) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
@@ -286,29 +309,55 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let secure = tls.is_some();
         let watched = dog.open();
         let tracker = watched.tracker();
         let svc = service_fn(move |req| {
             let in_flight = tracker.request();
             // Boxed once here: hyper moves the future it is given more than once per request,
             // and moving a box is moving a pointer.
-            let fut = Box::pin(handler(req, peer));
+            let fut = Box::pin(handler(req, peer, secure));
             async move {
                 let resp = fut.await;
                 drop(in_flight);
                 Ok::<_, Infallible>(resp)
             }
         });
-        let io = watched.io(TokioIo::new(stream));
-        let conn = builder.serve_connection(io, svc).into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
-            tokio::select! {
-                ended = conn => if let Err(e) = ended {
-                    tracing::debug!(error = %e, %peer, "connection ended with an error");
-                },
-                () = watched.expired() => {
-                    tracing::debug!(%peer, "connection closed: no request head, idle, or not reading for [server] client_timeout");
+            let ended = match acceptor {
+                None => {
+                    let conn = builder
+                        .serve_connection(watched.io(TokioIo::new(stream)), svc)
+                        .into_owned();
+                    watched.run(watcher.watch(conn)).await
+                }
+                Some(acceptor) => {
+                    // The handshake is held to `client_timeout` like a request head: a client
+                    // that starts one and stalls is closed.
+                    let stream = match tokio::time::timeout(client_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake not done within [server] client_timeout");
+                            return;
+                        }
+                    };
+                    let conn = builder
+                        .serve_connection(watched.io(TokioIo::new(stream)), svc)
+                        .into_owned();
+                    watched.run(watcher.watch(conn)).await
+                }
+            };
+            match ended {
+                Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
+                Some(Ok(())) => {}
+                None => {
+                    tracing::debug!(%peer, "connection closed: no request head, idle, or not reading for [server] client_timeout")
                 }
             }
         });

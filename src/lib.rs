@@ -15,6 +15,7 @@
 //! * [`config`]: `proxy.toml` → a validated [`config::Config`], every problem with file:line:key;
 //!   each field declared once (name, type, default, restart-only or reloadable)
 //! * [`secrets`]: secrets named by the config, read once
+//! * [`tls`]: rustls server configuration from PEM files, swapped on reload
 //! * `error`: the public listener's errors, which become HTTP answers in one place
 //! * `upstream`: the pooled client to the origin, with its timeout and error mapping
 //! * [`tiers`]: storage tiers (memory, Redis split by job, every key named by `Keys`); storage
@@ -62,6 +63,7 @@ pub mod route;
 mod scope;
 pub mod secrets;
 pub mod tiers;
+pub mod tls;
 mod upstream;
 pub mod warm;
 mod watchdog;

@@ -108,9 +108,6 @@ fn run(config: cachegate::config::Config) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        for feature in config.inactive_features() {
-            tracing::warn!("configured but not active yet: {feature}");
-        }
         let id = &config.identity;
         if id.trust_headers_from.is_empty() {
             if id.named_headers {

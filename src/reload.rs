@@ -18,6 +18,7 @@ use crate::invalidation::Purger;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::secrets::Secrets;
+use crate::tls::ServerTls;
 
 /// Everything a reload rebuilds or keeps.
 pub struct Reloader {
@@ -26,10 +27,9 @@ pub struct Reloader {
     pub config: Arc<ArcSwap<Config>>,
     /// The proxy built from it.
     pub proxy: Arc<ArcSwap<Proxy>>,
-    cache: Arc<Cache>,
-    purger: Arc<Purger>,
-    guard: SessionGuard,
-    secrets: Secrets,
+    parts: ProxyParts,
+    /// The public listener's TLS: its files are read again on every reload.
+    tls: Option<Arc<ServerTls>>,
     metrics: Arc<Metrics>,
     lock: tokio::sync::Mutex<()>,
     loaded_at: std::sync::atomic::AtomicU64,
@@ -41,15 +41,21 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What a new [`Proxy`] is built from besides its config: kept across reloads.
+pub(crate) struct ProxyParts {
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) purger: Arc<Purger>,
+    pub(crate) guard: SessionGuard,
+    pub(crate) secrets: Secrets,
+}
+
 impl Reloader {
     /// A reloader for the running parts.
     pub(crate) fn new(
         config: Arc<ArcSwap<Config>>,
         proxy: Arc<ArcSwap<Proxy>>,
-        cache: Arc<Cache>,
-        purger: Arc<Purger>,
-        guard: SessionGuard,
-        secrets: Secrets,
+        parts: ProxyParts,
+        tls: Option<Arc<ServerTls>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let path = config.load().file.clone();
@@ -57,10 +63,8 @@ impl Reloader {
             path,
             config,
             proxy,
-            cache,
-            purger,
-            guard,
-            secrets,
+            parts,
+            tls,
             metrics,
             lock: tokio::sync::Mutex::new(()),
             loaded_at: std::sync::atomic::AtomicU64::new(unix_now()),
@@ -100,13 +104,17 @@ impl Reloader {
                 changed: before.changed(&after),
             });
         }
+        // The certificate first: if it does not load, nothing of the new config is applied.
+        if let Some(tls) = &self.tls {
+            tls.reload()?;
+        }
         let config = Arc::new(new);
         let proxy = Proxy::new(
             config.clone(),
-            self.cache.clone(),
-            self.purger.clone(),
-            &self.guard,
-            &self.secrets,
+            self.parts.cache.clone(),
+            self.parts.purger.clone(),
+            &self.parts.guard,
+            &self.parts.secrets,
             self.metrics.clone(),
         )?;
         let routes = config.routes.len();
@@ -135,6 +143,9 @@ pub enum ReloadError {
         /// Dotted keys of the restart-only settings that differ, e.g. `server.listen`.
         changed: Vec<String>,
     },
+    /// The listener's certificate or key no longer loads; the old ones stay in use.
+    #[error("[server] tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// An identity source of the new config cannot be set up.
     #[error(transparent)]
     Setup(#[from] SetupError),

@@ -130,6 +130,14 @@ impl Guard {
         }
     }
 
+    /// Drives `conn` until it ends (`Some(output)`) or overstays (`None`, and it is dropped).
+    pub(crate) async fn run<F: std::future::Future>(&self, conn: F) -> Option<F::Output> {
+        tokio::select! {
+            ended = conn => Some(ended),
+            () = self.expired() => None,
+        }
+    }
+
     /// The handle the connection's service reports requests through.
     pub(crate) fn tracker(&self) -> Tracker {
         self.tracker.clone()

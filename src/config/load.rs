@@ -97,11 +97,12 @@ fn section<'de>(ctx: &mut Ctx<'_>, root: &mut Section<'de>, key: &'static str) -
     }
 }
 
-/// `tls = { cert, key }`: both or neither.
+/// `tls = { cert, key, client_ca }`: `cert` and `key` both or neither.
 pub(super) fn tls(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<TlsConfig> {
     let mut t = Section::open(ctx, f.key, f.value)?;
     let cert = t.string(ctx, "cert");
     let key = t.string(ctx, "key");
+    let client_ca = t.string(ctx, "client_ca").map(|c| PathBuf::from(c.value));
     let path = t.path.clone();
     let offset = t.offset();
     t.finish(ctx);
@@ -109,6 +110,7 @@ pub(super) fn tls(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<TlsConfig> {
         (Some(c), Some(k)) => Some(TlsConfig {
             cert: PathBuf::from(c.value),
             key: PathBuf::from(k.value),
+            client_ca,
         }),
         _ => {
             ctx.issue(offset, &path, "expected both `cert` and `key` (PEM file paths)");

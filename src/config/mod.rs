@@ -179,13 +179,16 @@ section! {
     }
 }
 
-/// `tls = { cert, key }`.
+/// `tls = { cert, key, client_ca }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     /// PEM certificate chain.
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+    /// PEM CA certificates: when set, clients must present a certificate signed by one of them
+    /// (mutual TLS, e.g. when the caller is a gateway).
+    pub client_ca: Option<PathBuf>,
 }
 
 section! {
@@ -601,15 +604,4 @@ fn cluster_seeds(url: &str) -> Result<Vec<String>, String> {
         return Err(format!("{url:?}: names no node (expected host:port,host:port)"));
     }
     Ok(seeds)
-}
-
-impl Config {
-    /// Features that are configured but not implemented yet, for a start-up warning.
-    pub fn inactive_features(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if self.server.tls.is_some() {
-            out.push("[server] tls (TLS is not implemented yet: the listener speaks plain HTTP)");
-        }
-        out
-    }
 }

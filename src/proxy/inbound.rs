@@ -50,15 +50,17 @@ impl Proxy {
     ///
     /// # Errors
     /// [`ProxyError::BadRequest`] for a missing, repeated or malformed `Host`.
-    pub(super) fn normalize<B>(&self, req: &mut Request<B>, peer: IpAddr) -> Result<Inbound, ProxyError> {
+    pub(super) fn normalize<B>(&self, req: &mut Request<B>, peer: IpAddr, secure: bool) -> Result<Inbound, ProxyError> {
         let trusted = self.identity.trusts(peer);
         let client_host = client_host(req)?;
         let h = req.headers_mut();
         headers::strip_hop_by_hop(h);
-        let proto = trusted
-            .then(|| forwarded_proto(h))
-            .flatten()
-            .unwrap_or(HeaderValue::from_static("http"));
+        // The connection's own scheme, unless a trusted proxy in front says what the client used.
+        let proto = trusted.then(|| forwarded_proto(h)).flatten().unwrap_or(if secure {
+            HeaderValue::from_static("https")
+        } else {
+            HeaderValue::from_static("http")
+        });
         let doomed: Vec<HeaderName> = h
             .keys()
             .filter(|n| {

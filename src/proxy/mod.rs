@@ -82,11 +82,17 @@ impl Proxy {
     }
 
     /// Handles one request; every error becomes its answer here, and every answer is counted.
-    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    /// `secure`: the request came over TLS.
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        secure: bool,
+    ) -> Response<ProxyBody> {
         let start = std::time::Instant::now();
         let method = req.method().clone();
         let mut out = Outcome::default();
-        let resp = match self.dispatch(req, peer, &mut out).await {
+        let resp = match self.dispatch(req, peer, secure, &mut out).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
         };
@@ -174,9 +180,10 @@ impl Proxy {
         self: &Arc<Self>,
         mut req: Request<Incoming>,
         peer: SocketAddr,
+        secure: bool,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let inbound = self.normalize(&mut req, peer.ip())?;
+        let inbound = self.normalize(&mut req, peer.ip(), secure)?;
         let uri = req.uri().clone();
         let path = key::normalize_path(uri.path())?;
         let method = req.method().clone();

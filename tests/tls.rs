@@ -1,0 +1,221 @@
+//! TLS on the public listener, with certificates made in the test: MISS → HIT over HTTP/1.1
+//! and HTTP/2 (ALPN), TLS 1.1 refused, the certificate reloaded without dropping connections,
+//! a bad certificate on reload refused, mutual TLS, and a stalled handshake closed.
+
+mod support;
+
+use std::time::Duration;
+
+use support::pki::{alpn, connect, peer_certificate, ClientOptions, Sender, TestCa};
+use support::{Origin, Proxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ROUTES: &str = r#"
+[[route]]
+name = "course_list"
+path = "/courses/{*rest}"
+ttl = "10m"
+"#;
+
+/// A cachegate started from a config file (so that a reload reads it again) with TLS.
+async fn tls_proxy(origin: &Origin, ca: &TestCa, extra: &str) -> Proxy {
+    let (cert, key) = ca.issue("server", "cachegate test server", false);
+    let text = support::config_text(
+        origin,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nclient_timeout = \"2s\"\n\
+             tls = {{ cert = \"{}\", key = \"{}\"{extra} }}\n{ROUTES}",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let path = ca.dir.path().join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = cachegate::config::load(&path).unwrap();
+    Proxy::from_running(cachegate::app::start_with(config, Default::default()).await.unwrap())
+}
+
+fn opts<'a>(ca: &'a TestCa, alpn: &'a [&'a [u8]]) -> ClientOptions<'a> {
+    ClientOptions {
+        ca_pem: ca.ca_pem(),
+        alpn,
+        identity: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn miss_then_hit_over_http1_and_h2_with_the_same_key() {
+    let (origin, _) = support::versioned_origin().await;
+    let ca = TestCa::new("tls test CA");
+    let p = tls_proxy(&origin, &ca, "").await;
+    for (proto, h2, path) in [
+        (&b"http/1.1"[..], false, "/courses/h1"),
+        (&b"h2"[..], true, "/courses/h2"),
+    ] {
+        let stream = connect(p.addr, &opts(&ca, &[proto])).await.unwrap();
+        assert_eq!(
+            alpn(&stream).as_deref(),
+            Some(proto),
+            "ALPN settles on what the client offered"
+        );
+        let mut s = Sender::over(stream, h2).await;
+        let (status, h, body) = s.get(path).await;
+        assert_eq!(
+            (status.as_u16(), support::header(&h, "x-cache").as_str()),
+            (200, "MISS")
+        );
+        assert_eq!(body, "v0");
+        let (_, h, body) = s.get(path).await;
+        assert_eq!(support::header(&h, "x-cache"), "HIT", "{proto:?}");
+        assert_eq!(support::header(&h, "cache-status"), "cachegate; hit");
+        assert!(h.contains_key("age"), "Age on a hit over {proto:?}");
+        assert_eq!(body, "v0");
+    }
+    // One key whatever the protocol: the h1 entry is a hit over h2.
+    let mut s = Sender::over(connect(p.addr, &opts(&ca, &[b"h2"])).await.unwrap(), true).await;
+    assert_eq!(support::header(&s.get("/courses/h1").await.1, "x-cache"), "HIT");
+    assert_eq!(origin.hits(), 2);
+    // The origin is told the client spoke https.
+    assert_eq!(
+        support::header(&origin.seen().last().unwrap().headers, "x-forwarded-proto"),
+        "https"
+    );
+}
+
+/// A hand-made TLS 1.1 ClientHello (TLS_RSA_WITH_AES_128_CBC_SHA, no extensions) gets an
+/// alert or a closed connection, never a ServerHello.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_offering_only_tls_1_1_is_refused() {
+    let (origin, _) = support::versioned_origin().await;
+    let ca = TestCa::new("tls test CA");
+    let p = tls_proxy(&origin, &ca, "").await;
+    let mut hello = vec![0x03, 0x02]; // client_version TLS 1.1
+    hello.extend_from_slice(&[7u8; 32]); // random
+    hello.push(0); // no session id
+    hello.extend_from_slice(&[0x00, 0x02, 0x00, 0x2f]); // one cipher suite
+    hello.extend_from_slice(&[0x01, 0x00]); // null compression
+    let mut handshake = vec![0x01, 0x00, 0x00, hello.len() as u8];
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x02, 0x00, handshake.len() as u8];
+    record.extend_from_slice(&handshake);
+    let mut tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    tcp.write_all(&record).await.unwrap();
+    let mut answer = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer))
+        .await
+        .expect("answered or closed")
+        .unwrap_or(0);
+    assert!(
+        n == 0 || answer[0] == 0x15,
+        "expected an alert (0x15) or a close, got record type {:#x}",
+        answer[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_the_certificate_for_new_connections_and_keeps_old_ones() {
+    let (origin, _) = support::versioned_origin().await;
+    let ca = TestCa::new("tls test CA");
+    let p = tls_proxy(&origin, &ca, "").await;
+    let first = connect(p.addr, &opts(&ca, &[b"http/1.1"])).await.unwrap();
+    let old_cert = peer_certificate(&first);
+    let mut kept = Sender::over(first, false).await;
+    assert_eq!(kept.get("/courses/a").await.0, 200);
+
+    ca.issue("server", "cachegate renewed", false); // same paths, new certificate
+    p.running()
+        .reloader
+        .reload()
+        .await
+        .expect("the renewed certificate loads");
+    let renewed = connect(p.addr, &opts(&ca, &[b"http/1.1"])).await.unwrap();
+    assert_ne!(
+        peer_certificate(&renewed),
+        old_cert,
+        "a new connection sees the new certificate"
+    );
+    assert_eq!(
+        kept.get("/courses/a").await.0,
+        200,
+        "the established connection keeps working"
+    );
+
+    // A broken key on reload: refused, counted, and the renewed certificate stays.
+    let served = peer_certificate(&renewed);
+    support::pki::write_atomically(&ca.dir.path().join("server.key"), b"not a key");
+    let e = p.running().reloader.reload().await.expect_err("a bad key is refused");
+    assert!(e.to_string().contains("server.key"), "{e}");
+    let metrics = p.admin_req(http::Method::GET, "/metrics").send().await.text();
+    assert!(
+        metrics.contains("cachegate_config_reloads_total{result=\"error\"} 1"),
+        "the refused reload is counted"
+    );
+    let after = connect(p.addr, &opts(&ca, &[b"http/1.1"])).await.unwrap();
+    assert_eq!(peer_certificate(&after), served, "the old certificate stays in use");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
+    let (origin, _) = support::versioned_origin().await;
+    let ca = TestCa::new("tls test CA");
+    let clients = TestCa::new("gateway CA");
+    let p = tls_proxy(
+        &origin,
+        &ca,
+        &format!(", client_ca = \"{}\"", clients.ca_file().display()),
+    )
+    .await;
+    let gateway = clients.issue("gateway", "gateway", true);
+    let with = ClientOptions {
+        identity: Some(gateway),
+        ..opts(&ca, &[b"http/1.1"])
+    };
+    let mut s = Sender::over(connect(p.addr, &with).await.unwrap(), false).await;
+    assert_eq!(s.get("/courses/m").await.0, 200);
+
+    // Without a certificate the handshake (or the first read after it, in TLS 1.3) fails.
+    let refused = match connect(p.addr, &opts(&ca, &[b"http/1.1"])).await {
+        Err(_) => true,
+        Ok(mut stream) => {
+            let _ = stream
+                .write_all(b"GET /courses/m HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+                .await;
+            let mut buf = [0u8; 16];
+            !matches!(stream.read(&mut buf).await, Ok(n) if n > 0)
+        }
+    };
+    assert!(refused, "a client without a certificate is served nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_is_closed_after_client_timeout() {
+    let (origin, _) = support::versioned_origin().await;
+    let ca = TestCa::new("tls test CA");
+    let p = tls_proxy(&origin, &ca, "").await;
+    let mut tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01]).await.unwrap(); // the start of a record, then nothing
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "closed by the server: {closed:?}"
+    );
+}
+
+#[test]
+fn check_refuses_unusable_certificate_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.pem"), "nothing").unwrap();
+    let config = cachegate::config::from_str(
+        &format!(
+            "[origin]\nurl = \"http://127.0.0.1:1\"\n[server]\ntls = {{ cert = \"{0}/bad.pem\", key = \"{0}/bad.pem\" }}\n",
+            dir.path().display()
+        ),
+        std::path::Path::new("p.toml"),
+    )
+    .unwrap();
+    let e = cachegate::tls::ServerTls::load(config.server.tls.as_ref().unwrap())
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("bad.pem"), "{e}");
+}
