@@ -22,7 +22,7 @@ use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::coherence::Coherence;
 use crate::config::Config;
-use crate::identity::{SessionGuard, SetupError};
+use crate::identity::SessionGuard;
 use crate::invalidation::Purger;
 use crate::message::body::ProxyBody;
 use crate::metrics::Metrics;
@@ -79,9 +79,10 @@ pub enum StartError {
     /// `[cache] redis_ca_file` cannot be read.
     #[error("cannot read [cache] redis_ca_file {path}: {source}", path = .0.display(), source = .1)]
     RedisCa(std::path::PathBuf, #[source] std::io::Error),
-    /// An identity source cannot be set up (a missing secret, a bad key file).
+    /// An identity source cannot be set up (a missing secret, a bad key file), or the
+    /// origin's TLS settings cannot be used.
     #[error(transparent)]
-    Identity(#[from] SetupError),
+    Proxy(#[from] crate::proxy::BuildError),
     /// A `[warm]` that cannot work.
     #[error("[warm]: {0}")]
     Warm(#[from] WarmError),
@@ -96,7 +97,7 @@ impl StartError {
             StartError::RedisUrl(_)
             | StartError::RedisCa(..)
             | StartError::Tls(_)
-            | StartError::Identity(_)
+            | StartError::Proxy(_)
             | StartError::Warm(_) => 64,
         }
     }

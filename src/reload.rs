@@ -13,7 +13,6 @@ use arc_swap::ArcSwap;
 use crate::cache::Cache;
 use crate::config::{self, Config, ConfigError};
 use crate::identity::SessionGuard;
-use crate::identity::SetupError;
 use crate::invalidation::Purger;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -148,7 +147,7 @@ pub enum ReloadError {
     Tls(#[from] crate::tls::TlsError),
     /// An identity source of the new config cannot be set up.
     #[error(transparent)]
-    Setup(#[from] SetupError),
+    Setup(#[from] crate::proxy::BuildError),
     /// The loading task did not finish (shutdown).
     #[error("the reload was interrupted")]
     Interrupted,

@@ -41,6 +41,14 @@ pub enum TlsError {
         /// rustls' reason.
         source: rustls::Error,
     },
+    /// `[origin] sni` is not a name a certificate can carry.
+    #[error("[origin] sni {name:?}: {reason}")]
+    Sni {
+        /// The configured name.
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// The client CA file holds nothing usable as a trust anchor.
     #[error("{}: no usable CA certificate: {reason}", path.display())]
     ClientCa {
@@ -87,6 +95,30 @@ impl ServerTls {
 /// Installs ring as rustls' process-wide crypto provider (once; later calls are no-ops).
 pub(crate) fn install_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The client configuration for an `https://` origin: the public web roots, or the CAs in
+/// `ca_file` (a private CA).
+///
+/// # Errors
+/// A CA file that cannot be read or holds no usable certificate.
+pub(crate) fn origin_client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
+    install_provider();
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for c in read_certs(path, "PEM CA certificates")? {
+                roots.add(c).map_err(|source| TlsError::Rustls {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn server_config(files: &TlsConfig) -> Result<ServerConfig, TlsError> {

@@ -219,3 +219,85 @@ fn check_refuses_unusable_certificate_files() {
         .expect("refused");
     assert!(e.to_string().contains("bad.pem"), "{e}");
 }
+
+/// An `https://` origin with a certificate from a private CA, answering over HTTP/2 when
+/// offered: returns the origin's address and a counter of the HTTP/2 requests it served.
+async fn tls_origin(ca: &TestCa) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (cert, key) = ca.issue("origin", "origin", false);
+    let files = cachegate::config::TlsConfig {
+        cert,
+        key,
+        client_ca: None,
+    };
+    let acceptor = cachegate::tls::ServerTls::load(&files).unwrap().acceptor();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let h2 = Arc::new(AtomicUsize::new(0));
+    let counted = h2.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, counted) = (acceptor.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    if req.version() == http::Version::HTTP_2 {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("cache-control", "max-age=60")
+                                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"secure")))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, h2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_origin_with_a_private_ca_over_h2_and_a_wrong_ca_is_a_502() {
+    let ca = TestCa::new("origin CA");
+    let (addr, h2) = tls_origin(&ca).await;
+    let route = "[[route]]\nname = \"r\"\npath = \"/r/{*rest}\"\nttl = \"origin\"\n";
+    let p = Proxy::from_text(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [origin]\nurl = \"https://{addr}\"\nca_file = \"{}\"\n{route}",
+        ca.ca_file().display()
+    ))
+    .await;
+    let first = p.get("/r/a").send().await;
+    assert_eq!(
+        (first.status.as_u16(), first.x_cache().as_str(), first.text().as_str()),
+        (200, "MISS", "secure")
+    );
+    assert_eq!(p.get("/r/a").send().await.x_cache(), "HIT");
+    assert_eq!(
+        h2.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the fill went over HTTP/2 (ALPN)"
+    );
+
+    // The origin's certificate is not from the CA cachegate trusts.
+    let other = TestCa::new("someone else's CA");
+    let wrong = Proxy::from_text(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [origin]\nurl = \"https://{addr}\"\nca_file = \"{}\"\n{route}",
+        other.ca_file().display()
+    ))
+    .await;
+    let r = wrong.get("/r/a").send().await;
+    assert_eq!(r.status.as_u16(), 502);
+    assert_eq!(r.text(), "origin connect failed\n");
+}

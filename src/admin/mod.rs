@@ -259,7 +259,12 @@ impl Admin {
         let addr = if config.origin.authority.port().is_some() {
             authority.to_string()
         } else {
-            format!("{authority}:80")
+            let port = if config.origin.url.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            };
+            format!("{authority}:{port}")
         };
         let probe = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr)).await;
         // Redis is reported, but a Redis outage is degraded service, not unreadiness.

@@ -136,16 +136,11 @@ pub(super) fn origin_url(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<http::Uri> {
             return None;
         }
     };
-    if parsed.scheme_str() != Some("http") {
-        let note = if parsed.scheme_str() == Some("https") {
-            " (https origins are not supported yet)"
-        } else {
-            ""
-        };
+    if !matches!(parsed.scheme_str(), Some("http" | "https")) {
         ctx.issue(
             u.offset,
             &u.key,
-            format!("expected an http:// URL, found {:?}{note}", u.value),
+            format!("expected an http:// or https:// URL, found {:?}", u.value),
         );
         return None;
     }

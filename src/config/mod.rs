@@ -194,13 +194,21 @@ pub struct TlsConfig {
 section! {
     /// `[origin]`: the application behind us.
     pub struct OriginConfig {
-        /// Base URL, `http://host:port` (a path prefix is not supported).
+        /// Base URL, `http://host:port` or `https://host:port` (a path prefix is not supported).
         reload url: http::Uri,
             read load::origin_url, required "missing key (expected a URL like \"http://127.0.0.1:8000\")";
         /// `host:port` of the origin, used as `Host` unless `preserve_host`.
         reload authority: http::uri::Authority, derived |_| url.as_ref().and_then(|u| u.authority().cloned());
         /// Time allowed for the origin's response headers.
         reload timeout: Duration = Duration::from_secs(30), read duration;
+        /// PEM CA certificates an `https://` origin's certificate is checked against, instead
+        /// of the public web roots (a private CA).
+        reload ca_file: Option<PathBuf> = None, read optional(load::readable_file);
+        /// The name an `https://` origin's certificate must carry and the TLS SNI sent, when it
+        /// is not the URL's host (e.g. the origin is addressed by IP).
+        reload sni: Option<String> = None, read optional(string);
+        /// Offer HTTP/2 to an `https://` origin (ALPN); HTTP/1.1 when it does not take it.
+        reload http2: bool = true, read boolean;
         /// Forward the client's `Host` instead of the origin's.
         reload preserve_host: bool = false, read boolean;
     }

@@ -181,7 +181,7 @@ impl SessionLookup {
 
     async fn ask(&self, value: &str) -> Result<Claims, LookupError> {
         let uri = Uri::builder()
-            .scheme("http")
+            .scheme(self.origin_cfg.url.scheme_str().unwrap_or("http"))
             .authority(self.origin_cfg.authority.clone())
             .path_and_query(self.cfg.path.as_str())
             .build()

@@ -34,6 +34,17 @@ use crate::metrics::Metrics;
 use crate::secrets::Secrets;
 use crate::upstream::Origin;
 
+/// Why a proxy could not be built from a config (at start-up or on reload).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// An identity source cannot be set up.
+    #[error(transparent)]
+    Identity(#[from] SetupError),
+    /// The origin's TLS settings cannot be used.
+    #[error("[origin] {0}")]
+    OriginTls(#[from] crate::tls::TlsError),
+}
+
 /// Shared state of the public listener.
 pub struct Proxy {
     config: Arc<Config>,
@@ -66,8 +77,8 @@ impl Proxy {
         guard: &SessionGuard,
         secrets: &Secrets,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, SetupError> {
-        let origin = Origin::new(&config.origin, metrics.clone());
+    ) -> Result<Self, BuildError> {
+        let origin = Origin::new(&config.origin, metrics.clone())?;
         let identity = Resolver::new(&config.identity, secrets, origin.clone(), guard, metrics.clone())?;
         let hit_series = config.routes.iter().map(|_| OnceLock::new()).collect();
         Ok(Proxy {
@@ -271,7 +282,7 @@ impl Proxy {
             None => ctx.path.to_string(),
         };
         let uri = Uri::builder()
-            .scheme("http")
+            .scheme(origin.url.scheme_str().unwrap_or("http"))
             .authority(origin.authority.clone())
             .path_and_query(pq)
             .build()
