@@ -224,12 +224,17 @@ impl Coherence {
         } else if self.redis.keys().is_heartbeat_channel(channel) {
             if let Ok(sent) = text.parse::<u64>() {
                 let until = sent + LEASE.as_nanos() as u64;
-                let before = self.lease_until.fetch_max(until, Ordering::AcqRel);
-                if before <= self.now_nanos() && until > before {
-                    // A new lease after a lapse (Redis down, a failover, a pause): purges may
-                    // have gone unheard meanwhile, so what we knew of the counters is dropped.
+                let held = self.lease_until.load(Ordering::Acquire);
+                if held <= self.now_nanos() && until > held {
+                    // A new lease after a lapse (Redis down, a failover, a pause): a purge may
+                    // have been published and never delivered (a master that died before the
+                    // cluster bus passed its message on), and a heartbeat from a new master
+                    // proves nothing about the old one's. Forget what we knew of the counters
+                    // and the memory tier before trusting either again.
                     self.mirror.forget();
+                    self.generations.bump(ALL);
                 }
+                self.lease_until.fetch_max(until, Ordering::AcqRel);
             }
         } else if let Ok(purge_id) = text.parse::<u64>() {
             if let Some(tx) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).get(&purge_id) {

@@ -171,8 +171,13 @@ impl Cache {
             Join::Follower(flight) => {
                 self.metrics.coalesced_counter(waits.route).inc();
                 if let Ok(Some(done)) = tokio::time::timeout(waits.coalesced, flight.wait()).await {
-                    // The origin's Vary may have put the answer under another key than ours.
-                    if done.entry.is_usable(self.clock.now()) && self.key_for(key.base, key.input).await == done.key {
+                    // Usable, unpurged since it was made (a Redis hit's recorded scopes are
+                    // stamped too), and under our key: the origin's Vary may have put it under
+                    // another.
+                    if done.entry.is_usable(self.clock.now())
+                        && done.entry.stamps.valid()
+                        && self.key_for(key.base, key.input).await == done.key
+                    {
                         let mut hit = Hit::memory(done.entry);
                         hit.stored_as = Some(done.key);
                         return Lookup::Fresh(hit);

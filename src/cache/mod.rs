@@ -248,14 +248,16 @@ impl Cache {
                 return Shared::Miss(fill);
             }
         };
+        // The scopes the entry recorded (surrogate keys among them) are stamped before it is
+        // validated: a purge of one heard from here on invalidates the copy and is seen by
+        // requests waiting on this lookup.
+        let recorded: Vec<String> = stored.recorded.iter().map(|(s, _)| s.clone()).collect();
+        let mut stamps = fill.stamps.clone();
+        stamps.extend(self.generations.stamp(&recorded));
         let verdict = self.validate(redis, &stored.recorded, trusted, token).await;
         match verdict {
             Verdict::Valid => {
-                let recorded: Vec<String> = stored.recorded.into_iter().map(|(s, _)| s).collect();
-                if let Some((entry, state)) = self
-                    .promote(key, &stored.payload, recorded, fill.stamps.clone(), local_epoch)
-                    .await
-                {
+                if let Some((entry, state)) = self.promote(key, &stored.payload, stamps, local_epoch).await {
                     return Shared::Hit(entry, state);
                 }
             }
@@ -398,13 +400,10 @@ impl Cache {
         &self,
         key: &str,
         payload: &bytes::Bytes,
-        recorded: Vec<String>,
-        mut stamps: Stamps,
+        stamps: Stamps,
         local_epoch: u64,
     ) -> Option<(Arc<CachedResponse>, Staleness)> {
         let wire = WireEntry::decode(payload).ok()?;
-        // Scopes recorded in the entry but not derivable from the request (surrogate keys).
-        stamps.extend(self.generations.stamp(&recorded));
         let trusted_stamps = self.generations.epoch() == local_epoch;
         let entry = Arc::new(self.entry_from_wire(wire, stamps));
         let state = entry.staleness(self.clock.now());

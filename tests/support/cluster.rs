@@ -115,6 +115,10 @@ impl RedisCluster {
     /// Like [`RedisCluster::start`]; with a password, every node has `--requirepass` (clients
     /// `AUTH` as the default user) and `--masterauth` (replicas authenticate to their masters).
     pub async fn start_with_password(password: Option<&str>) -> RedisCluster {
+        // Tests run in parallel; forming many clusters at once on two cores can outlast the
+        // start deadline. Two at a time keeps start-up well inside it.
+        static FORMING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+        let _turn = FORMING.acquire().await.expect("never closed");
         let mut cluster = RedisCluster {
             nodes: Vec::with_capacity(NODES),
             password: password.map(str::to_owned),

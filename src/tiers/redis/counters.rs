@@ -47,20 +47,35 @@ pub(super) struct Purge {
 
 /// KEYS: the instance set, the counters to bump, the epoch. ARGV: channel, message, counter
 /// expiry, this instance's id. Returns the subscribers reached and the other live instances.
+/// Bumps the purged scopes' counters and the epoch (the last key) and publishes the purge with
+/// the new values. Counters take the new epoch as their value rather than counting up on
+/// their own: a counter key expires when its scope has not been purged for `COUNTER_TTL`, and
+/// a later `INCR` would count from 0 again and could repeat a generation an entry recorded.
+/// The epoch never expires and never repeats: it is at least the server's clock in
+/// microseconds, so even a failover that loses its last increment does not hand out an old
+/// value again.
 static PURGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local vals = {}
-for i = 2, #KEYS do
-  vals[#vals + 1] = redis.call('INCR', KEYS[i])
-  redis.call('PEXPIRE', KEYS[i], ARGV[3])
-end
 local t = redis.call('TIME')
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t[1] * 1000 + math.floor(t[2] / 1000))
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local e = tonumber(redis.call('INCR', KEYS[#KEYS]))
+if e < now then
+  e = now
+  redis.call('SET', KEYS[#KEYS], string.format('%.0f', e))
+end
+local v = string.format('%.0f', e)
+local vals = {}
+for i = 2, #KEYS - 1 do
+  redis.call('SET', KEYS[i], v, 'PX', ARGV[3])
+  vals[#vals + 1] = v
+end
+vals[#vals + 1] = v
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', math.floor(now / 1000))
 local others = redis.call('ZCARD', KEYS[1])
 if redis.call('ZSCORE', KEYS[1], ARGV[4]) then others = others - 1 end
 local receivers = redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' | ' .. table.concat(vals, ' '))
-local out = {receivers, others}
+local out = {tostring(receivers), tostring(others)}
 for i = 1, #vals do out[#out + 1] = vals[i] end
 return out
 "#,
@@ -149,7 +164,7 @@ impl RedisTier {
         &self,
         conn: &mut C,
         p: &Purge,
-    ) -> redis::RedisResult<Vec<i64>> {
+    ) -> redis::RedisResult<Vec<String>> {
         let mut inv = PURGE.key(self.keys.instances());
         for s in &p.scopes {
             inv.key(self.keys.counter(p.soft, s));
@@ -184,8 +199,12 @@ impl RedisTier {
     fn remember_purge(&self, p: Purge) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending.len() >= MAX_PENDING {
+            // One hard purge of everything, announced as such (`{from} {id} {soft} {scopes}`):
+            // the dropped purges' own message would name only their scopes.
             let all = Purge {
                 scopes: vec![crate::scope::ALL.to_string()],
+                soft: false,
+                message: format!("{} 0 0 {}", p.me, crate::scope::ALL),
                 ..p
             };
             pending.clear();
@@ -197,9 +216,9 @@ impl RedisTier {
 }
 
 /// The script's reply `{receivers, others, counter…, epoch}` as a receipt.
-fn receipt(reply: &[i64]) -> PurgeReceipt {
-    let n = |i: usize| reply.get(i).map_or(0, |v| u64::try_from(*v).unwrap_or(0));
-    let mut values: Vec<u64> = reply.iter().skip(2).map(|v| u64::try_from(*v).unwrap_or(0)).collect();
+fn receipt(reply: &[String]) -> PurgeReceipt {
+    let n = |i: usize| reply.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let mut values: Vec<u64> = reply.iter().skip(2).map(|v| v.parse().unwrap_or(0)).collect();
     let epoch = values.pop().unwrap_or(0);
     PurgeReceipt {
         receivers: usize::try_from(n(0)).unwrap_or(0),

@@ -17,20 +17,7 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
 impl RedisTier {
     /// Takes the cross-instance fill lease for `key` (`SET NX PX`); true when this caller holds it.
     pub async fn try_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, TierError> {
-        let lease = self.keys.lease(key);
-        let r: Option<String> = self
-            .run(Op::Lease, async |mut c| {
-                redis::cmd("SET")
-                    .arg(&lease)
-                    .arg(token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(px(ttl, MAX_EXPIRY))
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        Ok(r.is_some())
+        self.set_nx(Op::Lease, &self.keys.lease(key), token, ttl).await
     }
 
     /// Releases a fill lease if this caller still holds it.
@@ -46,12 +33,16 @@ impl RedisTier {
     /// Records `key`, a webhook signature, for `ttl` (`SET NX PX` on its replay guard): true when
     /// it was not recorded yet.
     pub async fn set_once(&self, key: &str, ttl: Duration) -> Result<bool, TierError> {
-        let guard = self.keys.replay(key);
-        let r: Option<String> = self
-            .run(Op::SetOnce, async |mut c| {
+        self.set_nx(Op::SetOnce, &self.keys.replay(key), 1, ttl).await
+    }
+
+    /// `SET name value NX PX ttl`: true when this call set it.
+    async fn set_nx(&self, op: Op, name: &str, value: u64, ttl: Duration) -> Result<bool, TierError> {
+        let set: Option<String> = self
+            .run(op, async |mut c| {
                 redis::cmd("SET")
-                    .arg(&guard)
-                    .arg(1)
+                    .arg(name)
+                    .arg(value)
                     .arg("NX")
                     .arg("PX")
                     .arg(px(ttl, MAX_EXPIRY))
@@ -59,6 +50,6 @@ impl RedisTier {
                     .await
             })
             .await?;
-        Ok(r.is_some())
+        Ok(set.is_some())
     }
 }
