@@ -92,7 +92,9 @@ impl RedisTier {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            if self.is_up() {
+            // Up with purges still queued: one failed after the last replay had emptied the
+            // queue, and it must reach Redis too.
+            if self.is_up() && !self.has_pending() {
                 continue;
             }
             let Some(mut conn) = self.conn.get().cloned() else {

@@ -177,23 +177,37 @@ impl RedisTier {
         inv.invoke_async(conn).await
     }
 
-    /// Sends the purges recorded while Redis was down; true when none is left.
+    /// Sends the purges recorded while Redis was down; true when none is left. One replay runs
+    /// at a time, and it goes on until the queue is empty, purges queued meanwhile included:
+    /// a caller told "none left" must not find the tier used before a purge is in Redis.
     pub(super) async fn replay_pending<C: redis::aio::ConnectionLike + Send>(&self, mut conn: C) -> bool {
-        let list = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        let count = list.len();
-        for (i, p) in list.iter().enumerate() {
-            let sent = tokio::time::timeout(self.timeout, self.send_purge(&mut conn, p)).await;
-            if !matches!(sent, Ok(Ok(_))) {
-                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                let rest: Vec<Purge> = list[i..].to_vec();
-                pending.splice(0..0, rest);
-                return false;
+        let _one_at_a_time = self.replaying.lock().await;
+        let mut count = 0;
+        loop {
+            let list = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+            if list.is_empty() {
+                break;
+            }
+            for (i, p) in list.iter().enumerate() {
+                let sent = tokio::time::timeout(self.timeout, self.send_purge(&mut conn, p)).await;
+                if !matches!(sent, Ok(Ok(_))) {
+                    let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    let rest: Vec<Purge> = list[i..].to_vec();
+                    pending.splice(0..0, rest);
+                    return false;
+                }
+                count += 1;
             }
         }
         if count > 0 {
             tracing::info!(purges = count, "purges made while redis was down were replayed");
         }
         true
+    }
+
+    /// Whether purges are waiting to be replayed.
+    pub(super) fn has_pending(&self) -> bool {
+        !self.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
     }
 
     fn remember_purge(&self, p: Purge) {

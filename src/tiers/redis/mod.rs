@@ -157,6 +157,8 @@ pub struct RedisTier {
     /// Purges Redis did not record (it was down): replayed before the tier is used again, so
     /// entries written before them cannot come back.
     pending: Mutex<Vec<counters::Purge>>,
+    /// Held while `pending` is replayed.
+    replaying: tokio::sync::Mutex<()>,
 }
 
 impl RedisTier {
@@ -213,6 +215,7 @@ impl RedisTier {
             up: AtomicBool::new(false),
             metrics,
             pending: Mutex::new(Vec::new()),
+            replaying: tokio::sync::Mutex::new(()),
         }))
     }
 
