@@ -1,8 +1,6 @@
 //! One Redis-tier test, run against a single node and against a local Redis Cluster: the
 //! same assertions, so the cluster is held to everything the single node is.
 
-use std::time::Duration;
-
 use super::cluster::RedisCluster;
 use super::RedisServer;
 
@@ -107,24 +105,6 @@ fn calls_in(info: &str, command: &str) -> u64 {
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)
-}
-
-/// Waits for `f` with a deadline (for values read from Redis).
-pub async fn until<F, Fut>(deadline: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = tokio::time::Instant::now() + deadline;
-    loop {
-        if f().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Runs each named `async fn name(kind: Kind)` as two tests, `name::single_node` and
