@@ -1,5 +1,6 @@
 //! The real `cachegate` binary: starts with the shipped proxy.toml without Redis, serves MISS then
-//! HIT, stops cleanly on SIGTERM, and relays a 100 MiB uncached body without holding it in memory.
+//! HIT, stops cleanly on SIGTERM, relays a 100 MiB uncached body without holding it in memory,
+//! and answers `curl --http2` over TLS and by prior knowledge.
 
 mod support;
 
@@ -105,4 +106,44 @@ async fn hundred_mib_uncached_body_streams_with_bounded_memory() {
         peak < before + 48 * 1024,
         "peak RSS grew from {before} KiB to {peak} KiB while relaying 100 MiB"
     );
+}
+
+/// `curl --http2` against the binary: h2 over TLS (ALPN) and h2c by prior knowledge, MISS then
+/// HIT on each.
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_http2_over_tls_and_h2c_sees_miss_then_hit() {
+    let origin = Origin::echo().await;
+    let ca = support::pki::TestCa::new("binary test CA");
+    let (cert, key) = ca.issue("server", "cachegate", false);
+    let config = shipped_config(&origin).replace(
+        "# tls = { cert = \"/etc/cachegate/cert.pem\", key = \"/etc/cachegate/key.pem\" }",
+        &format!("tls = {{ cert = \"{}\", key = \"{}\" }}", cert.display(), key.display()),
+    );
+    assert!(
+        config.contains("\ntls = {"),
+        "the shipped config's tls example line moved"
+    );
+    let bin = Binary::start(&config);
+    let curl = |args: Vec<String>| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_version} %header{x-cache}"])
+            .args(args)
+            .output()
+            .expect("curl runs (scripts/test.sh installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let https = format!("https://127.0.0.1:{}/courses/", bin.port);
+    let ca_file = ca.ca_file().display().to_string();
+    for expected in ["2 MISS", "2 HIT"] {
+        let args = vec!["--http2".into(), "--cacert".into(), ca_file.clone(), https.clone()];
+        assert_eq!(tokio::task::spawn_blocking(move || curl(args)).await.unwrap(), expected);
+    }
+    drop(bin);
+    // Without TLS, HTTP/2 by prior knowledge.
+    let bin = Binary::start(&shipped_config(&origin));
+    let h2c = format!("http://127.0.0.1:{}/courses/", bin.port);
+    for expected in ["2 MISS", "2 HIT"] {
+        let args = vec!["--http2-prior-knowledge".into(), h2c.clone()];
+        assert_eq!(tokio::task::spawn_blocking(move || curl(args)).await.unwrap(), expected);
+    }
 }
