@@ -45,6 +45,8 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     /// Where the admin listener is bound.
     pub admin_addr: SocketAddr,
+    /// Where `listen_http` is bound, when set.
+    pub http_addr: Option<SocketAddr>,
     /// The cache, for stats and tests.
     pub cache: Arc<Cache>,
     /// The freshness clock (tests advance it).
@@ -73,6 +75,9 @@ pub enum StartError {
     /// `[cache] redis_url` cannot be used.
     #[error("invalid [cache] redis_url: {0}")]
     RedisUrl(#[source] redis::RedisError),
+    /// `[server] listen_http` is set without `tls`: it would be a second plain listener.
+    #[error("[server] listen_http is the plain-HTTP listener next to a TLS one: set [server] tls too, or use listen")]
+    PlainWithoutTls,
     /// `[server] tls` names files that cannot be used.
     #[error("[server] tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -97,6 +102,7 @@ impl StartError {
             StartError::RedisUrl(_)
             | StartError::RedisCa(..)
             | StartError::Tls(_)
+            | StartError::PlainWithoutTls
             | StartError::Proxy(_)
             | StartError::Warm(_) => 64,
         }
@@ -122,7 +128,15 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         Some(files) => Some(Arc::new(ServerTls::load(files)?)),
         None => None,
     };
+    if config.server.listen_http.is_some() && tls.is_none() {
+        return Err(StartError::PlainWithoutTls);
+    }
     let (proxy_listener, proxy_addr) = bind(config.server.listen, "listen").await?;
+    let plain = match config.server.listen_http {
+        Some(addr) => Some(bind(addr, "listen_http").await?),
+        None => None,
+    };
+    let http_addr = plain.as_ref().map(|(_, a)| *a);
     let (admin_listener, admin_addr) = bind(config.server.admin_listen, "admin_listen").await?;
     let config = Arc::new(config);
     let clock = Arc::new(Clock::default());
@@ -230,6 +244,26 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         )),
         tokio::spawn(prune_generations(purger_generations, stop_rx.clone())),
     ];
+    if let Some((listener, _)) = plain {
+        let proxy = reloader.proxy.clone();
+        let (redirect, https_port) = (config.server.redirect_http, proxy_addr.port());
+        tasks.push(tokio::spawn(serve(
+            listener,
+            None,
+            client_timeout,
+            stop_rx.clone(),
+            move |req, peer, _secure| {
+                let proxy = proxy.load_full();
+                async move {
+                    if redirect {
+                        to_https(&req, https_port)
+                    } else {
+                        proxy.handle(req, peer, false).await
+                    }
+                }
+            },
+        )));
+    }
     if let (Some(job), Some(w)) = (scheduled, &config.warm) {
         tasks.push(tokio::spawn(crate::warm::scheduled(
             warmer,
@@ -245,6 +279,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
     Ok(Running {
         proxy_addr,
         admin_addr,
+        http_addr,
         cache,
         clock,
         coherence,
@@ -252,6 +287,29 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         stop,
         tasks,
     })
+}
+
+/// `308` to the same URL over https on `port`; `400` without a host to send the client to.
+fn to_https(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
+    let host = req.uri().host().map(str::to_owned).or_else(|| {
+        let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
+        let authority: http::uri::Authority = h.parse().ok()?;
+        Some(authority.host().to_owned())
+    });
+    let target = host.and_then(|h| {
+        let port = if port == 443 { String::new() } else { format!(":{port}") };
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        http::HeaderValue::from_str(&format!("https://{h}{port}{pq}")).ok()
+    });
+    let mut resp = Response::new(ProxyBody::Empty);
+    match target {
+        Some(location) => {
+            *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+            resp.headers_mut().insert(http::header::LOCATION, location);
+        }
+        None => *resp.status_mut() = http::StatusCode::BAD_REQUEST,
+    }
+    resp
 }
 
 async fn bind(addr: SocketAddr, key: &'static str) -> Result<(TcpListener, SocketAddr), StartError> {

@@ -301,3 +301,66 @@ async fn https_origin_with_a_private_ca_over_h2_and_a_wrong_ca_is_a_502() {
     assert_eq!(r.status.as_u16(), 502);
     assert_eq!(r.text(), "origin connect failed\n");
 }
+
+/// `listen_http` next to TLS: `308` to the same URL over https by default, or served like the
+/// TLS listener (same cache, `X-Forwarded-Proto: http`) with `redirect_http = false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_http_redirects_to_https_or_serves() {
+    let (origin, _) = support::versioned_origin().await;
+    let ca = TestCa::new("tls test CA");
+    let p = tls_proxy(&origin, &ca, " }\nlisten_http = \"127.0.0.1:0\"\n#").await;
+    let plain = p.running().http_addr.expect("listen_http is bound");
+    let mut tcp = tokio::net::TcpStream::connect(plain).await.unwrap();
+    tcp.write_all(b"GET /courses/a?x=1 HTTP/1.1\r\nhost: example.test:8080\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 308"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains(&format!(
+            "location: https://example.test:{}/courses/a?x=1",
+            p.addr.port()
+        )),
+        "{answer}"
+    );
+    assert_eq!(origin.hits(), 0, "a redirect never reaches the origin");
+
+    let serving = tls_proxy(
+        &origin,
+        &ca,
+        " }\nlisten_http = \"127.0.0.1:0\"\nredirect_http = false\n#",
+    )
+    .await;
+    let plain = serving.running().http_addr.unwrap();
+    let get = || async move {
+        let mut tcp = tokio::net::TcpStream::connect(plain).await.unwrap();
+        tcp.write_all(b"GET /courses/p HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        answer.to_ascii_lowercase()
+    };
+    assert!(get().await.contains("x-cache: miss"));
+    assert!(get().await.contains("x-cache: hit"));
+    assert_eq!(
+        support::header(&origin.seen().last().unwrap().headers, "x-forwarded-proto"),
+        "http"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_http_without_tls_does_not_start() {
+    let config = cachegate::config::from_str(
+        "[origin]\nurl = \"http://127.0.0.1:1\"\n[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nlisten_http = \"127.0.0.1:0\"\n",
+        std::path::Path::new("p.toml"),
+    )
+    .unwrap();
+    let e = cachegate::app::start_with(config, Default::default())
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(e.exit_code(), 64);
+    assert!(e.to_string().contains("listen_http"), "{e}");
+}

@@ -163,10 +163,15 @@ section! {
     pub struct ServerConfig {
         /// Public listener.
         restart listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8080)), read address;
-        /// Admin listener (`/healthz`, `/readyz`, later `/metrics` and `/purge`).
+        /// Admin listener (`/healthz`, `/readyz`, `/metrics`, `/admin/*`, `/purge`).
         restart admin_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9091)), read address;
         /// Optional TLS certificate and key (PEM).
         restart tls: Option<TlsConfig> = None, read optional(load::tls);
+        /// With `tls`: a plain-HTTP listener next to the TLS one, which redirects to https
+        /// (`redirect_http = true`) or serves like the TLS listener.
+        restart listen_http: Option<SocketAddr> = None, read optional(address);
+        /// What `listen_http` does: `true` answers `308` to the same URL over https.
+        restart redirect_http: bool = true, read boolean;
         /// Largest response body that is cached, in bytes.
         reload max_body: u64 = 10 * 1024 * 1024, read size;
         /// Add `X-Cache-Key` and `X-Cache-Tier` to answers.
