@@ -388,7 +388,7 @@ async fn serve<H, F>(
             let ended = match acceptor {
                 None => {
                     let conn = builder
-                        .serve_connection(watched.io(TokioIo::new(stream)), svc)
+                        .serve_connection_with_upgrades(watched.io(TokioIo::new(stream)), svc)
                         .into_owned();
                     watched.run(watcher.watch(conn)).await
                 }
@@ -407,7 +407,7 @@ async fn serve<H, F>(
                         }
                     };
                     let conn = builder
-                        .serve_connection(watched.io(TokioIo::new(stream)), svc)
+                        .serve_connection_with_upgrades(watched.io(TokioIo::new(stream)), svc)
                         .into_owned();
                     watched.run(watcher.watch(conn)).await
                 }

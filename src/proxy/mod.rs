@@ -7,11 +7,13 @@
 //! * [`fill`]: a miss: the origin fetch, storage, stale-if-error
 //! * [`write`]: unsafe methods and the purges they trigger
 //! * [`inbound`]: the request normalised once, before identity, keying and forwarding
+//! * [`tunnel`]: protocol upgrades (WebSocket), relayed and never cached
 
 mod answer;
 mod fill;
 mod inbound;
 mod read;
+mod tunnel;
 mod write;
 
 use std::net::SocketAddr;
@@ -194,6 +196,7 @@ impl Proxy {
         secure: bool,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let upgrade = tunnel::requested(&req);
         let inbound = self.normalize(&mut req, peer.ip(), secure)?;
         let uri = req.uri().clone();
         let path = key::normalize_path(uri.path())?;
@@ -215,6 +218,9 @@ impl Proxy {
         };
         // One call site: each `.await` of it would otherwise add its state to this future.
         let id = self.identity.resolve(inbound.trusted, req.headers(), depth).await;
+        if let Some(protocol) = upgrade {
+            return Box::pin(self.tunnel(req, ctx, protocol, out)).await;
+        }
         match out.route {
             Some(idx) if read => {
                 out.cached_route = true;

@@ -1,0 +1,76 @@
+//! Protocol upgrades (WebSocket and any other `Upgrade` over HTTP/1.1): forwarded like any
+//! request after normalisation (identity headers included), never cached, and once the origin
+//! answers `101`, bytes are relayed both ways until either side closes.
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::{Ctx, Outcome, Proxy};
+use crate::error::ProxyError;
+use crate::message::body::ProxyBody;
+use crate::message::headers;
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` and `Upgrade`),
+/// read before normalisation removes both as hop-by-hop headers.
+pub(super) fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| req.headers().get(header::UPGRADE).cloned()).flatten()
+}
+
+impl Proxy {
+    /// Forwards an upgrade request; on `101` relays the two connections.
+    pub(super) async fn tunnel(
+        &self,
+        mut req: Request<Incoming>,
+        ctx: Ctx<'_>,
+        protocol: HeaderValue,
+        out: &mut Outcome,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let client_side = hyper::upgrade::on(&mut req);
+        let (parts, body) = req.into_parts();
+        let mut up = self.upstream_request(parts, ProxyBody::Stream(body), &ctx, false);
+        up.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        up.headers_mut().insert(header::UPGRADE, protocol);
+        let mut resp = self.send(up, out).await?;
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let origin_side = switching.then(|| hyper::upgrade::on(&mut resp));
+        let accepted = resp.headers().get(header::UPGRADE).cloned();
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::add_via(&mut parts.headers);
+        let Some(origin_side) = origin_side else {
+            // The origin declined: its answer, as for any request passed through.
+            return Ok(Response::from_parts(parts, ProxyBody::Stream(body)));
+        };
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(p) = accepted {
+            parts.headers.insert(header::UPGRADE, p);
+        }
+        tokio::spawn(async move {
+            match tokio::try_join!(client_side, origin_side) {
+                Ok((client, origin)) => {
+                    let (mut client, mut origin) = (TokioIo::new(client), TokioIo::new(origin));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut origin).await {
+                        tracing::debug!(error = %e, "upgraded connection ended with an error");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade not completed"),
+            }
+        });
+        Ok(Response::from_parts(parts, ProxyBody::Empty))
+    }
+}
