@@ -97,3 +97,26 @@ async fn websocket_upgrade_is_relayed_both_ways_and_never_cached() {
         }
     }
 }
+
+/// An upgrade offer on a write is not a tunnel: the write is forwarded as a write and its
+/// success purges, so the next read is fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_offer_on_a_write_still_purges() {
+    let (origin, _) = support::versioned_origin().await;
+    let p = support::Proxy::start(
+        &origin,
+        "[[route]]\nname = \"c\"\npath = \"/courses/\"\nttl = \"10m\"\ntags = [\"courses\"]\n\
+         [[invalidate]]\npath = \"/courses/{*rest}\"\ntags = [\"courses\"]\n",
+    )
+    .await;
+    assert_eq!(p.get("/courses/").send().await.text(), "v0");
+    assert_eq!(p.get("/courses/").send().await.x_cache(), "HIT");
+    let w = p
+        .req(http::Method::POST, "/courses/")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .send()
+        .await;
+    assert_eq!(w.text(), "1");
+    assert_eq!(p.get("/courses/").send().await.text(), "v1", "the write purged");
+}

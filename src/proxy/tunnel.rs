@@ -3,7 +3,7 @@
 //! answers `101`, bytes are relayed both ways until either side closes.
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -12,10 +12,12 @@ use crate::error::ProxyError;
 use crate::message::body::ProxyBody;
 use crate::message::headers;
 
-/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` and `Upgrade`),
-/// read before normalisation removes both as hop-by-hop headers.
+/// The protocol an HTTP/1.1 GET asks to switch to (`Connection: upgrade` and `Upgrade`), read
+/// before normalisation removes both as hop-by-hop headers. Only a GET: an upgrade offer on a
+/// write must not turn it into a tunnel that skips the purge its success triggers, so there
+/// the offer is dropped with the other hop-by-hop headers and the write goes the usual way.
 pub(super) fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
+    if req.version() != Version::HTTP_11 || req.method() != Method::GET {
         return None;
     }
     let asks = req
