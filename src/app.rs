@@ -182,6 +182,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         shared.as_ref().map(|(_, c)| c.clone()),
         metrics.clone(),
     ));
+    let (stop, stop_rx) = watch::channel(false);
     let proxy = Proxy::new(
         config.clone(),
         cache.clone(),
@@ -189,6 +190,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         &guard,
         &secrets,
         metrics.clone(),
+        stop_rx.clone(),
     )?;
     let proxy = Arc::new(ArcSwap::from_pointee(proxy));
     if secrets.purge_token.is_none() && secrets.purge_hmac.is_none() {
@@ -206,6 +208,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
             purger: purger.clone(),
             guard,
             secrets: secrets.clone(),
+            stop: stop_rx.clone(),
         },
         tls.clone(),
         metrics.clone(),
@@ -218,7 +221,6 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         metrics.clone(),
         warmer.clone(),
     ));
-    let (stop, stop_rx) = watch::channel(false);
     let client_timeout = config.server.client_timeout;
     let mut tasks = vec![
         tokio::spawn(serve(

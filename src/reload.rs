@@ -46,6 +46,8 @@ pub(crate) struct ProxyParts {
     pub(crate) purger: Arc<Purger>,
     pub(crate) guard: SessionGuard,
     pub(crate) secrets: Secrets,
+    /// Shutdown, which upgraded connections end with.
+    pub(crate) stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Reloader {
@@ -115,6 +117,7 @@ impl Reloader {
             &self.parts.guard,
             &self.parts.secrets,
             self.metrics.clone(),
+            self.parts.stop.clone(),
         )?;
         let routes = config.routes.len();
         crate::proxy::prime_metrics(&self.metrics, config.routes.iter().map(|r| r.name.as_str()));

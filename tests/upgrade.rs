@@ -120,3 +120,29 @@ async fn an_upgrade_offer_on_a_write_still_purges() {
     assert_eq!(w.text(), "1");
     assert_eq!(p.get("/courses/").send().await.text(), "v1", "the write purged");
 }
+
+/// Shutdown closes upgraded connections too: the listener no longer tracks them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_upgraded_connections() {
+    let (addr, _seen) = echo_origin().await;
+    let mut p = support::Proxy::from_text(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[origin]\nurl = \"http://{addr}\"\n"
+    ))
+    .await;
+    let mut c = TcpStream::connect(p.addr).await.unwrap();
+    c.write_all(b"GET /ws HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut c).await.starts_with("http/1.1 101"));
+    c.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    c.read_exact(&mut one).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(40), p.running.take().unwrap().shutdown())
+        .await
+        .expect("shutdown does not wait on the tunnel");
+    let closed = tokio::time::timeout(Duration::from_secs(10), c.read(&mut one)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "closed at shutdown: {closed:?}"
+    );
+}

@@ -58,6 +58,8 @@ pub struct Proxy {
     /// Per route, the series a `200` memory hit on a GET counts in, resolved on first use:
     /// looking labelled series up by value costs more than the rest of the metrics work.
     hit_series: Vec<OnceLock<HitSeries>>,
+    /// Shutdown: upgraded connections, which the listener no longer tracks, end with it.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The metric series of one route's memory hits.
@@ -79,11 +81,13 @@ impl Proxy {
         guard: &SessionGuard,
         secrets: &Secrets,
         metrics: Arc<Metrics>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Self, BuildError> {
         let origin = Origin::new(&config.origin, metrics.clone())?;
         let identity = Resolver::new(&config.identity, secrets, origin.clone(), guard, metrics.clone())?;
         let hit_series = config.routes.iter().map(|_| OnceLock::new()).collect();
         Ok(Proxy {
+            stop,
             hit_series,
             config,
             metrics,

@@ -1,6 +1,7 @@
 //! Protocol upgrades (WebSocket and any other `Upgrade` over HTTP/1.1): forwarded like any
 //! request after normalisation (identity headers included), never cached, and once the origin
-//! answers `101`, bytes are relayed both ways until either side closes.
+//! answers `101`, bytes are relayed both ways until either side closes or cachegate shuts
+//! down.
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -62,12 +63,19 @@ impl Proxy {
         if let Some(p) = accepted {
             parts.headers.insert(header::UPGRADE, p);
         }
+        let mut stop = self.stop.clone();
         tokio::spawn(async move {
             match tokio::try_join!(client_side, origin_side) {
                 Ok((client, origin)) => {
                     let (mut client, mut origin) = (TokioIo::new(client), TokioIo::new(origin));
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut origin).await {
-                        tracing::debug!(error = %e, "upgraded connection ended with an error");
+                    // Both connections close when either side does, or at shutdown.
+                    tokio::select! {
+                        relayed = tokio::io::copy_bidirectional(&mut client, &mut origin) => {
+                            if let Err(e) = relayed {
+                                tracing::debug!(error = %e, "upgraded connection ended with an error");
+                            }
+                        }
+                        _ = stop.wait_for(|s| *s) => {}
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "upgrade not completed"),
