@@ -78,6 +78,10 @@ pub enum StartError {
     /// `[server] listen_http` is set without `tls`: it would be a second plain listener.
     #[error("[server] listen_http is the plain-HTTP listener next to a TLS one: set [server] tls too, or use listen")]
     PlainWithoutTls,
+    /// A plain listener serving next to a mutual-TLS one would let anyone in without a
+    /// certificate.
+    #[error("[server] listen_http with redirect_http = false serves without the client certificate tls.client_ca requires: use redirect_http = true, or drop listen_http")]
+    PlainBesideMutualTls,
     /// `[server] tls` names files that cannot be used.
     #[error("[server] tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -103,6 +107,7 @@ impl StartError {
             | StartError::RedisCa(..)
             | StartError::Tls(_)
             | StartError::PlainWithoutTls
+            | StartError::PlainBesideMutualTls
             | StartError::Proxy(_)
             | StartError::Warm(_) => 64,
         }
@@ -128,8 +133,16 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         Some(files) => Some(Arc::new(ServerTls::load(files)?)),
         None => None,
     };
+    let admin_tls = match &config.server.admin_tls {
+        Some(files) => Some(Arc::new(ServerTls::load(files)?)),
+        None => None,
+    };
     if config.server.listen_http.is_some() && tls.is_none() {
         return Err(StartError::PlainWithoutTls);
+    }
+    let mutual = config.server.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if config.server.listen_http.is_some() && mutual && !config.server.redirect_http {
+        return Err(StartError::PlainBesideMutualTls);
     }
     let (proxy_listener, proxy_addr) = bind(config.server.listen, "listen").await?;
     let plain = match config.server.listen_http {
@@ -210,7 +223,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
             secrets: secrets.clone(),
             stop: stop_rx.clone(),
         },
-        tls.clone(),
+        tls.iter().chain(&admin_tls).cloned().collect(),
         metrics.clone(),
     ));
     let admin = Arc::new(Admin::new(
@@ -236,7 +249,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         )),
         tokio::spawn(serve(
             admin_listener,
-            None,
+            admin_tls.clone(),
             client_timeout,
             stop_rx.clone(),
             move |req, _peer, _secure| {

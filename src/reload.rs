@@ -27,8 +27,8 @@ pub struct Reloader {
     /// The proxy built from it.
     pub proxy: Arc<ArcSwap<Proxy>>,
     parts: ProxyParts,
-    /// The public listener's TLS: its files are read again on every reload.
-    tls: Option<Arc<ServerTls>>,
+    /// The listeners' TLS: their files are read again on every reload.
+    tls: Vec<Arc<ServerTls>>,
     metrics: Arc<Metrics>,
     lock: tokio::sync::Mutex<()>,
     loaded_at: std::sync::atomic::AtomicU64,
@@ -56,7 +56,7 @@ impl Reloader {
         config: Arc<ArcSwap<Config>>,
         proxy: Arc<ArcSwap<Proxy>>,
         parts: ProxyParts,
-        tls: Option<Arc<ServerTls>>,
+        tls: Vec<Arc<ServerTls>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let path = config.load().file.clone();
@@ -105,10 +105,9 @@ impl Reloader {
                 changed: before.changed(&after),
             });
         }
-        // The certificate first: if it does not load, nothing of the new config is applied.
-        if let Some(tls) = &self.tls {
-            tls.reload()?;
-        }
+        // Certificates are read first and put in force last: if anything fails, nothing of
+        // the new config, the certificates included, is applied.
+        let certificates = self.tls.iter().map(|t| t.prepare()).collect::<Result<Vec<_>, _>>()?;
         let config = Arc::new(new);
         let proxy = Proxy::new(
             config.clone(),
@@ -119,6 +118,9 @@ impl Reloader {
             self.metrics.clone(),
             self.parts.stop.clone(),
         )?;
+        for (tls, prepared) in self.tls.iter().zip(certificates) {
+            tls.install(prepared);
+        }
         let routes = config.routes.len();
         crate::proxy::prime_metrics(&self.metrics, config.routes.iter().map(|r| r.name.as_str()));
         self.proxy.store(Arc::new(proxy));

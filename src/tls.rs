@@ -59,6 +59,9 @@ pub enum TlsError {
     },
 }
 
+/// A certificate and key read again, not yet in force.
+pub struct Prepared(Arc<ServerConfig>);
+
 /// The public listener's TLS, reloadable.
 pub struct ServerTls {
     files: TlsConfig,
@@ -77,13 +80,18 @@ impl ServerTls {
         })
     }
 
-    /// Reads the files again; new handshakes use them. On an error the old ones stay.
+    /// Reads the files again into a configuration that [`ServerTls::install`] puts in force:
+    /// a reload that fails later on keeps the old one.
     ///
     /// # Errors
     /// As [`ServerTls::load`].
-    pub fn reload(&self) -> Result<(), TlsError> {
-        self.config.store(Arc::new(server_config(&self.files)?));
-        Ok(())
+    pub fn prepare(&self) -> Result<Prepared, TlsError> {
+        Ok(Prepared(Arc::new(server_config(&self.files)?)))
+    }
+
+    /// New handshakes use `prepared`; established connections keep theirs.
+    pub fn install(&self, prepared: Prepared) {
+        self.config.store(prepared.0);
     }
 
     /// An acceptor with the configuration in force now.

@@ -364,3 +364,26 @@ async fn listen_http_without_tls_does_not_start() {
     assert_eq!(e.exit_code(), 64);
     assert!(e.to_string().contains("listen_http"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_plain_listener_beside_mutual_tls_does_not_start() {
+    let ca = TestCa::new("tls test CA");
+    let (cert, key) = ca.issue("server", "s", false);
+    let config = cachegate::config::from_str(
+        &format!(
+            "[origin]\nurl = \"http://127.0.0.1:1\"\n[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             tls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}\nlisten_http = \"127.0.0.1:0\"\nredirect_http = false\n",
+            cert.display(),
+            key.display(),
+            ca.ca_file().display()
+        ),
+        std::path::Path::new("p.toml"),
+    )
+    .unwrap();
+    let e = cachegate::app::start_with(config, Default::default())
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(e.exit_code(), 64);
+    assert!(e.to_string().contains("client_ca"), "{e}");
+}

@@ -146,3 +146,26 @@ async fn shutdown_closes_upgraded_connections() {
         "closed at shutdown: {closed:?}"
     );
 }
+
+/// Only WebSocket is upgraded: an `h2c` offer (the request-smuggling route to a raw origin
+/// connection) is dropped with its `HTTP2-Settings`, and the GET is served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_offer_is_not_forwarded() {
+    let (origin, _) = support::versioned_origin().await;
+    let p = support::Proxy::start(
+        &origin,
+        "[[route]]\nname = \"c\"\npath = \"/courses/\"\nttl = \"10m\"\n",
+    )
+    .await;
+    let r = p
+        .get("/courses/")
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA")
+        .send()
+        .await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "v0"));
+    let seen = origin.seen();
+    let h = &seen.last().unwrap().headers;
+    assert!(!h.contains_key("upgrade") && !h.contains_key("http2-settings"), "{h:?}");
+}

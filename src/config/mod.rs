@@ -172,6 +172,8 @@ section! {
         restart listen_http: Option<SocketAddr> = None, read optional(address);
         /// What `listen_http` does: `true` answers `308` to the same URL over https.
         restart redirect_http: bool = true, read boolean;
+        /// Optional TLS on the admin listener, same shape as `tls` (`client_ca` for mutual TLS).
+        restart admin_tls: Option<TlsConfig> = None, read optional(load::tls);
         /// Largest response body that is cached, in bytes.
         reload max_body: u64 = 10 * 1024 * 1024, read size;
         /// Add `X-Cache-Key` and `X-Cache-Tier` to answers.

@@ -54,6 +54,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     remove_present(headers, &HOP_BY_HOP);
     headers.remove(header::UPGRADE);
+    // Only meaningful with an h2c upgrade, which is never forwarded.
+    headers.remove(HeaderName::from_static("http2-settings"));
 }
 
 /// Removes `names` from `headers`. A message carries a handful of headers and almost never

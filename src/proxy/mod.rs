@@ -214,6 +214,8 @@ impl Proxy {
         out.route = self.config.routes.iter().position(|r| r.path.matches(&path));
         let read = method == Method::GET || method == Method::HEAD;
         let depth = match out.route {
+            // A tunnel is never cached: identity headers are only normalised.
+            _ if upgrade.is_some() => Depth::Strip,
             // A public route's answer depends on nobody: no identity needed.
             Some(idx) if read && self.config.routes[idx].public => Depth::Strip,
             Some(_) if read => Depth::Read,

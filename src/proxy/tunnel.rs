@@ -13,10 +13,13 @@ use crate::error::ProxyError;
 use crate::message::body::ProxyBody;
 use crate::message::headers;
 
-/// The protocol an HTTP/1.1 GET asks to switch to (`Connection: upgrade` and `Upgrade`), read
-/// before normalisation removes both as hop-by-hop headers. Only a GET: an upgrade offer on a
-/// write must not turn it into a tunnel that skips the purge its success triggers, so there
-/// the offer is dropped with the other hop-by-hop headers and the write goes the usual way.
+/// The WebSocket upgrade an HTTP/1.1 GET asks for (`Connection: upgrade`, `Upgrade: websocket`),
+/// read before normalisation removes both as hop-by-hop headers. Only a GET: an upgrade offer on
+/// a write must not turn it into a tunnel that skips the purge its success triggers. Only
+/// WebSocket: an `h2c` (or any other) upgrade the origin accepted would hand the client a raw
+/// connection to the origin on which every later request skips normalisation, identity and
+/// purges. Other offers are dropped with the hop-by-hop headers and the request goes the usual
+/// way.
 pub(super) fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 || req.method() != Method::GET {
         return None;
@@ -28,7 +31,12 @@ pub(super) fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| req.headers().get(header::UPGRADE).cloned()).flatten()
+    let websocket = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    (asks && websocket).then(|| HeaderValue::from_static("websocket"))
 }
 
 impl Proxy {
@@ -41,6 +49,7 @@ impl Proxy {
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let client_side = hyper::upgrade::on(&mut req);
+        let sessions = self.identity.sessions_of(req.headers());
         let (parts, body) = req.into_parts();
         let mut up = self.upstream_request(parts, ProxyBody::Stream(body), &ctx, false);
         up.headers_mut()
@@ -52,7 +61,10 @@ impl Proxy {
         let accepted = resp.headers().get(header::UPGRADE).cloned();
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
+        headers::take_surrogate_tags(&mut parts.headers);
         headers::add_via(&mut parts.headers);
+        // A login or logout answered here changes who the session is, as for any request.
+        self.session_changes(&sessions, ctx.path, &parts.headers).await;
         let Some(origin_side) = origin_side else {
             // The origin declined: its answer, as for any request passed through.
             return Ok(Response::from_parts(parts, ProxyBody::Stream(body)));
