@@ -387,3 +387,30 @@ async fn a_serving_plain_listener_beside_mutual_tls_does_not_start() {
     assert_eq!(e.exit_code(), 64);
     assert!(e.to_string().contains("client_ca"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_can_speak_tls_too() {
+    let (origin, _) = support::versioned_origin().await;
+    let ca = TestCa::new("tls test CA");
+    let (cert, key) = ca.issue("admin", "admin", false);
+    let extra = format!(
+        " }}\nadmin_tls = {{ cert = \"{}\", key = \"{}\" }}\n#",
+        cert.display(),
+        key.display()
+    );
+    let p = tls_proxy(&origin, &ca, &extra).await;
+    let mut s = Sender::over(connect(p.admin, &opts(&ca, &[b"http/1.1"])).await.unwrap(), false).await;
+    let (status, _, body) = s.get("/healthz").await;
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"ok\n"[..]));
+    // Plain HTTP to the admin listener no longer works.
+    let mut tcp = tokio::net::TcpStream::connect(p.admin).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert!(!buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+}
