@@ -304,16 +304,31 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
     })
 }
 
-/// `308` to the same URL over https on `port`; `400` without a host to send the client to.
+/// `308` to the same URL over https on `port`; `400` when the request names no single, plain
+/// host (several `Host` headers, userinfo, a request-line authority that differs from `Host`,
+/// `*` or CONNECT). The redirect is `no-store`: a shared cache in front must not keep an answer
+/// whose target came from the client.
 fn to_https(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
-    let host = req.uri().host().map(str::to_owned).or_else(|| {
-        let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
-        let authority: http::uri::Authority = h.parse().ok()?;
-        Some(authority.host().to_owned())
-    });
-    let target = host.and_then(|h| {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let (header, extra) = (hosts.next(), hosts.next());
+    let named = match (req.uri().authority(), header.and_then(|h| h.to_str().ok())) {
+        _ if extra.is_some() || req.method() == http::Method::CONNECT => None,
+        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h) => None,
+        (Some(a), _) => Some(a.as_str().to_owned()),
+        (None, Some(h)) => Some(h.to_owned()),
+        (None, None) => None,
+    };
+    let host = named
+        .filter(|h| !h.contains('@'))
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .map(|a| a.host().to_owned());
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| p.starts_with('/'));
+    let target = host.zip(pq).and_then(|(h, pq)| {
         let port = if port == 443 { String::new() } else { format!(":{port}") };
-        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
         http::HeaderValue::from_str(&format!("https://{h}{port}{pq}")).ok()
     });
     let mut resp = Response::new(ProxyBody::Empty);
@@ -321,6 +336,8 @@ fn to_https(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
         Some(location) => {
             *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
             resp.headers_mut().insert(http::header::LOCATION, location);
+            resp.headers_mut()
+                .insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
         }
         None => *resp.status_mut() = http::StatusCode::BAD_REQUEST,
     }

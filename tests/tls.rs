@@ -324,6 +324,21 @@ async fn listen_http_redirects_to_https_or_serves() {
         )),
         "{answer}"
     );
+    assert!(
+        answer.to_ascii_lowercase().contains("cache-control: no-store"),
+        "{answer}"
+    );
+    // A host the client cannot name plainly gets no redirect.
+    for bad in [
+        "GET /a HTTP/1.1\r\nhost: victim@evil.test\r\nconnection: close\r\n\r\n",
+        "GET http://evil.test/a HTTP/1.1\r\nhost: victim.test\r\nconnection: close\r\n\r\n",
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(plain).await.unwrap();
+        tcp.write_all(bad.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{bad:?}: {answer}");
+    }
     assert_eq!(origin.hits(), 0, "a redirect never reaches the origin");
 
     let serving = tls_proxy(
