@@ -26,8 +26,11 @@ pub struct CachedResponse {
     pub fresh_for: Duration,
     /// Scope generations captured before the fetch.
     pub stamps: Stamps,
-    /// How long past freshness it may still be served.
+    /// How long past freshness it may still be served, or kept to be revalidated.
     pub stale: StaleWindows,
+    /// Scopes learnt from the response (`Surrogate-Key`, `Cache-Groups`), kept so a `304`
+    /// that refreshes the entry stores it under them again.
+    pub surrogate: Vec<String>,
     /// `headers` plus what every fresh hit adds, built on the first hit (see
     /// [`CachedResponse::hit_headers`]).
     pub hit_headers: OnceLock<HeaderMap>,
@@ -40,10 +43,13 @@ pub struct StaleWindows {
     pub revalidate: Duration,
     /// Served (as `STALE`) when the origin fails.
     pub if_error: Duration,
+    /// Past both windows: never served as it is, kept only for a conditional request whose
+    /// `304` refreshes it (entries with a validator).
+    pub keep: Duration,
 }
 
 impl StaleWindows {
-    /// The longer window: how long past freshness the entry must be kept.
+    /// The longer window: how long past freshness the entry may be served.
     pub fn longest(&self) -> Duration {
         self.revalidate.max(self.if_error)
     }
@@ -60,7 +66,9 @@ pub enum Staleness {
     Revalidate,
     /// Expired, inside `stale_if_error` only: serve only if the origin fails.
     IfError,
-    /// Past every window.
+    /// Past every window but still kept: never served, only revalidated.
+    Expired,
+    /// Past every window and the keep.
     Dead,
 }
 
@@ -85,9 +93,16 @@ impl CachedResponse {
             Staleness::Revalidate
         } else if over < self.stale.if_error {
             Staleness::IfError
+        } else if over < self.stale.longest().saturating_add(self.stale.keep) {
+            Staleness::Expired
         } else {
             Staleness::Dead
         }
+    }
+
+    /// Whether it may be served stale at `now` (inside a stale window).
+    pub fn servable_stale(&self, now: Instant) -> bool {
+        matches!(self.staleness(now), Staleness::Revalidate | Staleness::IfError)
     }
 
     /// Whether it is still fresh at `now`.
@@ -108,10 +123,13 @@ impl CachedResponse {
             .as_secs()
     }
 
-    /// How long a tier must keep it: freshness plus the longer stale window. Saturating, because
-    /// an entry read back from Redis carries whatever durations the encoding held.
+    /// How long a tier must keep it: freshness, the longer stale window and the keep.
+    /// Saturating, because an entry read back from Redis carries whatever durations the
+    /// encoding held.
     pub fn keep_for(&self) -> Duration {
-        self.fresh_for.saturating_add(self.stale.longest())
+        self.fresh_for
+            .saturating_add(self.stale.longest())
+            .saturating_add(self.stale.keep)
     }
 
     /// `headers` followed by `extra`, built once per entry. A hit clones this map and only
@@ -141,7 +159,7 @@ impl CachedResponse {
 // === wire format (Redis tier) ===
 
 /// Format version of the encoded entry.
-const WIRE_VERSION: u8 = 2;
+const WIRE_VERSION: u8 = 3;
 /// Bodies at least this large are lz4-compressed when that saves space.
 const COMPRESS_AT: usize = 1024;
 const FLAG_LZ4: u8 = 1;
@@ -168,6 +186,8 @@ pub struct WireEntry {
     pub fresh_for: Duration,
     /// Stale windows.
     pub stale: StaleWindows,
+    /// Scopes learnt from the response.
+    pub surrogate: Vec<String>,
 }
 
 impl WireEntry {
@@ -184,6 +204,12 @@ impl WireEntry {
         out.extend_from_slice(&millis(self.fresh_for).to_be_bytes());
         out.extend_from_slice(&millis(self.stale.revalidate).to_be_bytes());
         out.extend_from_slice(&millis(self.stale.if_error).to_be_bytes());
+        out.extend_from_slice(&millis(self.stale.keep).to_be_bytes());
+        out.extend_from_slice(&(self.surrogate.len() as u32).to_be_bytes());
+        for s in &self.surrogate {
+            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
         out.extend_from_slice(&(self.headers.len() as u32).to_be_bytes());
         for (k, v) in &self.headers {
             out.extend_from_slice(&(k.as_str().len() as u32).to_be_bytes());
@@ -214,9 +240,17 @@ impl WireEntry {
         let stale = StaleWindows {
             revalidate: Duration::from_millis(r.u64()?),
             if_error: Duration::from_millis(r.u64()?),
+            keep: Duration::from_millis(r.u64()?),
         };
         let n = r.u32()? as usize;
-        let mut headers = HeaderMap::with_capacity(n);
+        // Capacity from what the buffer can hold, not from what it claims.
+        let mut surrogate = Vec::with_capacity(n.min(buf.len() / 4));
+        for _ in 0..n {
+            let s = r.slice()?;
+            surrogate.push(String::from_utf8(s.to_vec()).map_err(|_| DecodeError("bad scope"))?);
+        }
+        let n = r.u32()? as usize;
+        let mut headers = HeaderMap::with_capacity(n.min(buf.len() / 8).min(1024));
         for _ in 0..n {
             let k = r.slice()?;
             let v = r.slice()?;
@@ -238,6 +272,7 @@ impl WireEntry {
             initial_age,
             fresh_for,
             stale,
+            surrogate,
         })
     }
 }
@@ -297,7 +332,9 @@ mod tests {
             stale: StaleWindows {
                 revalidate: Duration::from_secs(30),
                 if_error: Duration::from_secs(300),
+                keep: Duration::from_secs(600),
             },
+            surrogate: vec!["t:course".to_string()],
         }
     }
 

@@ -224,9 +224,14 @@ impl Cache {
         })
     }
 
-    /// The permit for one background refresh of a stale entry, unless a fetch for its key is
-    /// already running or a refresh landed meanwhile.
-    pub async fn refresh(self: &Arc<Self>, key: &RequestKey<'_>, scopes: EntryScopes) -> Option<FillPermit> {
+    /// The permit for one background refresh of the `stale` entry, unless a fetch for its key
+    /// is already running or a refresh landed meanwhile.
+    pub async fn refresh(
+        self: &Arc<Self>,
+        key: &RequestKey<'_>,
+        scopes: EntryScopes,
+        stale: Arc<CachedResponse>,
+    ) -> Option<FillPermit> {
         let stamps = self.stamps_of(&scopes);
         let Join::Leader(leader) = self.coalescer.join(&key.full, stamps.clone()) else {
             return None;
@@ -242,7 +247,7 @@ impl Cache {
             fill: Some(fill),
             leader: Some(leader),
             lease: None,
-            fallback: None,
+            fallback: Some(stale),
         })
     }
 
@@ -305,8 +310,9 @@ impl FillPermit {
         &self.key
     }
 
-    /// An expired entry inside `stale_if_error` when the lookup ran: the answer if the origin
-    /// fails and it is still inside its window then.
+    /// The expired entry the lookup found, if any: the answer if the origin fails while it is
+    /// inside `stale_if_error`, and what a conditional request may revalidate (see
+    /// [`policy::has_validator`](super::policy::has_validator)).
     pub fn fallback(&self) -> Option<Arc<CachedResponse>> {
         self.fallback.clone()
     }
@@ -325,6 +331,7 @@ impl FillPermit {
             fresh_for: filled.fresh_for,
             stamps: Stamps::default(),
             stale: filled.stale,
+            surrogate: filled.surrogate.clone(),
             hit_headers: Default::default(),
         };
         let target = Target {

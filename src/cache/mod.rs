@@ -265,7 +265,7 @@ impl Cache {
             Verdict::SoftPurged => {
                 if let Ok(wire) = WireEntry::decode(&stored.payload) {
                     let entry = self.entry_from_wire(wire, Stamps::default());
-                    if entry.staleness(self.clock.now()) != Staleness::Dead {
+                    if entry.servable_stale(self.clock.now()) {
                         return Shared::SoftStale(Arc::new(entry));
                     }
                 }
@@ -392,6 +392,7 @@ impl Cache {
             fresh_for: wire.fresh_for,
             stamps,
             stale: wire.stale,
+            surrogate: wire.surrogate,
             hit_headers: Default::default(),
         }
     }
@@ -462,6 +463,7 @@ impl Cache {
                 initial_age: entry.initial_age,
                 fresh_for: entry.fresh_for,
                 stale: entry.stale,
+                surrogate: entry.surrogate.clone(),
             };
             let mut payload = Vec::with_capacity(entry.body.len() + 256);
             wire.encode(&mut payload);

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{AGE, CACHE_CONTROL, DATE, EXPIRES, SET_COOKIE, VARY};
-use http::{HeaderMap, StatusCode};
+use http::header::{AGE, CACHE_CONTROL, DATE, ETAG, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
+use http::{HeaderMap, HeaderName, StatusCode};
 
 use super::entry::StaleWindows;
 use crate::config::{CacheConfig, RouteConfig, Ttl};
@@ -42,7 +42,7 @@ pub enum BypassReason {
     Credentials,
     /// The route varies on user and the request has no resolved user.
     NoUser,
-    /// A `Range` request; ranges are not served from cache.
+    /// A request for several byte ranges: the origin makes the multipart answer.
     Range,
     /// No `[[route]]` matches the path.
     NoRoute,
@@ -125,7 +125,12 @@ pub struct CacheControl {
     pub stale_if_error: Option<u64>,
     /// `must-revalidate` / `proxy-revalidate`: never serve stale.
     pub must_revalidate: bool,
+    /// Read from a targeted field (RFC 9213): `Expires` is then ignored too.
+    pub targeted: bool,
 }
+
+/// `CDN-Cache-Control` (RFC 9213): targets every CDN, so it is also forwarded downstream.
+pub const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 
 impl CacheControl {
     /// Parses every `Cache-Control` header; unknown directives are ignored, as RFC 9111 says.
@@ -156,6 +161,74 @@ impl CacheControl {
         }
         cc
     }
+
+    /// The directives cachegate acts on (RFC 9213 §2.1): the first of `targeted` (the field
+    /// aimed at cachegate alone) and `CDN-Cache-Control` with a valid, non-empty value replaces
+    /// `Cache-Control` and `Expires`; otherwise `Cache-Control` as usual.
+    pub fn of_response(headers: &HeaderMap, targeted: Option<&HeaderName>) -> Self {
+        targeted
+            .into_iter()
+            .chain([&CDN_CACHE_CONTROL])
+            .find_map(|name| Self::targeted(headers, name))
+            .unwrap_or_else(|| Self::parse(headers))
+    }
+
+    /// A targeted field: a Structured Fields Dictionary (RFC 8941). Invalid or empty is `None`,
+    /// and the field is then ignored as a whole.
+    fn targeted(headers: &HeaderMap, name: &HeaderName) -> Option<Self> {
+        let mut lines = headers.get_all(name).iter().peekable();
+        lines.peek()?;
+        // Several field lines are one list (RFC 9110 §5.3).
+        let mut joined = Vec::new();
+        for (i, v) in lines.enumerate() {
+            if i > 0 {
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(v.as_bytes());
+        }
+        let dict: sfv::Dictionary = sfv::Parser::new(&joined).parse().ok()?;
+        if dict.is_empty() {
+            return None;
+        }
+        let mut cc = CacheControl {
+            targeted: true,
+            ..CacheControl::default()
+        };
+        for (key, entry) in &dict {
+            let sfv::ListEntry::Item(item) = entry else { continue };
+            // A directive with a value of the wrong type is ignored (RFC 9213 §2.1).
+            let flag = !matches!(item.bare_item, sfv::BareItem::Boolean(false));
+            let secs = match &item.bare_item {
+                sfv::BareItem::Integer(n) => u64::try_from(i64::from(*n)).ok().map(|n| n.min(MAX_DELTA.as_secs())),
+                _ => None,
+            };
+            match key.as_str() {
+                "no-store" => cc.no_store = flag,
+                "private" => cc.private = flag,
+                "no-cache" => cc.no_cache = flag,
+                "max-age" => cc.max_age = secs,
+                "s-maxage" => cc.s_maxage = secs,
+                "stale-while-revalidate" => cc.stale_while_revalidate = secs,
+                "stale-if-error" => cc.stale_if_error = secs,
+                "must-revalidate" | "proxy-revalidate" => cc.must_revalidate |= flag,
+                _ => {}
+            }
+        }
+        Some(cc)
+    }
+
+    /// `s-maxage`, `max-age` or (outside a targeted field) `Expires`: freshness the origin
+    /// stated rather than one a cache would guess.
+    fn explicit_freshness(&self, headers: &HeaderMap) -> bool {
+        self.s_maxage.is_some() || self.max_age.is_some() || (!self.targeted && headers.contains_key(EXPIRES))
+    }
+
+    /// Whether the origin forbids serving the answer stale (RFC 9111 §4.2.4): `no-cache`,
+    /// `must-revalidate`, `proxy-revalidate`, and `s-maxage`, which implies `proxy-revalidate`
+    /// for a shared cache (§5.2.2.10).
+    pub fn forbids_stale(&self) -> bool {
+        self.no_cache || self.must_revalidate || self.s_maxage.is_some()
+    }
 }
 
 /// How long a storable response stays fresh, and how old it already was.
@@ -174,25 +247,62 @@ impl Freshness {
     }
 }
 
-/// Decides whether a response may be stored and for how long.
+/// What storing a response means: how long it is fresh, and the windows past that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Storage {
+    /// Freshness (its remaining part may be zero for an answer kept only to be revalidated).
+    pub freshness: Freshness,
+    /// Stale windows and the revalidation keep.
+    pub stale: StaleWindows,
+}
+
+/// Statuses that never make a stored answer whatever the origin says: interim answers, a
+/// partial body, and `304`, which only updates a stored answer.
+fn final_complete(status: StatusCode) -> bool {
+    !status.is_informational() && status != StatusCode::PARTIAL_CONTENT && status != StatusCode::NOT_MODIFIED
+}
+
+/// Whether the answer carries a validator a conditional request can name.
+pub fn has_validator(headers: &HeaderMap) -> bool {
+    headers.contains_key(ETAG) || headers.contains_key(LAST_MODIFIED)
+}
+
+/// The `Age` header: the first member of its first line (RFC 9111 §5.1: `Age: 7200, 0` is a
+/// list a cache may reduce to its first value); an invalid value counts as none.
+fn initial_age(headers: &HeaderMap) -> Duration {
+    headers
+        .get(AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(delta_seconds)
+        .map_or(Duration::ZERO, delta)
+}
+
+/// Decides whether a response may be stored, for how long, and how long past that it may be
+/// served stale or kept for revalidation.
 ///
 /// # Errors
 /// The [`BypassReason`] that keeps it out of the cache.
-pub fn storable(
+pub fn storage(
     status: StatusCode,
     headers: &HeaderMap,
     route: &RouteConfig,
     cache: &CacheConfig,
     now: SystemTime,
-) -> Result<Freshness, BypassReason> {
-    if !cache.cacheable_statuses.contains(&status.as_u16()) {
+) -> Result<Storage, BypassReason> {
+    let cc = CacheControl::of_response(headers, cache.targeted_cache_control.as_ref());
+    let listed = cache.cacheable_statuses.contains(&status.as_u16());
+    let status_ok = match route.ttl {
+        Ttl::Fixed(_) => listed,
+        Ttl::Origin => final_complete(status) && (listed || cc.explicit_freshness(headers)),
+    };
+    if !status_ok {
         return Err(BypassReason::Status);
     }
     if vary_star(headers) {
         return Err(BypassReason::VaryStar);
     }
-    let cc = CacheControl::parse(headers);
-    if cache.respect_origin_cache_control {
+    if cache.respect_origin_cache_control || route.ttl == Ttl::Origin {
         if cc.no_store {
             return Err(BypassReason::NoStore);
         }
@@ -203,62 +313,84 @@ pub fn storable(
             return Err(BypassReason::SetCookie);
         }
     }
-    let initial_age = headers
-        .get(AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(delta_seconds)
-        .map_or(Duration::ZERO, delta);
-    let lifetime = match route.ttl {
-        Ttl::Fixed(d) => {
-            return Ok(Freshness {
-                lifetime: d.min(MAX_DELTA),
-                initial_age: Duration::ZERO,
-            })
-        }
+    let keep = if has_validator(headers) {
+        cache.keep.min(MAX_DELTA)
+    } else {
+        Duration::ZERO
+    };
+    let freshness = match route.ttl {
+        Ttl::Fixed(d) => Freshness {
+            lifetime: d.min(MAX_DELTA),
+            initial_age: Duration::ZERO,
+        },
         Ttl::Origin => {
-            if cc.no_cache {
-                return Err(BypassReason::NoCache);
+            // `no-cache`: stored only to be revalidated on every use, so only with a validator.
+            let lifetime = if cc.no_cache {
+                Duration::ZERO
+            } else {
+                origin_lifetime(&cc, headers, now).ok_or(BypassReason::NoFreshness)?
+            };
+            Freshness {
+                lifetime,
+                initial_age: initial_age(headers),
             }
-            origin_lifetime(&cc, headers, now).ok_or(BypassReason::NoFreshness)?
         }
     };
-    let f = Freshness { lifetime, initial_age };
-    if f.remaining().is_zero() {
-        return Err(BypassReason::NoFreshness);
+    let stale = stale_windows(&cc, route, cache, keep);
+    if freshness.remaining().is_zero() && stale.keep.is_zero() {
+        return Err(if cc.no_cache {
+            BypassReason::NoCache
+        } else {
+            BypassReason::NoFreshness
+        });
     }
-    Ok(f)
+    Ok(Storage { freshness, stale })
 }
 
-/// Stale windows of a stored answer: the route's (or the cache's) settings; on `ttl = "origin"`
-/// routes the origin's `stale-while-revalidate` / `stale-if-error` win, and `must-revalidate`
-/// forbids stale serving (RFC 9111 §4.2.4, RFC 5861).
-pub fn stale_windows(headers: &HeaderMap, route: &RouteConfig, cache: &CacheConfig) -> StaleWindows {
-    let mut w = StaleWindows {
-        revalidate: route
-            .stale_while_revalidate
-            .unwrap_or(cache.stale_while_revalidate)
-            .min(MAX_DELTA),
-        if_error: route.stale_if_error.unwrap_or(cache.stale_if_error).min(MAX_DELTA),
-    };
-    if route.ttl == Ttl::Origin {
-        let cc = CacheControl::parse(headers);
-        if cc.must_revalidate {
-            return StaleWindows::default();
-        }
-        if let Some(s) = cc.stale_while_revalidate {
-            w.revalidate = delta(s);
-        }
-        if let Some(s) = cc.stale_if_error {
-            w.if_error = delta(s);
-        }
+/// Stale windows of a stored answer. Fixed-TTL routes: the route's (or the cache's) settings,
+/// the operator's permission. `ttl = "origin"` routes: the origin's `stale-while-revalidate` /
+/// `stale-if-error` (RFC 5861), else the route's own explicit setting, else none; and nothing
+/// at all when the origin forbids stale answers (RFC 9111 §4.2.4).
+fn stale_windows(cc: &CacheControl, route: &RouteConfig, cache: &CacheConfig, keep: Duration) -> StaleWindows {
+    match route.ttl {
+        Ttl::Fixed(_) => StaleWindows {
+            revalidate: route
+                .stale_while_revalidate
+                .unwrap_or(cache.stale_while_revalidate)
+                .min(MAX_DELTA),
+            if_error: route.stale_if_error.unwrap_or(cache.stale_if_error).min(MAX_DELTA),
+            keep,
+        },
+        Ttl::Origin if cc.forbids_stale() => StaleWindows {
+            keep,
+            ..StaleWindows::default()
+        },
+        Ttl::Origin => StaleWindows {
+            revalidate: cc
+                .stale_while_revalidate
+                .map(delta)
+                .or(route.stale_while_revalidate)
+                .unwrap_or_default()
+                .min(MAX_DELTA),
+            if_error: cc
+                .stale_if_error
+                .map(delta)
+                .or(route.stale_if_error)
+                .unwrap_or_default()
+                .min(MAX_DELTA),
+            keep,
+        },
     }
-    w
 }
 
-/// RFC 9111 §4.2.1: `s-maxage`, then `max-age`, then `Expires - Date`.
+/// RFC 9111 §4.2.1: `s-maxage`, then `max-age`, then `Expires - Date` (not with a targeted
+/// field, which replaces `Expires` too).
 fn origin_lifetime(cc: &CacheControl, headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     if let Some(s) = cc.s_maxage.or(cc.max_age) {
         return Some(delta(s));
+    }
+    if cc.targeted {
+        return None;
     }
     let expires = headers.get(EXPIRES)?.to_str().ok();
     // An invalid Expires (often "0" or "-1") means already expired.
@@ -389,7 +521,9 @@ ttl = "origin"
         let config = config();
         let route = &config.routes[1];
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000);
-        let store = |pairs: &[(&'static str, &str)]| storable(StatusCode::OK, &h(pairs), route, &config.cache, now);
+        let store = |pairs: &[(&'static str, &str)]| {
+            storage(StatusCode::OK, &h(pairs), route, &config.cache, now).map(|s| s.freshness)
+        };
         let f = store(&[("cache-control", "s-maxage=18446744073709551615")]).unwrap();
         assert_eq!(f.lifetime, MAX_DELTA);
         let f = store(&[("expires", "Fri, 31 Dec 9999 23:59:59 GMT")]).unwrap();
@@ -402,14 +536,18 @@ ttl = "origin"
             store(&[("cache-control", "max-age=60"), ("age", "18446744073709551615")]),
             Err(BypassReason::NoFreshness)
         );
-        let w = stale_windows(
+        let w = storage(
+            StatusCode::OK,
             &h(&[(
                 "cache-control",
-                "stale-while-revalidate=18446744073709551615, stale-if-error=99999999999999999999",
+                "max-age=1, stale-while-revalidate=18446744073709551615, stale-if-error=99999999999999999999",
             )]),
             route,
             &config.cache,
-        );
+            now,
+        )
+        .unwrap()
+        .stale;
         assert_eq!((w.revalidate, w.if_error), (MAX_DELTA, MAX_DELTA));
     }
 
@@ -491,13 +629,13 @@ ttl = "origin"
                 if let Some(a) = &age { add("age", a); }
                 let status = StatusCode::from_u16(status).unwrap();
                 let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now_secs);
-                let Ok(fresh) = storable(status, &headers, route, &config.cache, now) else {
+                let Ok(Storage { freshness: fresh, stale }) = storage(status, &headers, route, &config.cache, now) else {
                     return Ok(());
                 };
                 prop_assert!(fresh.lifetime <= MAX_DELTA && fresh.initial_age <= MAX_DELTA);
-                prop_assert!(!fresh.remaining().is_zero());
-                let stale = stale_windows(&headers, route, &config.cache);
-                prop_assert!(stale.revalidate <= MAX_DELTA && stale.if_error <= MAX_DELTA);
+                // Nothing is stored that is neither fresh nor kept for revalidation.
+                prop_assert!(!fresh.remaining().is_zero() || !stale.keep.is_zero());
+                prop_assert!(stale.revalidate <= MAX_DELTA && stale.if_error <= MAX_DELTA && stale.keep <= MAX_DELTA);
                 let stored_at = Instant::now();
                 let entry = CachedResponse {
                     status,
@@ -508,9 +646,10 @@ ttl = "origin"
                     fresh_for: fresh.remaining(),
                     stamps: crate::scope::Stamps::default(),
                     stale,
+                    surrogate: vec!["t:x".to_string()],
                     hit_headers: Default::default(),
                 };
-                prop_assert_eq!(entry.keep_for(), fresh.remaining() + stale.longest());
+                prop_assert_eq!(entry.keep_for(), fresh.remaining() + stale.longest() + stale.keep);
                 for ms in later_ms {
                     let Some(at) = stored_at.checked_add(Duration::from_millis(ms)) else { continue };
                     let state = entry.staleness(at);
@@ -525,6 +664,7 @@ ttl = "origin"
                     initial_age: entry.initial_age,
                     fresh_for: entry.fresh_for,
                     stale: entry.stale,
+                    surrogate: entry.surrogate.clone(),
                 };
                 let mut buf = Vec::new();
                 wire.encode(&mut buf);

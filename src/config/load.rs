@@ -159,6 +159,25 @@ pub(super) fn origin_url(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<http::Uri> {
     Some(parsed)
 }
 
+/// A response field name, or `""` for none.
+pub(super) fn targeted_field(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<Option<http::HeaderName>> {
+    let s = f.into_string(ctx)?;
+    if s.value.is_empty() {
+        return Some(None);
+    }
+    match http::HeaderName::from_bytes(s.value.as_bytes()) {
+        Ok(name) => Some(Some(name)),
+        Err(_) => {
+            ctx.issue(
+                s.offset,
+                &s.key,
+                "expected a header field name, e.g. \"Cachegate-Cache-Control\", or \"\"",
+            );
+            None
+        }
+    }
+}
+
 pub(super) fn key_prefix(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<String> {
     let p = f.into_string(ctx)?;
     // Braces would change the Redis Cluster hash tag the prefix is used as.

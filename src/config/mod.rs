@@ -251,8 +251,18 @@ section! {
         reload stale_if_error: Duration = Duration::ZERO, read duration;
         /// Honour `no-store`, `private` and `Set-Cookie` from the origin.
         reload respect_origin_cache_control: bool = true, read boolean;
-        /// Statuses that may be stored.
+        /// Statuses that may be stored. On `ttl = "origin"` routes any other status (but
+        /// `206`, `304` and `1xx`) is stored too when the origin gives it explicit freshness
+        /// (`s-maxage`, `max-age`, `Expires`), as RFC 9111 §3 allows.
         reload cacheable_statuses: Vec<u16> = vec![200, 203, 204, 301, 404, 410], read load::statuses;
+        /// How long past its stale windows an entry with a validator (`ETag`, `Last-Modified`)
+        /// is kept, never to be served as it is, only to be revalidated with a conditional
+        /// request whose `304` refreshes it (Varnish's `keep`); `0s` = off.
+        reload keep: Duration = Duration::from_secs(600), read duration;
+        /// The response field that targets cachegate (RFC 9213): when present and valid it
+        /// replaces `CDN-Cache-Control` and `Cache-Control` for cachegate's decisions, and is
+        /// not forwarded to clients; `""` = none.
+        reload targeted_cache_control: Option<HeaderName> = Some(HeaderName::from_static("cachegate-cache-control")), read load::targeted_field;
     }
 }
 

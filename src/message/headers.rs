@@ -112,6 +112,114 @@ pub fn take_surrogate_tags(headers: &mut HeaderMap) -> Vec<String> {
     tags
 }
 
+/// `Cache-Groups` (RFC 9875): the groups a response belongs to.
+pub const CACHE_GROUPS: HeaderName = HeaderName::from_static("cache-groups");
+/// `Cache-Group-Invalidation` (RFC 9875): groups a response to an unsafe request invalidates.
+pub const CACHE_GROUP_INVALIDATION: HeaderName = HeaderName::from_static("cache-group-invalidation");
+
+/// The strings of a Structured Fields List of Strings (RFC 8941), as `Cache-Groups` and
+/// `Cache-Group-Invalidation` carry; a list that does not parse is ignored as a whole, and
+/// members that are not strings are skipped (RFC 9875 §2).
+pub fn group_list(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
+    let mut joined = Vec::new();
+    for (i, v) in headers.get_all(name).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if joined.is_empty() {
+        return Vec::new();
+    }
+    let Ok(list) = sfv::Parser::new(&joined).parse::<sfv::List>() else {
+        return Vec::new();
+    };
+    let mut groups: Vec<String> = list
+        .into_iter()
+        .filter_map(|entry| match entry {
+            sfv::ListEntry::Item(sfv::Item {
+                bare_item: sfv::BareItem::String(s),
+                ..
+            }) => Some(s.as_str().to_owned()),
+            _ => None,
+        })
+        .collect();
+    groups.sort();
+    groups.dedup();
+    groups
+}
+
+/// The fields a `304` may not change in a stored answer (RFC 9111 §3.2): those describing the
+/// stored bytes (their length, coding and range), the ones never stored, `Age` (the `304`'s own
+/// age freshens the entry), `Vary` (the key was made from it), and the surrogate keys and
+/// cache groups (the entry's scopes were recorded when it was stored).
+const NOT_FRESHENED: [HeaderName; 10] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::CONTENT_RANGE,
+    header::TRANSFER_ENCODING,
+    header::SET_COOKIE,
+    header::AGE,
+    header::VARY,
+    SURROGATE_KEY,
+    CACHE_TAG,
+    CACHE_GROUPS,
+];
+
+/// A stored answer's headers updated with a `304`'s (RFC 9111 §4.3.4): each field the `304`
+/// carries replaces the stored one, except [`NOT_FRESHENED`].
+pub fn freshen(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    let mut out = stored.clone();
+    for name in not_modified.keys() {
+        if NOT_FRESHENED.contains(name) {
+            continue;
+        }
+        out.remove(name);
+        for v in not_modified.get_all(name) {
+            out.append(name.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// The validators a revalidation sends for a stored answer: `If-None-Match` with its entity
+/// tag, `If-Modified-Since` with its `Last-Modified`.
+pub fn add_validators(req: &mut HeaderMap, stored: &HeaderMap) {
+    if let Some(etag) = stored.get(header::ETAG) {
+        req.insert(header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(lm) = stored.get(header::LAST_MODIFIED) {
+        req.insert(header::IF_MODIFIED_SINCE, lm.clone());
+    }
+}
+
+/// Whether a `304` answering our revalidation selects the stored answer (RFC 9111 §4.3.4):
+/// an entity tag it carries must match the stored one (strongly when it is strong), a
+/// `Last-Modified` without one must equal the stored date. A `304` with no validator answers
+/// the one conditional request we sent for exactly this answer.
+pub fn selects(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
+    let text =
+        |m: &HeaderMap, n: header::HeaderName| m.get(n).and_then(|v| v.to_str().ok()).map(str::trim).map(str::to_owned);
+    if let Some(new) = text(not_modified, header::ETAG) {
+        let Some(old) = text(stored, header::ETAG) else {
+            return false;
+        };
+        let weak = |t: &str| t.trim_start_matches("W/").to_owned();
+        return if new.starts_with("W/") || old.starts_with("W/") {
+            weak(&new) == weak(&old)
+        } else {
+            new == old
+        };
+    }
+    match text(not_modified, header::LAST_MODIFIED) {
+        Some(new) => {
+            let date = |t: &str| httpdate::parse_http_date(t).ok();
+            text(stored, header::LAST_MODIFIED).is_some_and(|old| date(&old).is_some() && date(&old) == date(&new))
+        }
+        None => true,
+    }
+}
+
 /// Request headers some frameworks let override the URL, method, host or scheme. They are not
 /// part of the key, so a fill that forwarded them would let one client poison the entry for
 /// everyone (cache poisoning): cache fills never carry them.
@@ -165,6 +273,29 @@ pub fn not_modified(req: &HeaderMap, stored: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok());
     matches!((ims, lm), (Some(ims), Some(lm)) if lm <= ims)
+}
+
+/// Whether an `If-Range` value names the stored representation (RFC 9110 §13.1.5): an entity
+/// tag by strong comparison, or a date equal to a strong `Last-Modified`.
+pub fn if_range_matches(if_range: &HeaderValue, stored: &HeaderMap) -> bool {
+    let Ok(v) = if_range.to_str() else { return false };
+    let v = v.trim();
+    if v.starts_with('"') || v.starts_with("W/") {
+        let etag = stored.get(header::ETAG).and_then(|e| e.to_str().ok()).map(str::trim);
+        return !v.starts_with("W/") && etag.is_some_and(|e| !e.starts_with("W/") && e == v);
+    }
+    let date = |t: &str| httpdate::parse_http_date(t).ok();
+    let lm = stored
+        .get(header::LAST_MODIFIED)
+        .and_then(|l| l.to_str().ok())
+        .and_then(date);
+    let stored_date = stored.get(header::DATE).and_then(|d| d.to_str().ok()).and_then(date);
+    // A Last-Modified is strong only if at least a second older than the response's Date.
+    let strong = match (lm, stored_date) {
+        (Some(lm), Some(d)) => d.duration_since(lm).is_ok_and(|gap| gap.as_secs() >= 1),
+        _ => false,
+    };
+    strong && date(v).is_some() && date(v) == lm
 }
 
 /// Headers a 304 keeps (RFC 9110 §15.4.5).

@@ -1,16 +1,19 @@
-//! A miss: one unconditional GET to the origin; the answer is stored when policy allows and no
-//! purge landed since the fill was captured, then served. When the origin fails and a stale
-//! entry inside `stale_if_error` exists, that entry is the answer instead.
+//! A miss: one GET to the origin; the answer is stored when policy allows and no purge landed
+//! since the fill was captured, then served. An expired entry with a validator makes the GET
+//! conditional, and a `304` refreshes that entry instead (RFC 9111 §4.3). When the origin fails
+//! and a stale entry inside `stale_if_error` exists, that entry is the answer instead.
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
-use http::Response;
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::answer::{add_debug, Asked, Serve};
+use std::sync::Arc;
+
+use super::answer::{add_debug, shape, Asked, Serve};
 use super::{mark_bypass, CacheResult, Ctx, Outcome, Proxy};
-use crate::cache::entry::Staleness;
+use crate::cache::entry::CachedResponse;
 use crate::cache::policy::{self, BypassReason};
 use crate::cache::{vary_names, FillPermit, Filled, Stored, Tier};
 use crate::config::CredentialCookies;
@@ -53,7 +56,7 @@ impl Proxy {
             Err(_) => false,
         };
         match fallback {
-            Some(stale) if failed && stale.staleness(self.cache.now()) != Staleness::Dead => {
+            Some(stale) if failed && stale.servable_stale(self.cache.now()) => {
                 let asked = Asked {
                     headers: &req_headers,
                     head,
@@ -77,17 +80,41 @@ impl Proxy {
         out.cache = CacheResult::Miss;
         let route = &self.config.routes[idx];
         let req_headers = parts.headers.clone();
-        let up = self.upstream_request(parts, ProxyBody::Empty, &ctx, true);
-        let (mut parts, body) = self.send(up, out).await?.into_parts();
+        // An expired entry with a validator is asked for conditionally: a `304` refreshes it.
+        let expired = permit.fallback().filter(|e| policy::has_validator(&e.headers));
+        let mut up = self.upstream_request(parts, ProxyBody::Empty, &ctx, true);
+        let unconditional = expired.as_ref().map(|_| plain_get(&up));
+        if let Some(e) = &expired {
+            headers::add_validators(up.headers_mut(), &e.headers);
+        }
+        let mut resp = self.send(up, out).await?;
+        if resp.status() == StatusCode::NOT_MODIFIED {
+            if let (Some(entry), Some(again)) = (expired, unconditional) {
+                if headers::selects(&entry.headers, resp.headers()) {
+                    let asked = Asked {
+                        headers: &req_headers,
+                        head,
+                    };
+                    return Ok(self.freshen(entry, resp, &asked, ctx, idx, permit, out).await);
+                }
+                // The `304` is about another representation than the one held: ask again,
+                // unconditionally.
+                resp = self.send(again, out).await?;
+            }
+        }
+        let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        let surrogate = headers::take_surrogate_tags(&mut parts.headers);
+        let mut tags = headers::take_surrogate_tags(&mut parts.headers);
+        tags.extend(headers::group_list(&parts.headers, &headers::CACHE_GROUPS));
         headers::add_via(&mut parts.headers);
         // A GET logout (or login) on a cached route changes who the session is, too.
         self.session_changes(&self.identity.sessions_of(&req_headers), ctx.path, &parts.headers)
             .await;
         let now = self.cache.wall_now();
-        let fresh = match policy::storable(parts.status, &parts.headers, route, &self.config.cache, now) {
-            Ok(f) => f,
+        let decided = policy::storage(parts.status, &parts.headers, route, &self.config.cache, now);
+        self.strip_targeted(&mut parts.headers);
+        let storage = match decided {
+            Ok(s) => s,
             Err(reason) => return Ok(bypass_response(parts, ProxyBody::Stream(body), head, reason, out)),
         };
         let max = self.config.server.max_body;
@@ -113,7 +140,9 @@ impl Proxy {
             }
             Ok(Ok(Limited::Complete(b))) => b,
         };
-        let surrogate_scopes: Vec<String> = surrogate
+        tags.sort();
+        tags.dedup();
+        let surrogate_scopes: Vec<String> = tags
             .iter()
             .flat_map(|t| [scope::tag_scope(t), scope::tenant_tag_scope(t, tenant)])
             .collect();
@@ -125,36 +154,132 @@ impl Proxy {
             status: parts.status,
             headers: stored_headers,
             body: body.clone(),
-            initial_age: fresh.initial_age,
-            fresh_for: fresh.remaining(),
-            stale: policy::stale_windows(&parts.headers, route, &self.config.cache),
-            vary: vary_names(
-                &parts.headers,
-                self.config.identity.credential_cookies == CredentialCookies::All && !route.public,
-                route.public,
-            ),
+            initial_age: storage.freshness.initial_age,
+            fresh_for: storage.freshness.remaining(),
+            stale: storage.stale,
+            vary: self.vary_of(&parts.headers, route),
             surrogate: surrogate_scopes,
         };
         let Stored { key, stored } = permit.store(filled, ctx.vary_input(&req_headers, route)).await;
-        let key_text = self.config.server.debug_headers.then_some(key);
-        let h = &mut parts.headers;
-        h.insert(header::AGE, HeaderValue::from(fresh.initial_age.as_secs()));
+        let asked = Asked {
+            headers: &req_headers,
+            head,
+        };
+        let (status, mut h, body) = shape(&asked, parts.status, parts.headers, &body);
+        h.insert(header::AGE, HeaderValue::from(storage.freshness.initial_age.as_secs()));
         h.insert(headers::X_CACHE, HeaderValue::from_static("MISS"));
-        let status = if stored {
+        let cache_status = if stored {
             "cachegate; fwd=miss; stored"
         } else {
             "cachegate; fwd=miss; detail=purged"
         };
-        h.insert(headers::CACHE_STATUS, HeaderValue::from_static(status));
-        if let Some(k) = key_text {
-            add_debug(h, &k, None);
+        h.insert(headers::CACHE_STATUS, HeaderValue::from_static(cache_status));
+        if self.config.server.debug_headers {
+            add_debug(&mut h, &key, None);
         }
-        for c in set_cookies {
-            h.append(header::SET_COOKIE, c);
+        if status != StatusCode::NOT_MODIFIED {
+            for c in set_cookies {
+                h.append(header::SET_COOKIE, c);
+            }
         }
-        let body = if head { ProxyBody::Empty } else { ProxyBody::full(body) };
+        parts.status = status;
+        parts.headers = h;
         Ok(Response::from_parts(parts, body))
     }
+
+    /// A `304` for an expired entry (RFC 9111 §4.3.4): its headers update the stored ones, the
+    /// result is judged afresh and stored again with the stored body, and it is the answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn freshen(
+        &self,
+        entry: Arc<CachedResponse>,
+        resp: Response<Incoming>,
+        asked: &Asked<'_>,
+        ctx: Ctx<'_>,
+        idx: usize,
+        permit: FillPermit,
+        out: &mut Outcome,
+    ) -> Response<ProxyBody> {
+        let route = &self.config.routes[idx];
+        let (mut parts, _empty) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        self.session_changes(&self.identity.sessions_of(asked.headers), ctx.path, &parts.headers)
+            .await;
+        let mut merged = headers::freshen(&entry.headers, &parts.headers);
+        let set_cookies: Vec<HeaderValue> = parts.headers.get_all(header::SET_COOKIE).iter().cloned().collect();
+        // Judged as the origin's full answer would be: with the 304's age and cookies.
+        let mut judged = merged.clone();
+        if let Some(age) = parts.headers.get(header::AGE) {
+            judged.insert(header::AGE, age.clone());
+        }
+        for c in &set_cookies {
+            judged.append(header::SET_COOKIE, c.clone());
+        }
+        let now = self.cache.wall_now();
+        let decided = policy::storage(entry.status, &judged, route, &self.config.cache, now);
+        self.strip_targeted(&mut merged);
+        out.cache = CacheResult::Revalidated;
+        let (age, cache_status, key) = match decided {
+            Ok(storage) => {
+                let filled = Filled {
+                    status: entry.status,
+                    headers: merged.clone(),
+                    body: entry.body.clone(),
+                    initial_age: storage.freshness.initial_age,
+                    fresh_for: storage.freshness.remaining(),
+                    stale: storage.stale,
+                    vary: self.vary_of(&merged, route),
+                    surrogate: entry.surrogate.clone(),
+                };
+                let Stored { key, stored } = permit.store(filled, ctx.vary_input(asked.headers, route)).await;
+                let status = if stored {
+                    "cachegate; fwd=stale; fwd-status=304; stored"
+                } else {
+                    "cachegate; fwd=stale; fwd-status=304; detail=purged"
+                };
+                (storage.freshness.initial_age.as_secs(), status, Some(key))
+            }
+            Err(reason) => {
+                drop(permit);
+                out.reason = Some(reason);
+                (0, "cachegate; fwd=stale; fwd-status=304; detail=not-stored", None)
+            }
+        };
+        let (status, mut h, body) = shape(asked, entry.status, merged, &entry.body);
+        h.insert(header::AGE, HeaderValue::from(age));
+        h.insert(headers::X_CACHE, HeaderValue::from_static("REVALIDATED"));
+        h.insert(headers::CACHE_STATUS, HeaderValue::from_static(cache_status));
+        if let (true, Some(k)) = (self.config.server.debug_headers, key) {
+            add_debug(&mut h, &k, None);
+        }
+        if status != StatusCode::NOT_MODIFIED {
+            for c in set_cookies {
+                h.append(header::SET_COOKIE, c);
+            }
+        }
+        parts.status = status;
+        parts.headers = h;
+        Response::from_parts(parts, body)
+    }
+
+    /// The origin's `Vary` names the key takes for `route`.
+    fn vary_of(&self, headers: &http::HeaderMap, route: &crate::config::RouteConfig) -> Vec<http::HeaderName> {
+        vary_names(
+            headers,
+            self.config.identity.credential_cookies == CredentialCookies::All && !route.public,
+            route.public,
+        )
+    }
+}
+
+/// The same fill request without validators, for when a `304` does not fit the stored entry.
+fn plain_get(req: &Request<ProxyBody>) -> Request<ProxyBody> {
+    let mut again = Request::new(ProxyBody::Empty);
+    *again.method_mut() = req.method().clone();
+    *again.uri_mut() = req.uri().clone();
+    *again.version_mut() = req.version();
+    *again.headers_mut() = req.headers().clone();
+    again
 }
 
 fn bypass_response(

@@ -258,12 +258,21 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::take_surrogate_tags(&mut parts.headers);
+        self.strip_targeted(&mut parts.headers);
         headers::add_via(&mut parts.headers);
         self.session_changes(&sessions, ctx.path, &parts.headers).await;
         if let Some(r) = reason {
             mark_bypass(&mut parts.headers, r, out);
         }
         Ok(Response::from_parts(parts, ProxyBody::Stream(body)))
+    }
+
+    /// Removes the response field aimed at cachegate alone (`[cache] targeted_cache_control`,
+    /// RFC 9213): it is for this cache's decisions, not for anyone downstream.
+    fn strip_targeted(&self, headers: &mut http::HeaderMap) {
+        if let Some(name) = &self.config.cache.targeted_cache_control {
+            headers.remove(name);
+        }
     }
 
     /// Logins and logouts change who a session is, whatever the method (a GET logout too):
@@ -388,27 +397,31 @@ pub(crate) enum CacheResult {
     Hit,
     Stale,
     Miss,
+    /// An expired entry the origin confirmed with a `304`, served refreshed.
+    Revalidated,
     Bypass,
 }
 
 impl CacheResult {
     /// Every value, for the `cache` label of `cachegate_request_duration_seconds`.
-    const ALL: [CacheResult; 5] = [
+    const ALL: [CacheResult; 6] = [
         CacheResult::Pass,
         CacheResult::Hit,
         CacheResult::Stale,
         CacheResult::Miss,
+        CacheResult::Revalidated,
         CacheResult::Bypass,
     ];
 
     /// The `(result, tier)` pairs [`Proxy::record`] counts lookups under: entries are served
-    /// (fresh or stale) by a tier, misses and bypasses by none.
-    const LOOKUPS: [(CacheResult, Option<Tier>); 6] = [
+    /// (fresh or stale) by a tier; misses, revalidations and bypasses by none.
+    const LOOKUPS: [(CacheResult, Option<Tier>); 7] = [
         (CacheResult::Hit, Some(Tier::Memory)),
         (CacheResult::Hit, Some(Tier::Redis)),
         (CacheResult::Stale, Some(Tier::Memory)),
         (CacheResult::Stale, Some(Tier::Redis)),
         (CacheResult::Miss, None),
+        (CacheResult::Revalidated, None),
         (CacheResult::Bypass, None),
     ];
 
@@ -419,6 +432,7 @@ impl CacheResult {
             CacheResult::Hit => "hit",
             CacheResult::Stale => "stale",
             CacheResult::Miss => "miss",
+            CacheResult::Revalidated => "revalidated",
             CacheResult::Bypass => "bypass",
         }
     }
@@ -495,8 +509,12 @@ mod tests {
         for c in CacheResult::ALL {
             // Exhaustive on purpose: a new value stops this compiling until it is listed in `ALL`.
             match c {
-                CacheResult::Pass | CacheResult::Hit | CacheResult::Stale | CacheResult::Miss | CacheResult::Bypass => {
-                }
+                CacheResult::Pass
+                | CacheResult::Hit
+                | CacheResult::Stale
+                | CacheResult::Miss
+                | CacheResult::Revalidated
+                | CacheResult::Bypass => {}
             }
         }
         let labels: std::collections::HashSet<_> = CacheResult::ALL.iter().map(|c| c.as_str()).collect();

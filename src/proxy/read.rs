@@ -16,6 +16,7 @@ use super::answer::{Asked, Serve};
 use super::fill::Miss;
 use super::inbound::Inbound;
 use super::{Ctx, Outcome, Proxy};
+use crate::cache::entry::CachedResponse;
 use crate::cache::key::{self, KeyIdentity};
 use crate::cache::policy::BypassReason;
 use crate::cache::{EntryScopes, Lookup, Waits};
@@ -68,7 +69,7 @@ impl Proxy {
                 return Ok(self.serve(&asked, &hit.entry, hit.tier, stored_as, Serve::Hit, out));
             }
             Lookup::Stale(hit) => {
-                self.refresh_in_background(&req, idx, ctx, &id);
+                self.refresh_in_background(&req, idx, ctx, &id, hit.entry.clone());
                 return Ok(self.serve(&asked, &hit.entry, hit.tier, key.full(), Serve::Stale, out));
             }
             Lookup::Miss(permit) => permit,
@@ -94,7 +95,14 @@ impl Proxy {
     }
 
     /// Starts one background refresh for the request's key (none if one is already running).
-    fn refresh_in_background(self: &Arc<Self>, req: &Request<Incoming>, idx: usize, ctx: Ctx<'_>, id: &Identity) {
+    fn refresh_in_background(
+        self: &Arc<Self>,
+        req: &Request<Incoming>,
+        idx: usize,
+        ctx: Ctx<'_>,
+        id: &Identity,
+        stale: Arc<CachedResponse>,
+    ) {
         let mut parts = Request::new(()).into_parts().0;
         parts.method = Method::GET;
         parts.uri = req.uri().clone();
@@ -107,7 +115,7 @@ impl Proxy {
             id.clone(),
             ctx.inbound.clone(),
         );
-        tokio::spawn(async move { this.refresh(parts, idx, path, query, peer, id, inbound).await });
+        tokio::spawn(async move { this.refresh(parts, idx, path, query, peer, id, inbound, stale).await });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -120,6 +128,7 @@ impl Proxy {
         peer: SocketAddr,
         id: Identity,
         inbound: Inbound,
+        stale: Arc<CachedResponse>,
     ) {
         let route = &self.config.routes[idx];
         let q = key::normalize_query(query.as_deref(), &route.query);
@@ -145,7 +154,7 @@ impl Proxy {
             .request_key(&base, ctx.vary_input(&parts.headers, route))
             .await;
         let scopes = entry_scopes(route, &path, &q, who, &id);
-        let Some(permit) = self.cache.refresh(&key, scopes).await else {
+        let Some(permit) = self.cache.refresh(&key, scopes, stale).await else {
             return;
         };
         drop(key);
@@ -192,7 +201,7 @@ fn key_identity<'a, R: Ranged>(
     id: &'a Identity,
     req: &R,
 ) -> Result<KeyIdentity<'a>, BypassReason> {
-    if req.has_range() {
+    if req.several_ranges() {
         return Err(BypassReason::Range);
     }
     if route.public {
@@ -220,19 +229,29 @@ fn key_identity<'a, R: Ranged>(
     Ok(KeyIdentity { role, tenant, user })
 }
 
-/// A request (or its parts) that may ask for a byte range.
+/// A request (or its parts) that may ask for byte ranges. One range is answered from the
+/// stored whole answer (fetched whole on a miss); several go to the origin, which knows how
+/// to make a `multipart/byteranges` answer.
 trait Ranged {
-    fn has_range(&self) -> bool;
+    fn several_ranges(&self) -> bool;
+}
+
+fn several_ranges(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::RANGE)
+        .iter()
+        .enumerate()
+        .any(|(i, v)| i > 0 || v.as_bytes().contains(&b','))
 }
 
 impl<B> Ranged for Request<B> {
-    fn has_range(&self) -> bool {
-        self.headers().contains_key(header::RANGE)
+    fn several_ranges(&self) -> bool {
+        several_ranges(self.headers())
     }
 }
 
 impl Ranged for http::request::Parts {
-    fn has_range(&self) -> bool {
-        self.headers.contains_key(header::RANGE)
+    fn several_ranges(&self) -> bool {
+        several_ranges(&self.headers)
     }
 }

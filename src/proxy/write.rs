@@ -80,6 +80,10 @@ impl Proxy {
                     scopes.clear();
                 } else {
                     scopes.extend(self.uri_scopes(&w.path, w.query.as_deref(), resp.headers(), w.host.as_ref()));
+                    // RFC 9875: the groups the write changed, for every tenant (a group names
+                    // no tenant), through the same acknowledged purge as the rest.
+                    let groups = headers::group_list(resp.headers(), &headers::CACHE_GROUP_INVALIDATION);
+                    scopes.extend(groups.iter().map(|g| scope::tag_scope(g)));
                 }
             }
             // Nothing reached the origin.
@@ -96,6 +100,7 @@ impl Proxy {
         let (mut parts, body) = result?.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::take_surrogate_tags(&mut parts.headers);
+        self.strip_targeted(&mut parts.headers);
         headers::add_via(&mut parts.headers);
         Ok(Response::from_parts(parts, ProxyBody::Stream(body)))
     }

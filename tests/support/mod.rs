@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod pki;
+pub mod scripted;
 pub mod shared;
 pub mod tls_redis;
 
