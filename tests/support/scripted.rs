@@ -146,7 +146,7 @@ async fn serve(mut stream: TcpStream, steps: Arc<Mutex<Vec<Step>>>, asked: Arc<M
         match step {
             Step::Close => return,
             Step::Reset => {
-                let _ = stream.set_linger(Some(std::time::Duration::ZERO));
+                let _ = stream.set_zero_linger();
                 return;
             }
             Step::Answer {
