@@ -106,7 +106,9 @@ fn entry(size: usize) -> WireEntry {
         stale: StaleWindows {
             revalidate: Duration::from_secs(30),
             if_error: Duration::from_secs(300),
+            keep: Duration::from_secs(600),
         },
+        surrogate: Vec::new(),
     }
 }
 
