@@ -505,6 +505,125 @@ ttl = "origin"
     }
 
     #[test]
+    fn targeted_fields_replace_cache_control() {
+        let name = HeaderName::from_static("cachegate-cache-control");
+        let of = |pairs: &[(&'static str, &str)]| CacheControl::of_response(&h(pairs), Some(&name));
+        let cc = of(&[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=60, stale-if-error=30"),
+        ]);
+        assert!(cc.targeted && !cc.no_store);
+        assert_eq!((cc.max_age, cc.stale_if_error), (Some(60), Some(30)));
+        let cc = of(&[
+            ("cdn-cache-control", "max-age=60"),
+            ("cachegate-cache-control", "no-store"),
+        ]);
+        assert!(
+            cc.no_store && cc.max_age.is_none(),
+            "the field aimed at cachegate comes first"
+        );
+        // Invalid (a string where an integer belongs is only ignored; bad syntax voids the field).
+        let cc = of(&[("cache-control", "max-age=5"), ("cdn-cache-control", "max-age=\"60\"")]);
+        assert!(cc.targeted && cc.max_age.is_none());
+        let cc = of(&[("cache-control", "max-age=5"), ("cdn-cache-control", "max-age=60,,")]);
+        assert!(!cc.targeted && cc.max_age == Some(5));
+        let cc = of(&[
+            ("cache-control", "max-age=5"),
+            ("cdn-cache-control", "no-store=?0, max-age=-1"),
+        ]);
+        assert!(cc.targeted && !cc.no_store && cc.max_age.is_none());
+        let cc = of(&[
+            ("cdn-cache-control", "must-revalidate"),
+            ("cdn-cache-control", "s-maxage=9"),
+        ]);
+        assert!(
+            cc.must_revalidate && cc.s_maxage == Some(9),
+            "several lines are one dictionary"
+        );
+    }
+
+    #[test]
+    fn origin_routes_take_stale_windows_from_the_origin_only() {
+        let config = config();
+        let (fixed, origin) = (&config.routes[0], &config.routes[1]);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000);
+        let stale = |route, cc: &str| {
+            storage(StatusCode::OK, &h(&[("cache-control", cc)]), route, &config.cache, now).map(|s| s.stale)
+        };
+        let w = stale(origin, "max-age=60").unwrap();
+        assert_eq!(
+            (w.revalidate, w.if_error),
+            (Duration::ZERO, Duration::ZERO),
+            "the global windows do not apply"
+        );
+        let w = stale(origin, "max-age=60, stale-while-revalidate=7, stale-if-error=8").unwrap();
+        assert_eq!(
+            (w.revalidate, w.if_error),
+            (Duration::from_secs(7), Duration::from_secs(8))
+        );
+        for forbids in [
+            "max-age=60, must-revalidate",
+            "max-age=60, proxy-revalidate",
+            "s-maxage=60",
+        ] {
+            let w = stale(origin, &format!("{forbids}, stale-if-error=8")).unwrap();
+            assert_eq!(w.if_error, Duration::ZERO, "{forbids}");
+        }
+        let w = stale(fixed, "must-revalidate").unwrap();
+        assert_eq!(
+            (w.revalidate, w.if_error),
+            (Duration::from_secs(30), Duration::from_secs(300)),
+            "the operator's permission"
+        );
+    }
+
+    #[test]
+    fn validators_make_unfresh_answers_worth_keeping() {
+        let config = config();
+        let origin = &config.routes[1];
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000);
+        let store = |pairs: &[(&'static str, &str)]| storage(StatusCode::OK, &h(pairs), origin, &config.cache, now);
+        assert_eq!(store(&[("cache-control", "no-cache")]), Err(BypassReason::NoCache));
+        let s = store(&[("cache-control", "no-cache"), ("etag", "\"x\"")]).unwrap();
+        assert!(s.freshness.remaining().is_zero() && !s.stale.keep.is_zero());
+        let s = store(&[
+            ("cache-control", "max-age=0"),
+            ("last-modified", "Mon, 02 Nov 2026 10:00:00 GMT"),
+        ])
+        .unwrap();
+        assert!(s.freshness.remaining().is_zero());
+        assert_eq!(store(&[("cache-control", "max-age=0")]), Err(BypassReason::NoFreshness));
+    }
+
+    #[test]
+    fn explicit_freshness_lets_other_statuses_be_stored_on_origin_routes() {
+        let config = config();
+        let (fixed, origin) = (&config.routes[0], &config.routes[1]);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000);
+        let ok = |route, status: u16, cc: &str| {
+            storage(
+                StatusCode::from_u16(status).unwrap(),
+                &h(&[("cache-control", cc)]),
+                route,
+                &config.cache,
+                now,
+            )
+            .is_ok()
+        };
+        assert!(ok(origin, 302, "max-age=60") && ok(origin, 503, "s-maxage=60"));
+        assert!(
+            !ok(origin, 302, "public"),
+            "no explicit freshness: the configured statuses only"
+        );
+        assert!(!ok(origin, 206, "max-age=60") && !ok(origin, 304, "max-age=60") && !ok(origin, 103, "max-age=60"));
+        assert!(
+            !ok(fixed, 302, "max-age=60"),
+            "fixed-TTL routes keep to cacheable_statuses"
+        );
+        assert!(ok(origin, 404, "max-age=60"));
+    }
+
+    #[test]
     fn huge_delta_seconds_are_clamped_and_invalid_ones_ignored() {
         let cc = |v: &str| CacheControl::parse(&h(&[("cache-control", v)]));
         let max = MAX_DELTA.as_secs();

@@ -352,6 +352,104 @@ pub fn age_value(secs: u64) -> HeaderValue {
 mod tests {
     use super::*;
 
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(*k, HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    #[test]
+    fn freshen_replaces_fields_but_not_those_describing_the_stored_bytes() {
+        let stored = map(&[
+            ("etag", "\"a\""),
+            ("x-multi", "1"),
+            ("x-multi", "2"),
+            ("content-length", "10"),
+            ("content-encoding", "gzip"),
+            ("vary", "accept"),
+            ("x-old", "kept"),
+        ]);
+        let not_modified = map(&[
+            ("x-multi", "3"),
+            ("content-length", "0"),
+            ("content-encoding", "br"),
+            ("vary", "cookie"),
+            ("set-cookie", "a=b"),
+            ("cache-groups", "\"new\""),
+        ]);
+        let out = freshen(&stored, &not_modified);
+        let all = |n: &str| {
+            out.get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all("x-multi"), ["3"]);
+        assert_eq!(all("content-length"), ["10"]);
+        assert_eq!(all("content-encoding"), ["gzip"]);
+        assert_eq!(all("vary"), ["accept"]);
+        assert_eq!(all("x-old"), ["kept"]);
+        assert!(all("set-cookie").is_empty() && all("cache-groups").is_empty());
+    }
+
+    #[test]
+    fn a_304_selects_the_stored_answer_by_its_validators() {
+        let strong = map(&[("etag", "\"a\""), ("last-modified", "Mon, 02 Nov 2026 10:00:00 GMT")]);
+        assert!(selects(&strong, &map(&[("etag", "\"a\"")])));
+        assert!(!selects(&strong, &map(&[("etag", "\"b\"")])));
+        assert!(
+            selects(&strong, &map(&[("etag", "W/\"a\"")])),
+            "weak comparison when either is weak"
+        );
+        assert!(
+            selects(&strong, &map(&[])),
+            "no validator: the answer to our one request"
+        );
+        assert!(selects(
+            &strong,
+            &map(&[("last-modified", "Mon, 02 Nov 2026 10:00:00 GMT")])
+        ));
+        assert!(!selects(
+            &strong,
+            &map(&[("last-modified", "Mon, 02 Nov 2026 11:00:00 GMT")])
+        ));
+        assert!(!selects(
+            &map(&[("last-modified", "Mon, 02 Nov 2026 10:00:00 GMT")]),
+            &map(&[("etag", "\"a\"")])
+        ));
+    }
+
+    #[test]
+    fn group_lists_are_structured_field_strings() {
+        let g = |v: &'static str| group_list(&map(&[("cache-groups", v)]), &CACHE_GROUPS);
+        assert_eq!(g("\"b\", \"a\", \"b\""), ["a", "b"]);
+        assert_eq!(g("\"a\", token, 5"), ["a"], "members that are not strings are skipped");
+        assert!(g("\"unterminated").is_empty(), "an invalid list is ignored whole");
+        assert!(group_list(&HeaderMap::new(), &CACHE_GROUPS).is_empty());
+    }
+
+    #[test]
+    fn if_range_needs_a_strong_match() {
+        let stored = map(&[
+            ("etag", "\"a\""),
+            ("last-modified", "Mon, 02 Nov 2026 10:00:00 GMT"),
+            ("date", "Mon, 02 Nov 2026 12:00:00 GMT"),
+        ]);
+        let v = HeaderValue::from_static;
+        assert!(if_range_matches(&v("\"a\""), &stored));
+        assert!(!if_range_matches(&v("W/\"a\""), &stored));
+        assert!(!if_range_matches(&v("\"b\""), &stored));
+        assert!(if_range_matches(&v("Mon, 02 Nov 2026 10:00:00 GMT"), &stored));
+        assert!(!if_range_matches(&v("Mon, 02 Nov 2026 09:00:00 GMT"), &stored));
+        let weak_date = map(&[
+            ("last-modified", "Mon, 02 Nov 2026 10:00:00 GMT"),
+            ("date", "Mon, 02 Nov 2026 10:00:00 GMT"),
+        ]);
+        assert!(!if_range_matches(&v("Mon, 02 Nov 2026 10:00:00 GMT"), &weak_date));
+    }
+
     #[test]
     fn strips_connection_named_headers() {
         let mut h = HeaderMap::new();
