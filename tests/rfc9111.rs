@@ -807,3 +807,36 @@ async fn sec_4_3_4_revalidation_and_group_purges_cross_instances(kind: Kind) {
     let r = b.get("/g").send().await;
     assert_eq!((r.x_cache().as_str(), r.text().as_str()), ("MISS", "after"));
 }
+
+// === the shipped config ===
+
+/// The shipped `proxy.toml` sets global stale windows; its catch-all `ttl = "origin"` route
+/// must still never serve an answer stale that the origin did not allow.
+#[tokio::test]
+async fn shipped_config_catch_all_serves_nothing_stale_the_origin_forbade() {
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml")).unwrap();
+    assert!(shipped.contains("stale_if_error = \"5m\""), "the shipped windows this test is about");
+    for (cc, stale_allowed) in [
+        ("max-age=10", false),
+        ("max-age=10, must-revalidate, stale-if-error=600", false),
+        ("s-maxage=10, stale-if-error=600", false),
+        ("max-age=10, stale-if-error=600", true),
+    ] {
+        let origin = Scripted::start(vec![answer(200, &[("cache-control", cc)], "old")]).await;
+        let text = shipped
+            .replace("listen = \"0.0.0.0:8080\"", "listen = \"127.0.0.1:0\"")
+            .replace("admin_listen = \"127.0.0.1:9091\"", "admin_listen = \"127.0.0.1:0\"")
+            .replace("url = \"http://127.0.0.1:8000\"", &format!("url = \"{}\"", origin.url()));
+        let proxy = Proxy::from_text(&text).await;
+        assert_eq!(proxy.get("/some/page").send().await.x_cache(), "MISS");
+        proxy.advance(Duration::from_secs(15));
+        origin.then(vec![answer(503, &[], "down")]);
+        let r = proxy.get("/some/page").send().await;
+        let got = (r.status.as_u16(), r.x_cache());
+        if stale_allowed {
+            assert_eq!(got, (200, "STALE".to_string()), "{cc}");
+        } else {
+            assert_eq!(got.0, 503, "{cc}");
+        }
+    }
+}
