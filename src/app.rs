@@ -209,7 +209,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
     if secrets.purge_token.is_none() && secrets.purge_hmac.is_none() {
         tracing::info!("purge webhook disabled: no secret in the variables [purge] token_env / hmac_secret_env name");
     }
-    let warmer = Arc::new(Warmer::new(&config, proxy_addr));
+    let warmer = Arc::new(Warmer::new(&config, proxy_addr, tls.as_ref()));
     // A [warm] that cannot work (identity headers we would strip) is a config error, found now.
     let scheduled = config.warm.as_ref().map(|w| warmer.scheduled_job(w)).transpose();
     let scheduled = scheduled?;

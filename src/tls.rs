@@ -60,12 +60,15 @@ pub enum TlsError {
 }
 
 /// A certificate and key read again, not yet in force.
-pub struct Prepared(Arc<ServerConfig>);
+pub struct Prepared(Arc<ServerConfig>, CertificateDer<'static>);
 
 /// The public listener's TLS, reloadable.
 pub struct ServerTls {
     files: TlsConfig,
     config: ArcSwap<ServerConfig>,
+    /// The end-entity certificate in force, which this instance's own requests to its
+    /// listener (warming) accept and nothing else.
+    served: ArcSwap<CertificateDer<'static>>,
 }
 
 impl ServerTls {
@@ -74,8 +77,10 @@ impl ServerTls {
     /// # Errors
     /// A file that cannot be read or used.
     pub fn load(files: &TlsConfig) -> Result<Self, TlsError> {
+        let (config, served) = server_config(files)?;
         Ok(ServerTls {
-            config: ArcSwap::from_pointee(server_config(files)?),
+            config: ArcSwap::from_pointee(config),
+            served: ArcSwap::from_pointee(served),
             files: files.clone(),
         })
     }
@@ -86,17 +91,91 @@ impl ServerTls {
     /// # Errors
     /// As [`ServerTls::load`].
     pub fn prepare(&self) -> Result<Prepared, TlsError> {
-        Ok(Prepared(Arc::new(server_config(&self.files)?)))
+        let (config, served) = server_config(&self.files)?;
+        Ok(Prepared(Arc::new(config), served))
     }
 
     /// New handshakes use `prepared`; established connections keep theirs.
     pub fn install(&self, prepared: Prepared) {
         self.config.store(prepared.0);
+        self.served.store(Arc::new(prepared.1));
     }
 
     /// An acceptor with the configuration in force now.
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.config.load_full())
+    }
+
+    /// Whether the listener asks clients for a certificate (mutual TLS).
+    pub fn mutual(&self) -> bool {
+        self.files.client_ca.is_some()
+    }
+
+    /// A client configuration for this instance's own requests to its listener: it trusts
+    /// exactly the certificate the listener presents now (whatever its names or issuer), and
+    /// still checks the handshake's signature with it.
+    pub fn own_client(self: &Arc<Self>) -> rustls::ClientConfig {
+        install_provider();
+        // No ALPN here: the connector that uses it sets its own.
+        rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(OwnCertificate(self.clone())))
+            .with_no_client_auth()
+    }
+}
+
+/// Accepts the certificate [`ServerTls`] serves, and only that one.
+#[derive(Debug)]
+struct OwnCertificate(Arc<ServerTls>);
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").field("cert", &self.files.cert).finish()
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for OwnCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.0.served.load().as_ref().as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -129,9 +208,10 @@ pub(crate) fn origin_client_config(ca_file: Option<&Path>) -> Result<rustls::Cli
         .with_no_client_auth())
 }
 
-fn server_config(files: &TlsConfig) -> Result<ServerConfig, TlsError> {
+fn server_config(files: &TlsConfig) -> Result<(ServerConfig, CertificateDer<'static>), TlsError> {
     install_provider();
     let certs = read_certs(&files.cert, "a PEM certificate chain")?;
+    let served = certs[0].clone();
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|source| TlsError::Pem {
         path: files.key.clone(),
         what: "a PEM private key (PKCS#8, RSA or EC)",
@@ -165,7 +245,7 @@ fn server_config(files: &TlsConfig) -> Result<ServerConfig, TlsError> {
             source,
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+    Ok((config, served))
 }
 
 fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -35,6 +35,21 @@ pub use job::{
     MAX_REQUESTS,
 };
 
+/// The warmer's connector: plain, or TLS trusting exactly the listener's own certificate.
+fn connector(tls: Option<&Arc<crate::tls::ServerTls>>) -> hyper_rustls::HttpsConnector<HttpConnector> {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match tls {
+        Some(t) => builder.with_tls_config(t.own_client()),
+        // Never used for https: the scheme is http.
+        None => builder.with_tls_config(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        ),
+    };
+    builder.https_or_http().enable_http1().build()
+}
+
 /// Sends warm requests to one instance's public listener.
 pub struct Warmer {
     target: SocketAddr,
@@ -44,12 +59,18 @@ pub struct Warmer {
     role_header: HeaderName,
     tenant_header: HeaderName,
     timeout: Duration,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    /// `https` when the public listener speaks TLS (requests are then keyed as https, as a
+    /// client's are).
+    scheme: &'static str,
+    /// The listener asks for client certificates, which warming cannot present.
+    mutual_tls: bool,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
 }
 
 impl Warmer {
-    /// A warmer for the instance whose public listener is bound to `proxy_addr`.
-    pub fn new(config: &Config, proxy_addr: SocketAddr) -> Self {
+    /// A warmer for the instance whose public listener is bound to `proxy_addr`, speaking TLS
+    /// with `tls` when it does.
+    pub fn new(config: &Config, proxy_addr: SocketAddr, tls: Option<&Arc<crate::tls::ServerTls>>) -> Self {
         let ip = match proxy_addr.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -66,7 +87,9 @@ impl Warmer {
             tenant_header: config.identity.tenant_header.clone(),
             // The proxy answers within the origin timeout; leave room for reading the body.
             timeout: config.origin.timeout + Duration::from_secs(30),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            scheme: if tls.is_some() { "https" } else { "http" },
+            mutual_tls: tls.is_some_and(|t| t.mutual()),
+            client: Client::builder(TokioExecutor::new()).build(connector(tls)),
         }
     }
 
@@ -75,6 +98,9 @@ impl Warmer {
     /// # Errors
     /// [`WarmError::Untrusted`], [`WarmError::CredentialIdentity`].
     pub fn check(&self, job: &WarmJob) -> Result<(), WarmError> {
+        if self.mutual_tls {
+            return Err(WarmError::MutualTls);
+        }
         if job.has_identity() && self.credential_identity {
             return Err(WarmError::CredentialIdentity);
         }
@@ -131,7 +157,8 @@ impl Warmer {
 
     /// One GET: `Ok(true)` warmed, `Ok(false)` already cached, `Err` with status and reason.
     async fn one(&self, path: &str, role: Option<&str>, tenant: Option<&str>) -> Result<bool, (Option<u16>, String)> {
-        let mut req = Request::get(format!("http://{}{path}", self.target)).header("user-agent", "cachegate-warm");
+        let mut req =
+            Request::get(format!("{}://{}{path}", self.scheme, self.target)).header("user-agent", "cachegate-warm");
         if let Some(r) = role {
             req = req.header(&self.role_header, r);
         }

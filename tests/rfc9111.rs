@@ -815,7 +815,10 @@ async fn sec_4_3_4_revalidation_and_group_purges_cross_instances(kind: Kind) {
 #[tokio::test]
 async fn shipped_config_catch_all_serves_nothing_stale_the_origin_forbade() {
     let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml")).unwrap();
-    assert!(shipped.contains("stale_if_error = \"5m\""), "the shipped windows this test is about");
+    assert!(
+        shipped.contains("stale_if_error = \"5m\""),
+        "the shipped windows this test is about"
+    );
     for (cc, stale_allowed) in [
         ("max-age=10", false),
         ("max-age=10, must-revalidate, stale-if-error=600", false),
@@ -826,7 +829,10 @@ async fn shipped_config_catch_all_serves_nothing_stale_the_origin_forbade() {
         let text = shipped
             .replace("listen = \"0.0.0.0:8080\"", "listen = \"127.0.0.1:0\"")
             .replace("admin_listen = \"127.0.0.1:9091\"", "admin_listen = \"127.0.0.1:0\"")
-            .replace("url = \"http://127.0.0.1:8000\"", &format!("url = \"{}\"", origin.url()));
+            .replace(
+                "url = \"http://127.0.0.1:8000\"",
+                &format!("url = \"{}\"", origin.url()),
+            );
         let proxy = Proxy::from_text(&text).await;
         assert_eq!(proxy.get("/some/page").send().await.x_cache(), "MISS");
         proxy.advance(Duration::from_secs(15));

@@ -19,6 +19,10 @@ ttl = "10m"
 
 /// A cachegate started from a config file (so that a reload reads it again) with TLS.
 async fn tls_proxy(origin: &Origin, ca: &TestCa, extra: &str) -> Proxy {
+    tls_proxy_with(origin, ca, extra, Default::default()).await
+}
+
+async fn tls_proxy_with(origin: &Origin, ca: &TestCa, extra: &str, secrets: cachegate::secrets::Secrets) -> Proxy {
     let (cert, key) = ca.issue("server", "cachegate test server", false);
     let text = support::config_text(
         origin,
@@ -32,7 +36,7 @@ async fn tls_proxy(origin: &Origin, ca: &TestCa, extra: &str) -> Proxy {
     let path = ca.dir.path().join("proxy.toml");
     std::fs::write(&path, text).unwrap();
     let config = cachegate::config::load(&path).unwrap();
-    Proxy::from_running(cachegate::app::start_with(config, Default::default()).await.unwrap())
+    Proxy::from_running(cachegate::app::start_with(config, secrets).await.unwrap())
 }
 
 fn opts<'a>(ca: &'a TestCa, alpn: &'a [&'a [u8]]) -> ClientOptions<'a> {
@@ -428,4 +432,45 @@ async fn the_admin_listener_can_speak_tls_too() {
         .unwrap()
         .unwrap_or(0);
     assert!(!buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+}
+
+/// Warming goes through the TLS listener like a client (so the entries are keyed as https and
+/// serve https clients), trusting exactly the listener's certificate; with mutual TLS it cannot
+/// present a client certificate and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warming_goes_through_the_tls_listener() {
+    let (origin, _) = support::versioned_origin().await;
+    let ca = TestCa::new("tls test CA");
+    let secrets = || cachegate::secrets::Secrets {
+        purge_token: Some("t".into()),
+        ..Default::default()
+    };
+    let p = tls_proxy_with(&origin, &ca, "", secrets()).await;
+    let r = p
+        .admin_req(http::Method::POST, "/admin/warm")
+        .header("authorization", "Bearer t")
+        .body(r#"{"paths": ["/courses/warm"]}"#)
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("\"warmed\":1"), "{}", r.text());
+    let mut s = Sender::over(connect(p.addr, &opts(&ca, &[b"h2"])).await.unwrap(), true).await;
+    let (_, h, body) = s.get("/courses/warm").await;
+    assert_eq!(
+        (support::header(&h, "x-cache").as_str(), &body[..]),
+        ("HIT", &b"v0"[..])
+    );
+    assert_eq!(origin.hits(), 1);
+
+    let (ca_cert, _) = (ca.ca_file(), ());
+    let mutual = format!(", client_ca = \"{}\"", ca_cert.display());
+    let p = tls_proxy_with(&origin, &ca, &mutual, secrets()).await;
+    let r = p
+        .admin_req(http::Method::POST, "/admin/warm")
+        .header("authorization", "Bearer t")
+        .body(r#"{"paths": ["/courses/warm2"]}"#)
+        .send()
+        .await;
+    assert!(r.status.is_client_error(), "{} {}", r.status, r.text());
+    assert!(r.text().contains("client certificates"), "{}", r.text());
 }

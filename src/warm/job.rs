@@ -64,6 +64,9 @@ pub enum WarmError {
     /// The origin learns identity from JWTs or sessions, which warming cannot present.
     #[error("cannot warm for roles or tenants: [identity] jwt / lookup is configured, so the origin learns who asks from the token or session, which a warm request cannot present; it would answer anonymously and the answer would be stored under the role's key. Warm without roles and tenants (anonymous pages), or let a trusted gateway send identity headers instead")]
     CredentialIdentity,
+    /// The public listener wants client certificates (mutual TLS).
+    #[error("cannot warm: the public listener requires client certificates ([server] tls.client_ca), which a warm request from this instance cannot present")]
+    MutualTls,
 }
 
 /// A validated warm: every path for every role × tenant.
