@@ -218,9 +218,7 @@ fn check_refuses_unusable_certificate_files() {
         std::path::Path::new("p.toml"),
     )
     .unwrap();
-    let e = cachegate::tls::ServerTls::load(config.server.tls.as_ref().unwrap())
-        .err()
-        .expect("refused");
+    let e = cachegate::tls::ServerTls::load(config.server.tls.as_ref().unwrap()).expect_err("refused");
     assert!(e.to_string().contains("bad.pem"), "{e}");
 }
 
