@@ -198,6 +198,9 @@ impl Admin {
                 "soft": soft,
                 "shared": outcome.shared,
                 "instances_acked": outcome.acks,
+                "acked": outcome.acked(),
+                "instances": outcome.instances(),
+                "propagation_seconds": outcome.propagation.map(|d| d.as_secs_f64()),
             }),
         ))
     }

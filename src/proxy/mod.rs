@@ -138,6 +138,7 @@ impl Proxy {
             series.requests.inc();
             series.duration.observe(took.as_secs_f64());
             series.lookups.inc();
+            m.recent.record(crate::recent::Kind::Hit, took);
             tracing::debug!(
                 route,
                 result = CacheResult::Hit.as_str(),
@@ -157,6 +158,7 @@ impl Proxy {
         if let Some(r) = out.reason {
             m.bypass_counter(route, r.as_str()).inc();
         }
+        m.recent.record(out.recent_kind(), took);
         tracing::debug!(
             route,
             result = cache,
@@ -372,6 +374,20 @@ pub(crate) struct Outcome {
     cache: CacheResult,
     tier: Option<Tier>,
     reason: Option<BypassReason>,
+}
+
+impl Outcome {
+    /// What the status page's per-second window counts this request as.
+    fn recent_kind(&self) -> crate::recent::Kind {
+        use crate::recent::Kind;
+        match (self.cached_route, self.cache) {
+            (false, _) | (true, CacheResult::Pass) => Kind::Other,
+            (true, CacheResult::Hit) => Kind::Hit,
+            (true, CacheResult::Stale) => Kind::Stale,
+            (true, CacheResult::Miss) => Kind::Miss,
+            (true, CacheResult::Bypass) => Kind::Bypass,
+        }
+    }
 }
 
 use crate::metrics::NO_ROUTE;
