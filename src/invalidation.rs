@@ -129,6 +129,12 @@ impl Purger {
         }
     }
 
+    /// This instance's id on the purge channel and the other instances heard there; `None`
+    /// without Redis.
+    pub fn instances(&self) -> Option<(u64, Vec<(u64, crate::coherence::Peer)>)> {
+        self.coherence.as_ref().map(|c| (c.id(), c.peers()))
+    }
+
     /// The last purges, newest first.
     pub fn recent(&self) -> Vec<PurgeRecord> {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());

@@ -279,7 +279,11 @@ mod tests {
         let lap = 5 + SECONDS as u64;
         r.record_at(lap, Kind::Miss, US(10));
         let s = r.summary_at(lap, 1);
-        assert_eq!((s.counts.hits, s.counts.misses), (0, 1), "the old second's counts are gone");
+        assert_eq!(
+            (s.counts.hits, s.counts.misses),
+            (0, 1),
+            "the old second's counts are gone"
+        );
         // A writer from the old lap arriving late does not touch the new second.
         r.record_at(5, Kind::Hit, US(10));
         assert_eq!(r.summary_at(lap, 1).counts.hits, 0);

@@ -98,9 +98,16 @@ pub(super) fn purge_summary(v: &Value) -> String {
         line.push_str(" (soft: marked stale)");
     }
     let receipt = num(v, &["acked"]).zip(num(v, &["instances"]));
-    match (v.get("shared").and_then(Value::as_bool), receipt, num(v, &["instances_acked"])) {
+    match (
+        v.get("shared").and_then(Value::as_bool),
+        receipt,
+        num(v, &["instances_acked"]),
+    ) {
         (Some(true), Some((acked, instances)), _) => {
-            let _ = write!(line, "; shared through Redis, applied by {acked} of {instances} instances");
+            let _ = write!(
+                line,
+                "; shared through Redis, applied by {acked} of {instances} instances"
+            );
             if let Some(s) = v.get("propagation_seconds").and_then(Value::as_f64) {
                 let _ = write!(line, " in {:.1} ms", s * 1000.0);
             }
