@@ -55,7 +55,7 @@ async fn purge(p: &Proxy, body: &str) -> serde_json::Value {
 
 /// Runs Chromium headless on `url` with `args`, killing it by pid if it has not finished
 /// within a minute; returns its stdout.
-fn chromium(dir: &Path, url: &str, args: &[&str]) -> String {
+async fn chromium(dir: &Path, url: &str, args: &[&str]) -> String {
     let bin = ["chromium", "chromium-browser"]
         .into_iter()
         .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
@@ -96,7 +96,7 @@ fn chromium(dir: &Path, url: &str, args: &[&str]) -> String {
             let _ = child.wait();
             panic!("chromium did not finish within 60s on {url}");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     reader.join().unwrap()
 }
@@ -146,16 +146,10 @@ async fn the_page_in_chromium_shows_what_admin_stats_says() {
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("http://{}/", a.admin);
-    let (dump_dir, dump_url) = (dir.path().to_path_buf(), url.clone());
-    let dom = tokio::task::spawn_blocking(move || chromium(&dump_dir, &dump_url, &["--dump-dom"]))
-        .await
-        .unwrap();
+    let dom = chromium(dir.path(), &url, &["--dump-dom"]).await;
     let shot = dir.path().join("status.png");
     let shot_arg = format!("--screenshot={}", shot.display());
-    let (shot_dir, shot_url) = (dir.path().to_path_buf(), url.clone());
-    tokio::task::spawn_blocking(move || chromium(&shot_dir, &shot_url, &[&shot_arg, "--window-size=1280,1500"]))
-        .await
-        .unwrap();
+    chromium(dir.path(), &url, &[&shot_arg, "--window-size=1200,1000"]).await;
     let png = std::fs::read(&shot).expect("chromium wrote the screenshot");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "the screenshot is a PNG");
     assert!(png.len() > 10_000, "the screenshot has content ({} bytes)", png.len());

@@ -187,7 +187,8 @@ fn sparkline(id: &str, label: &str, values: &[f64], max: f64) -> String {
 const STYLE: &str = "
 body{font:14px/1.4 system-ui,sans-serif;margin:0;padding:12px;background:#f6f7f9;color:#1d2330}
 h1{font-size:18px;margin:0 0 8px}h2{font-size:15px;margin:0 0 6px}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:12px}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:12px}
+.wide{grid-column:1/-1}
 section{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:10px;overflow-x:auto}
 table{border-collapse:collapse;width:100%}th,td{text-align:right;padding:3px 6px;border-bottom:1px solid #eef0f3;white-space:nowrap}
 th:first-child,td:first-child{text-align:left}
@@ -251,7 +252,7 @@ fn traffic(h: &mut String, v: &StatusView) {
 }
 
 fn routes(h: &mut String, v: &StatusView) {
-    h.push_str(r#"<section id="routes"><h2>Routes since start</h2><table><tr><th>route</th><th>memory</th><th>redis</th><th>miss</th><th>stale</th><th>bypass</th><th>hit ratio</th></tr>"#);
+    h.push_str(r#"<section id="routes" class="wide"><h2>Routes since start</h2><table><tr><th>route</th><th>memory</th><th>redis</th><th>miss</th><th>stale</th><th>bypass</th><th>hit ratio</th></tr>"#);
     for r in &v.routes {
         let name = escape(&r.name);
         let _ = write!(
@@ -344,7 +345,7 @@ fn instances(h: &mut String, v: &StatusView) {
     };
     let _ = write!(
         h,
-        r#"<table><tr><th>instance</th><th>last ack</th><th>last purge heard</th></tr><tr><td>{own:016x} (this one)</td><td>-</td><td>-</td></tr>"#
+        r#"<table><tr><th>instance</th><th>last ack</th><th>last purge</th></tr><tr><td>{own:016x} (this one)</td><td>-</td><td>-</td></tr>"#
     );
     let when = |t: Option<u64>| t.map_or_else(|| "-".to_string(), |t| ago(i.now_unix, t));
     for (id, p) in &i.peers {
@@ -362,7 +363,7 @@ fn instances(h: &mut String, v: &StatusView) {
 fn purges(h: &mut String, v: &StatusView) {
     let _ = write!(
         h,
-        r#"<section id="purges"><h2>Last purges</h2><table id="purge-list" data-count="{}"><tr><th>when</th><th>trigger</th><th>scopes</th><th>acked</th><th>took</th></tr>"#,
+        r#"<section id="purges" class="wide"><h2>Last purges</h2><table id="purge-list" data-count="{}"><tr><th>when</th><th>trigger</th><th>scopes</th><th>acked</th><th>took</th></tr>"#,
         v.purges.len()
     );
     for p in &v.purges {
