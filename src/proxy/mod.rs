@@ -113,12 +113,21 @@ impl Proxy {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
         };
-        self.record(&method, &resp, &out, start.elapsed());
+        self.record(&method, &resp, &out, start, start.elapsed());
         resp
     }
 
     /// Metrics and the decision log line for one answered request.
-    fn record(&self, method: &Method, resp: &Response<ProxyBody>, out: &Outcome, took: std::time::Duration) {
+    fn record(
+        &self,
+        method: &Method,
+        resp: &Response<ProxyBody>,
+        out: &Outcome,
+        start: std::time::Instant,
+        took: std::time::Duration,
+    ) {
+        // The request's end, from the clock read `took` came from: no second read.
+        let ended = start + took;
         let route = out.route.map_or(NO_ROUTE, |i| self.config.routes[i].name.as_str());
         let m = &self.metrics;
         let status = resp.status();
@@ -138,7 +147,7 @@ impl Proxy {
             series.requests.inc();
             series.duration.observe(took.as_secs_f64());
             series.lookups.inc();
-            m.recent.record(crate::recent::Kind::Hit, took);
+            m.recent.record_ended(ended, crate::recent::Kind::Hit, took);
             tracing::debug!(
                 route,
                 result = CacheResult::Hit.as_str(),
@@ -158,7 +167,7 @@ impl Proxy {
         if let Some(r) = out.reason {
             m.bypass_counter(route, r.as_str()).inc();
         }
-        m.recent.record(out.recent_kind(), took);
+        m.recent.record_ended(ended, out.recent_kind(), took);
         tracing::debug!(
             route,
             result = cache,
