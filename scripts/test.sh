@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test. Installs what the tests need that Cargo does not (redis-server, redis-cli,
-# prometheus, wrk, curl) when it is missing and we are root; otherwise says how to install it.
+# prometheus, wrk, curl, chromium) when it is missing and we are root; otherwise says how to install it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,8 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 # curl talks HTTP/2 to the binary in tests/binary.rs.
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# tests/status_page.rs loads the admin status page in headless Chromium.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${need[*]}"

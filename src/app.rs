@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admin::Admin;
+use crate::admin::{Access, Admin};
 use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::coherence::Coherence;
@@ -95,6 +95,9 @@ pub enum StartError {
     /// A `[warm]` that cannot work.
     #[error("[warm]: {0}")]
     Warm(#[from] WarmError),
+    /// The admin listener would serve traffic figures to anyone (see `[admin]`).
+    #[error("{0}")]
+    AdminAccess(String),
 }
 
 impl StartError {
@@ -109,7 +112,8 @@ impl StartError {
             | StartError::PlainWithoutTls
             | StartError::PlainBesideMutualTls
             | StartError::Proxy(_)
-            | StartError::Warm(_) => 64,
+            | StartError::Warm(_)
+            | StartError::AdminAccess(_) => 64,
         }
     }
 }
@@ -140,6 +144,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
     if config.server.listen_http.is_some() && tls.is_none() {
         return Err(StartError::PlainWithoutTls);
     }
+    let access = Access::decide(&config, &secrets).map_err(|e| StartError::AdminAccess(e.to_string()))?;
     let mutual = config.server.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     if config.server.listen_http.is_some() && mutual && !config.server.redirect_http {
         return Err(StartError::PlainBesideMutualTls);
@@ -233,7 +238,9 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         &secrets,
         metrics.clone(),
         warmer.clone(),
+        access.clone(),
     ));
+    tracing::info!("admin listener {admin_addr}: {}", access.describe());
     let client_timeout = config.server.client_timeout;
     let mut tasks = vec![
         tokio::spawn(serve(

@@ -41,6 +41,38 @@ pub struct Coherence {
     generations: Arc<Generations>,
     mirror: Arc<CounterMirror>,
     channel: String,
+    /// Other instances heard from on the purge channels, for the status page.
+    peers: Mutex<HashMap<u64, Peer>>,
+}
+
+/// Another instance as this one has heard it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// When it last acknowledged one of our purges (Unix seconds).
+    pub last_ack_unix: Option<u64>,
+    /// When we last heard a purge it published (Unix seconds).
+    pub last_purge_unix: Option<u64>,
+}
+
+/// Most peers remembered: ids are random per process, so a fleet that restarts often would
+/// otherwise grow the table for ever. The least recently heard go first.
+const MAX_PEERS: usize = 256;
+
+/// What one shared purge reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Propagation {
+    /// Other instances that acknowledged it.
+    pub acks: usize,
+    /// Other instances it had to reach (registered as live, or subscribed when more).
+    pub others: usize,
+    /// From publishing to the last acknowledgement, or to the lease running out.
+    pub took: Duration,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Coherence {
@@ -59,7 +91,32 @@ impl Coherence {
             generations,
             mirror: Arc::default(),
             channel,
+            peers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// This instance's id on the purge channels.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Other instances heard from, by id.
+    pub fn peers(&self) -> Vec<(u64, Peer)> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(u64, Peer)> = peers.iter().map(|(id, p)| (*id, *p)).collect();
+        out.sort_unstable_by_key(|(id, _)| *id);
+        out
+    }
+
+    fn heard_from(&self, id: u64, update: impl FnOnce(&mut Peer)) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if !peers.contains_key(&id) && peers.len() >= MAX_PEERS {
+            let last_heard = |p: &Peer| p.last_ack_unix.max(p.last_purge_unix);
+            if let Some(oldest) = peers.iter().min_by_key(|(_, p)| last_heard(p)).map(|(id, _)| *id) {
+                peers.remove(&oldest);
+            }
+        }
+        update(peers.entry(id).or_default());
     }
 
     fn now_nanos(&self) -> u64 {
@@ -89,7 +146,7 @@ impl Coherence {
 
     /// Records a purge of `scopes` in Redis and publishes it, runs `apply_locally` once Redis
     /// has recorded it (or failed to), then waits until every other instance has acknowledged
-    /// it or the lease time has passed. Returns the number of acks.
+    /// it or the lease time has passed. Returns the acks and how long they took.
     ///
     /// Local counters move only after Redis' have and this instance knows their new values:
     /// otherwise a lookup here could, in between, find a purged Redis entry still valid and
@@ -102,7 +159,7 @@ impl Coherence {
         scopes: &[String],
         soft: bool,
         apply_locally: impl FnOnce(),
-    ) -> Result<usize, crate::tiers::redis::TierError> {
+    ) -> Result<Propagation, crate::tiers::redis::TierError> {
         let purge_id = self.next_purge.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = watch::channel(0usize);
         self.pending
@@ -111,6 +168,7 @@ impl Coherence {
             .insert(purge_id, tx);
         let message = format!("{} {purge_id} {} {}", self.id, u8::from(soft), scopes.join(" "));
         let period = self.mirror.period();
+        let published = Instant::now();
         let result = self.redis.purge(scopes, soft, &self.channel, &message, self.id).await;
         match &result {
             // Our own message is not applied when it comes back: learn the values here.
@@ -133,18 +191,23 @@ impl Coherence {
                 let others = registered.max(subscribers);
                 let _ = tokio::time::timeout(LEASE, rx.wait_for(|n| *n >= others)).await;
                 let got = *rx.borrow();
-                got.min(others)
+                (got.min(others), others)
             }
             Err(_) => {
                 // Nobody can be told. Every other instance heard its last heartbeat before
                 // Redis became unreachable to us, so after one lease none of them trusts its
                 // memory tier any more (beyond `degraded_memory_ttl`): wait that out.
                 tokio::time::sleep(LEASE).await;
-                0
+                (0, 0)
             }
         };
+        let took = published.elapsed();
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&purge_id);
-        result.map(|_| acks)
+        result.map(|_| Propagation {
+            acks: acks.0,
+            others: acks.1,
+            took,
+        })
     }
 
     /// Runs the subscriber (with reconnects) and the heartbeat until `stop`.
@@ -236,9 +299,17 @@ impl Coherence {
                 }
                 self.lease_until.fetch_max(until, Ordering::AcqRel);
             }
-        } else if let Ok(purge_id) = text.parse::<u64>() {
+        } else {
+            // `purge_id acker_id`; an acker from before receipts sends the purge id alone.
+            let mut parts = text.split(' ');
+            let Some(Ok(purge_id)) = parts.next().map(str::parse::<u64>) else {
+                return;
+            };
             if let Some(tx) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).get(&purge_id) {
                 tx.send_modify(|n| *n += 1);
+            }
+            if let Some(Ok(acker)) = parts.next().map(str::parse::<u64>) {
+                self.heard_from(acker, |p| p.last_ack_unix = Some(unix_now()));
             }
         }
     }
@@ -252,6 +323,9 @@ impl Coherence {
         };
         if from == self.id.to_string() {
             return;
+        }
+        if let Ok(from) = from.parse::<u64>() {
+            self.heard_from(from, |p| p.last_purge_unix = Some(unix_now()));
         }
         let scopes: Vec<&str> = parts.filter(|s| !s.is_empty()).collect();
         // `scope… | counter… epoch`: the counters as the purge left them. Applied before the
@@ -269,10 +343,13 @@ impl Coherence {
         for scope in &scopes {
             self.generations.bump(scope);
         }
+        // The acker's id lets the purger list who acknowledged. A purger from before
+        // receipts reads the whole payload as the purge id, fails, and waits out the lease
+        // instead: slower purges while a fleet is upgraded, never a missed one.
         let (redis, channel, purge_id) = (
             self.redis.clone(),
             self.redis.keys().ack_channel(from),
-            purge_id.to_string(),
+            format!("{purge_id} {}", self.id),
         );
         tokio::spawn(async move {
             let _ = redis.publish(&channel, &purge_id).await;

@@ -1,7 +1,9 @@
 //! Purging: bumps scope generations here and, with Redis, on every instance (through
 //! [`coherence`](crate::coherence)), waiting for their acknowledgements.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::config::PurgeScope;
 use crate::scope::{tag_scope, tenant_tag_scope, Generations, ScopeKind};
@@ -27,6 +29,46 @@ pub struct PurgeOutcome {
     pub shared: bool,
     /// Other instances that acknowledged it.
     pub acks: usize,
+    /// Other instances it had to reach: those registered as live when it was published (0
+    /// without Redis, or when Redis did not record it).
+    pub others: usize,
+    /// From publishing to the last acknowledgement or the lease running out, when shared.
+    pub propagation: Option<Duration>,
+}
+
+impl PurgeOutcome {
+    /// Instances that have applied it, this one included.
+    pub fn acked(&self) -> usize {
+        self.acks + 1
+    }
+
+    /// Instances it had to reach, this one included.
+    pub fn instances(&self) -> usize {
+        self.others + 1
+    }
+}
+
+/// How many purges [`Purger::recent`] remembers.
+pub const RECENT_PURGES: usize = 20;
+
+/// Most scopes a remembered purge keeps (a write can purge many; the page shows a few).
+const SCOPES_KEPT: usize = 8;
+
+/// One purge, as the status page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeRecord {
+    /// When it finished (Unix seconds).
+    pub at_unix: u64,
+    /// What asked for it.
+    pub trigger: Trigger,
+    /// Its first scopes (at most a few).
+    pub scopes: Vec<String>,
+    /// How many scopes it had in all.
+    pub scope_count: usize,
+    /// Whether it marked entries stale instead of removing them.
+    pub soft: bool,
+    /// What it reached.
+    pub outcome: PurgeOutcome,
 }
 
 /// What asked for a purge (the `trigger` label).
@@ -68,6 +110,8 @@ pub struct Purger {
     generations: Arc<Generations>,
     coherence: Option<Arc<crate::coherence::Coherence>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The last [`RECENT_PURGES`] purges, newest last.
+    recent: Mutex<VecDeque<PurgeRecord>>,
 }
 
 impl Purger {
@@ -81,7 +125,28 @@ impl Purger {
             generations,
             coherence,
             metrics,
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_PURGES)),
         }
+    }
+
+    /// This instance's id on the purge channel and the other instances heard there; `None`
+    /// without Redis.
+    pub fn instances(&self) -> Option<(u64, Vec<(u64, crate::coherence::Peer)>)> {
+        self.coherence.as_ref().map(|c| (c.id(), c.peers()))
+    }
+
+    /// The last purges, newest first.
+    pub fn recent(&self) -> Vec<PurgeRecord> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.iter().rev().cloned().collect()
+    }
+
+    fn remember(&self, record: PurgeRecord) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_PURGES {
+            recent.pop_front();
+        }
+        recent.push_back(record);
     }
 
     /// Records `signature` among every instance's signed purges; false when one of them saw
@@ -110,31 +175,73 @@ impl Purger {
                 self.generations.bump(s);
             }
         };
-        let (shared, acks) = match &self.coherence {
+        let local = PurgeOutcome {
+            scopes: scopes.len(),
+            shared: false,
+            acks: 0,
+            others: 0,
+            propagation: None,
+        };
+        let outcome = match &self.coherence {
             None => {
                 bump();
-                (false, 0)
+                local
             }
             // Redis first, then here: see `Coherence::publish_purge`.
             Some(c) => match c.publish_purge(scopes, soft, bump).await {
-                Ok(acks) => (true, acks),
+                Ok(p) => {
+                    self.metrics.purge_propagation.observe(p.took.as_secs_f64());
+                    PurgeOutcome {
+                        shared: true,
+                        acks: p.acks,
+                        others: p.others,
+                        propagation: Some(p.took),
+                        ..local
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "purge applied to this instance only: redis did not record it");
-                    (false, 0)
+                    local
                 }
             },
         };
-        PurgeOutcome {
-            scopes: scopes.len(),
-            shared,
-            acks,
-        }
+        self.remember(PurgeRecord {
+            at_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            trigger,
+            scopes: scopes.iter().take(SCOPES_KEPT).cloned().collect(),
+            scope_count: scopes.len(),
+            soft,
+            outcome,
+        });
+        outcome
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_last_purges_are_kept_newest_first_and_bounded() {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let purger = Purger::new(Arc::default(), None, metrics.clone());
+        for i in 0..RECENT_PURGES + 5 {
+            let scopes: Vec<String> = (0..=i).map(|n| format!("tag:t{n}")).collect();
+            purger.purge(&scopes, false, Trigger::Cli).await;
+        }
+        let recent = purger.recent();
+        assert_eq!(recent.len(), RECENT_PURGES);
+        let newest = &recent[0];
+        assert_eq!(newest.scope_count, RECENT_PURGES + 5);
+        assert_eq!(newest.scopes.len(), SCOPES_KEPT, "long scope lists are cut");
+        assert_eq!(recent[RECENT_PURGES - 1].scope_count, 6, "the five oldest are gone");
+        // Without Redis a purge reaches this instance only, and nothing propagates.
+        assert_eq!((newest.outcome.acked(), newest.outcome.instances()), (1, 1));
+        assert_eq!(newest.outcome.propagation, None);
+        assert_eq!(metrics.purge_propagation.get_sample_count(), 0);
+    }
 
     #[test]
     fn label_lists_name_every_variant_once() {

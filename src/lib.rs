@@ -6,7 +6,10 @@
 //! Leaves, importing nothing from the crate:
 //! * [`clock`]: the clock freshness is judged by
 //! * [`route`]: path patterns and tag templates
-//! * [`metrics`]: every exported metric, registered on one registry
+//! * [`recent`]: the last minutes of traffic per second (counts, hit and miss latency), for the
+//!   status page
+//! * [`metrics`]: every exported metric, registered on one registry, and the [`recent`] window
+//!   (so above `recent`)
 //! * `scope`: scope names, generation counters and stamps: O(1) purges, no resurrection
 //! * [`message`]: HTTP message pieces: the body type, header hygiene, path normalisation
 //! * `watchdog`: closes client connections that send no request head, idle, or stop reading
@@ -58,6 +61,7 @@ pub mod invalidation;
 pub mod message;
 pub mod metrics;
 mod proxy;
+pub mod recent;
 pub mod reload;
 pub mod route;
 mod scope;

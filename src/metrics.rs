@@ -1,6 +1,6 @@
-//! Every metric cachegate exports: names, help, labels and buckets, in one place. A leaf: the
-//! modules that count events own their label values and create their series at 0
-//! (`prime_metrics` next to each).
+//! Every metric cachegate exports: names, help, labels and buckets, in one place. Above only
+//! [`recent`](crate::recent): the modules that count events own their label values and create
+//! their series at 0 (`prime_metrics` next to each).
 //!
 //! Metrics live on a [`prometheus::Registry`] built at start-up and passed in, so tests get a
 //! fresh registry each. Labels are bounded: route names (never paths), fixed reason and result
@@ -67,6 +67,10 @@ pub struct Metrics {
     pub identity_lookups: IntCounterVec,
     /// `cachegate_identity_lookup_duration_seconds`
     pub identity_lookup_duration: Histogram,
+    /// `cachegate_purge_propagation_seconds`
+    pub purge_propagation: Histogram,
+    /// The last minutes, per second, for the status page.
+    pub recent: std::sync::Arc<crate::recent::Recent>,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -114,6 +118,16 @@ impl Metrics {
         )
         .expect("valid metric definition");
         reg.register(Box::new(lookup_duration.clone()))
+            .expect("metric registered once");
+        let purge_propagation = Histogram::with_opts(
+            HistogramOpts::new(
+                "cachegate_purge_propagation_seconds",
+                "Shared purges, from publishing to the last instance's acknowledgement (or the lease running out)",
+            )
+            .buckets(BUCKETS.to_vec()),
+        )
+        .expect("valid metric definition");
+        reg.register(Box::new(purge_propagation.clone()))
             .expect("metric registered once");
         Metrics {
             requests: counter(
@@ -187,6 +201,8 @@ impl Metrics {
                 &["result"],
             ),
             identity_lookup_duration: lookup_duration,
+            purge_propagation,
+            recent: std::sync::Arc::default(),
             registry: reg,
         }
     }

@@ -32,6 +32,8 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     lock: tokio::sync::Mutex<()>,
     loaded_at: std::sync::atomic::AtomicU64,
+    /// The last reload: when (Unix seconds), whether it was applied, and its message.
+    last: std::sync::Mutex<Option<(u64, bool, String)>>,
 }
 
 fn unix_now() -> u64 {
@@ -69,12 +71,19 @@ impl Reloader {
             metrics,
             lock: tokio::sync::Mutex::new(()),
             loaded_at: std::sync::atomic::AtomicU64::new(unix_now()),
+            last: std::sync::Mutex::new(None),
         }
     }
 
     /// When the config in force was loaded (Unix seconds).
     pub fn loaded_at(&self) -> u64 {
         self.loaded_at.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The last reload since start: when (Unix seconds), whether it was applied, and its
+    /// message or why it was refused.
+    pub fn last_reload(&self) -> Option<(u64, bool, String)> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Re-reads the config file and swaps it in.
@@ -85,6 +94,11 @@ impl Reloader {
         let _one_at_a_time = self.lock.lock().await;
         let result = self.try_reload().await;
         self.metrics.config_reload_counter(result.is_ok()).inc();
+        let said = match &result {
+            Ok(msg) => msg.clone(),
+            Err(e) => e.to_string(),
+        };
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((unix_now(), result.is_ok(), said));
         match &result {
             Ok(msg) => tracing::info!("{msg}"),
             Err(e) => tracing::error!("config reload refused, still running the previous config:\n{e}"),

@@ -12,6 +12,8 @@ pub struct Secrets {
     pub purge_hmac: Option<String>,
     /// HMAC key for HS256/384/512 JWTs.
     pub jwt_secret: Option<String>,
+    /// Bearer token for the status page, `/admin/stats` and `/metrics`.
+    pub admin_token: Option<String>,
 }
 
 fn var(name: Option<&String>) -> Option<String> {
@@ -26,6 +28,7 @@ impl Secrets {
             purge_token: var(config.purge.token_env.as_ref()),
             purge_hmac: var(config.purge.hmac_secret_env.as_ref()),
             jwt_secret: var(config.identity.jwt.as_ref().and_then(|j| j.secret_env.as_ref())),
+            admin_token: var(config.admin.token_env.as_ref()),
         }
     }
 }

@@ -2,10 +2,13 @@
 //! reload.
 //! It binds 127.0.0.1 by default and is separate from the public listener.
 
+mod access;
 mod error;
+mod page;
 pub(crate) mod purge;
 mod warm;
 
+pub(crate) use access::Access;
 pub(crate) use error::AdminError;
 
 use std::sync::Arc;
@@ -54,6 +57,7 @@ pub(crate) struct Admin {
     metrics: Arc<Metrics>,
     warmer: Arc<crate::warm::Warmer>,
     started: std::time::Instant,
+    access: Access,
 }
 
 impl Admin {
@@ -65,6 +69,7 @@ impl Admin {
         secrets: &Secrets,
         metrics: Arc<Metrics>,
         warmer: Arc<crate::warm::Warmer>,
+        access: Access,
     ) -> Self {
         let auth = PurgeAuth::new(secrets);
         Admin {
@@ -76,6 +81,7 @@ impl Admin {
             metrics,
             warmer,
             started: std::time::Instant::now(),
+            access,
         }
     }
 
@@ -92,18 +98,24 @@ impl Admin {
 
     /// The endpoints that change nothing, and the answers for unknown paths.
     async fn read_only(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        if matches!(req.uri().path(), "/" | "/metrics" | "/admin/stats") {
+            if let Err(e) = self.access.check(req.headers()) {
+                return e.into_response();
+            }
+        }
         match (req.method(), req.uri().path()) {
             (_, "/healthz") => text(StatusCode::OK, "ok\n".into()),
             (_, "/readyz") => self.ready().await,
             (_, "/metrics") => self.metrics().await,
             (_, "/admin/stats") => self.stats().await,
+            (&Method::GET | &Method::HEAD, "/") => self.status_page().await,
             (_, "/purge") => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "use POST /purge with a JSON body\n".into(),
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: the admin listener serves /healthz, /readyz, /metrics, /admin/stats, POST /purge, POST /admin/warm and POST /admin/reload\n"
+                "not found: the admin listener serves / (status page), /healthz, /readyz, /metrics, /admin/stats, POST /purge, POST /admin/warm and POST /admin/reload\n"
                     .into(),
             ),
         }
@@ -180,6 +192,117 @@ impl Admin {
         )
     }
 
+    /// Per route: memory hits, Redis hits, stale answers, misses and bypasses since start.
+    fn route_rows(&self, config: &Config) -> Vec<page::RouteRow> {
+        let lookups =
+            |route: &str, result: CacheResult, tier: &str| self.metrics.lookups_counted(route, result.as_str(), tier);
+        let (mem, redis) = (Tier::Memory.as_str(), Tier::Redis.as_str());
+        config
+            .routes
+            .iter()
+            .map(|r| {
+                let n = r.name.as_str();
+                page::RouteRow {
+                    name: r.name.clone(),
+                    memory_hits: lookups(n, CacheResult::Hit, mem),
+                    redis_hits: lookups(n, CacheResult::Hit, redis),
+                    stale: lookups(n, CacheResult::Stale, mem) + lookups(n, CacheResult::Stale, redis),
+                    misses: lookups(n, CacheResult::Miss, NO_TIER),
+                    bypasses: lookups(n, CacheResult::Bypass, NO_TIER),
+                }
+            })
+            .collect()
+    }
+
+    /// Bypass counts by route and reason, the largest first (at most ten).
+    fn top_bypasses(&self) -> Vec<(String, String, u64)> {
+        use prometheus::core::Collector;
+        let mut out = Vec::new();
+        for family in self.metrics.bypass.collect() {
+            for m in family.get_metric() {
+                let n = m.get_counter().get_value() as u64;
+                if n == 0 {
+                    continue;
+                }
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map_or_else(String::new, |l| l.value().to_string())
+                };
+                out.push((label("route"), label("reason"), n));
+            }
+        }
+        out.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));
+        out.truncate(10);
+        out
+    }
+
+    /// `GET /`: the status page.
+    async fn status_page(&self) -> Response<ProxyBody> {
+        let config = self.config.load_full();
+        let (entries, bytes) = self.cache.memory_usage().await;
+        let cluster_nodes = config.cache.redis_target().filter(|t| t.cluster).map(|t| t.seeds.len());
+        let asked = std::time::Instant::now();
+        let redis = match self.cache.shared_usage().await {
+            None => page::RedisView::NotConfigured,
+            Some(Ok((used, keys))) => page::RedisView::Up {
+                latency: asked.elapsed(),
+                used_memory_bytes: used,
+                keys,
+                cluster_nodes,
+            },
+            Some(Err(e)) => page::RedisView::Down {
+                error: e.to_string(),
+                cluster_nodes,
+            },
+        };
+        let (own_id, peers) = self.purger.instances().unzip();
+        let recent = &self.metrics.recent;
+        let view = page::StatusView {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            routes: self.route_rows(&config),
+            bypass_reasons: self.top_bypasses(),
+            minute: recent.summary(60),
+            history: recent.summary(crate::recent::SECONDS as u64),
+            memory: page::MemoryView {
+                entries,
+                bytes,
+                capacity_bytes: config.cache.memory_capacity,
+            },
+            redis,
+            instances: page::InstancesView {
+                own_id,
+                peers: peers.unwrap_or_default(),
+                now_unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            },
+            purges: self.purger.recent(),
+            reload: page::ReloadView {
+                file: config.file.display().to_string(),
+                loaded_at_unix: self.reloader.loaded_at(),
+                last: self.reloader.last_reload(),
+            },
+            // Per-tenant figures go here once tenant lookups are counted.
+            tenants: Vec::new(),
+        };
+        let mut resp = Response::new(ProxyBody::full(Bytes::from(page::render(&view))));
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // Nothing but the inline style runs or loads; the page cannot be framed elsewhere.
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+        );
+        resp
+    }
+
     async fn purge(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, AdminError> {
         if !self.auth.enabled() {
             let msg =
@@ -198,6 +321,9 @@ impl Admin {
                 "soft": soft,
                 "shared": outcome.shared,
                 "instances_acked": outcome.acks,
+                "acked": outcome.acked(),
+                "instances": outcome.instances(),
+                "propagation_seconds": outcome.propagation.map(|d| d.as_secs_f64()),
             }),
         ))
     }

@@ -97,11 +97,26 @@ pub(super) fn purge_summary(v: &Value) -> String {
     if v.get("soft") == Some(&Value::Bool(true)) {
         line.push_str(" (soft: marked stale)");
     }
-    match (v.get("shared").and_then(Value::as_bool), num(v, &["instances_acked"])) {
-        (Some(true), Some(acks)) => {
+    let receipt = num(v, &["acked"]).zip(num(v, &["instances"]));
+    match (
+        v.get("shared").and_then(Value::as_bool),
+        receipt,
+        num(v, &["instances_acked"]),
+    ) {
+        (Some(true), Some((acked, instances)), _) => {
+            let _ = write!(
+                line,
+                "; shared through Redis, applied by {acked} of {instances} instances"
+            );
+            if let Some(s) = v.get("propagation_seconds").and_then(Value::as_f64) {
+                let _ = write!(line, " in {:.1} ms", s * 1000.0);
+            }
+        }
+        // An instance from before purge receipts.
+        (Some(true), None, Some(acks)) => {
             let _ = write!(line, "; shared through Redis, {acks} instance(s) acknowledged");
         }
-        (Some(false), _) => line.push_str("; this instance only (no Redis)"),
+        (Some(false), _, _) => line.push_str("; this instance only (no Redis)"),
         _ => {}
     }
     line

@@ -59,6 +59,7 @@ fn read_root(ctx: &mut Ctx<'_>, root: toml_span::Value<'_>, file: &Path) -> Opti
     let cache = section(ctx, &mut root, "cache").map(|s| CacheConfig::read(ctx, s));
     let identity = section(ctx, &mut root, "identity").map(|s| IdentityConfig::read(ctx, s));
     let purge = section(ctx, &mut root, "purge").map(|s| PurgeConfig::read(ctx, s));
+    let admin = section(ctx, &mut root, "admin").map(|s| AdminConfig::read(ctx, s));
     let routes: Vec<_> = root
         .tables(ctx, "route")
         .into_iter()
@@ -82,6 +83,7 @@ fn read_root(ctx: &mut Ctx<'_>, root: toml_span::Value<'_>, file: &Path) -> Opti
         cache: cache??,
         identity: identity??,
         purge: purge??,
+        admin: admin??,
         routes: routes.into_iter().map(|(r, _, _)| r).collect(),
         invalidations,
         warm,

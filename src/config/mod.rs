@@ -41,6 +41,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// `[purge]`
     pub purge: PurgeConfig,
+    /// `[admin]`
+    pub admin: AdminConfig,
     /// `[[route]]`, in file order.
     pub routes: Vec<RouteConfig>,
     /// `[[invalidate]]`, in file order.
@@ -61,6 +63,7 @@ impl Config {
             cache,
             identity,
             purge,
+            admin,
             routes: _,
             invalidations: _,
             warm,
@@ -71,6 +74,7 @@ impl Config {
             cache: Part::of(cache),
             identity: Part::of(identity),
             purge: Part::of(purge),
+            admin: Part::of(admin),
             warm,
         }
     }
@@ -85,6 +89,7 @@ impl Config {
             cache,
             identity,
             purge,
+            admin: _,
             routes,
             invalidations,
             warm: _,
@@ -114,6 +119,8 @@ pub struct RestartOnly<'a> {
     pub identity: Part<'a, IdentityConfig, Restart>,
     /// The purge webhook's secrets, read once.
     pub purge: Part<'a, PurgeConfig, Restart>,
+    /// Who may read the admin listener's pages, decided once.
+    pub admin: Part<'a, AdminConfig, Restart>,
     /// The warmer is scheduled once at start-up.
     pub warm: &'a Option<WarmConfig>,
 }
@@ -127,6 +134,7 @@ impl RestartOnly<'_> {
             ("cache", self.cache.changed(&other.cache)),
             ("identity", self.identity.changed(&other.identity)),
             ("purge", self.purge.changed(&other.purge)),
+            ("admin", self.admin.changed(&other.admin)),
         ];
         let mut out: Vec<String> = sections
             .into_iter()
@@ -383,6 +391,17 @@ section! {
         restart token_env: Option<String> = None, read optional(string);
         /// Environment variable holding the HMAC secret for signed webhooks.
         restart hmac_secret_env: Option<String> = None, read optional(string);
+    }
+}
+
+section! {
+    /// `[admin]`: who may read the status page, `/admin/stats` and `/metrics`.
+    pub struct AdminConfig {
+        /// Environment variable holding a bearer token for them (the purge token works too).
+        /// When set, it is required even on a loopback `admin_listen`.
+        restart token_env: Option<String> = None, read optional(string);
+        /// Serve them without credentials on a non-loopback `admin_listen` (a private network).
+        restart open: bool = false, read boolean;
     }
 }
 

@@ -113,12 +113,21 @@ impl Proxy {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
         };
-        self.record(&method, &resp, &out, start.elapsed());
+        self.record(&method, &resp, &out, start, start.elapsed());
         resp
     }
 
     /// Metrics and the decision log line for one answered request.
-    fn record(&self, method: &Method, resp: &Response<ProxyBody>, out: &Outcome, took: std::time::Duration) {
+    fn record(
+        &self,
+        method: &Method,
+        resp: &Response<ProxyBody>,
+        out: &Outcome,
+        start: std::time::Instant,
+        took: std::time::Duration,
+    ) {
+        // The request's end, from the clock read `took` came from: no second read.
+        let ended = start + took;
         let route = out.route.map_or(NO_ROUTE, |i| self.config.routes[i].name.as_str());
         let m = &self.metrics;
         let status = resp.status();
@@ -138,6 +147,7 @@ impl Proxy {
             series.requests.inc();
             series.duration.observe(took.as_secs_f64());
             series.lookups.inc();
+            m.recent.record_ended(ended, crate::recent::Kind::Hit, took);
             tracing::debug!(
                 route,
                 result = CacheResult::Hit.as_str(),
@@ -157,6 +167,7 @@ impl Proxy {
         if let Some(r) = out.reason {
             m.bypass_counter(route, r.as_str()).inc();
         }
+        m.recent.record_ended(ended, out.recent_kind(), took);
         tracing::debug!(
             route,
             result = cache,
@@ -381,6 +392,20 @@ pub(crate) struct Outcome {
     cache: CacheResult,
     tier: Option<Tier>,
     reason: Option<BypassReason>,
+}
+
+impl Outcome {
+    /// What the status page's per-second window counts this request as.
+    fn recent_kind(&self) -> crate::recent::Kind {
+        use crate::recent::Kind;
+        match (self.cached_route, self.cache) {
+            (false, _) | (true, CacheResult::Pass) => Kind::Other,
+            (true, CacheResult::Hit) => Kind::Hit,
+            (true, CacheResult::Stale) => Kind::Stale,
+            (true, CacheResult::Miss) => Kind::Miss,
+            (true, CacheResult::Bypass) => Kind::Bypass,
+        }
+    }
 }
 
 use crate::metrics::NO_ROUTE;
