@@ -402,7 +402,8 @@ impl Outcome {
             (false, _) | (true, CacheResult::Pass) => Kind::Other,
             (true, CacheResult::Hit) => Kind::Hit,
             (true, CacheResult::Stale) => Kind::Stale,
-            (true, CacheResult::Miss) => Kind::Miss,
+            // The origin answered (with a 304): a miss for latency and ratio.
+            (true, CacheResult::Miss | CacheResult::Revalidated) => Kind::Miss,
             (true, CacheResult::Bypass) => Kind::Bypass,
         }
     }
