@@ -750,10 +750,9 @@ if (( HAVE_VARNISH )); then expect_miss_then_hit "varnish miss" "$VARNISH" x-cac
 # suite and group with both servers, and their answers are hits of the right size.
 tls_params() { # port -> "protocol suite group" as `openssl s_client` with the clients' config sees them
     { OPENSSL_CONF="$WORKDIR/tls/client.cnf" timeout 10 openssl s_client -connect "127.0.0.1:$1" </dev/null 2>/dev/null || true; } \
-        | awk -F': *' '
-            /^ *Protocol *:/ { p = $2 }
-            /^ *Cipher *:/ { c = $2 }
-            /^(Server|Peer) Temp Key:/ { split($2, a, ","); g = a[1] }
+        | awk '
+            /^New, / { p = $2; c = $5; sub(/,$/, "", p) }
+            /^(Server|Peer) Temp Key:/ { g = $4; sub(/,$/, "", g) }
             END { print p, c, g }'
 }
 # expect_h2 label url header curl-flag: the answer comes over HTTP/2 and says HIT in that header.
