@@ -64,8 +64,8 @@ if any(kind == "h2_hit" for *_, kind in rows):
     print(f"h2 rows: h2load {THREADS} threads, {CONNECTIONS} connections, {H2_STREAMS} streams per connection "
           f"(-m), the same durations (-D); p50/p99 from its per-request log (--log-file).")
 if any(name.endswith(("_tls_hit_2k", "_h2_hit_2k")) for name, *_ in rows):
-    print(f"TLS rows: TLS 1.3, {TLS_SUITE}, {TLS_GROUP}, one self-signed ECDSA P-256 certificate for cachegate "
-          "and nginx; wrk over https with keep-alive (HTTP/1.1, no ALPN), h2load with ALPN h2.")
+    print(f"TLS rows: TLS 1.3, {TLS_SUITE}, {TLS_GROUP}, one self-signed ECDSA P-256 certificate for every "
+          "TLS listener; wrk over https with keep-alive (HTTP/1.1, no ALPN), h2load with ALPN h2.")
 print()
 print("| row | req/s | p50 ms | p99 ms | server CPU µs/req | of which Redis | origin CPU µs/req "
       "| req/s ÷ limit | CPU ÷ limit |")
