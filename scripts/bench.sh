@@ -17,6 +17,18 @@
 #                      and GET count are summed over all six nodes
 #   nginx proxy_cache  hit (2 KiB, 32 KiB) and miss (scripts/bench/nginx.conf.in)
 #   Varnish            hit (2 KiB, 32 KiB) and miss (scripts/bench/varnish.vcl.in)
+#   memory hit, TLS    cachegate ([server] tls) and nginx proxy_cache (listen ... ssl,
+#                      scripts/bench/nginx-tls.conf.in), 2 KiB, wrk over https with keep-alive.
+#                      One ECDSA P-256 certificate made with openssl for both; both pinned to
+#                      TLS 1.3, TLS_AES_128_GCM_SHA256, X25519: nginx by its ssl_* directives,
+#                      cachegate (whose rustls follows the client's order) by the client, whose
+#                      OpenSSL gets a config (OPENSSL_CONF) offering only that version, suite and
+#                      group; `openssl s_client` with the same config checks what both negotiate
+#   h2 hit             the same two listeners over h2 (TLS, ALPN h2), and h2c by prior knowledge
+#                      (cachegate's plain memory-hit listener; nginx `listen ... http2` without
+#                      ssl, scripts/bench/nginx-h2c.conf.in), 2 KiB, with h2load instead of wrk:
+#                      the same threads and connections, BENCH_H2_STREAMS streams per connection,
+#                      a fixed duration (-D); p50/p99 from h2load's per-request log (--log-file)
 # Server CPU = utime + stime (/proc/<pid>/stat) of the serving process tree, plus redis-server
 # (every cluster node for the cluster rows) for the Redis rows, sampled right before and right
 # after the measured run, per request.
@@ -35,6 +47,11 @@
 #         BENCH_PURGE (default 1)              0 = skip the purge bench
 #         BENCH_MEMORY (default 1)             0 = skip the bounded-memory run
 #         BENCH_MEMORY_DURATION (default 60s)  length of the bounded-memory run
+#         BENCH_TLS (default 1)                0 = skip the TLS and h2 rows; without openssl they
+#                                              are skipped, without h2load (Debian nghttp2-client)
+#                                              the h2 rows, and nginx's without its ssl / http_v2
+#                                              modules, each with a message
+#         BENCH_H2_STREAMS (default 4)         h2load's concurrent streams per connection (-m)
 #         BENCH_KEEP (unset)                   directory to copy the raw wrk outputs, configs,
 #                                              logs and summary into
 #         BENCH_BUILD_TIMEOUT (default 1800)   seconds allowed for each build
@@ -57,6 +74,8 @@ CLUSTER="${BENCH_CLUSTER:-1}"
 PURGE="${BENCH_PURGE:-1}"
 MEMORY="${BENCH_MEMORY:-1}"
 MEMORY_DURATION="${BENCH_MEMORY_DURATION:-60s}"
+TLS="${BENCH_TLS:-1}"
+H2_STREAMS="${BENCH_H2_STREAMS:-4}"
 KEEP="${BENCH_KEEP:-}"
 BUILD_TIMEOUT="${BENCH_BUILD_TIMEOUT:-1800}"
 
@@ -91,6 +110,7 @@ MEMORY_DURATION_S="$(to_seconds "$MEMORY_DURATION")"
 [[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_THREADS must be a positive integer"
 [[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_CONNECTIONS must be a positive integer"
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
+[[ "$H2_STREAMS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_H2_STREAMS must be a positive integer"
 (( CONNECTIONS >= THREADS )) || die "BENCH_CONNECTIONS must be >= BENCH_THREADS"
 [[ "$BUILD_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "BENCH_BUILD_TIMEOUT must be a positive number of seconds"
 CLK_TCK="$(getconf CLK_TCK)"
@@ -168,6 +188,7 @@ if [[ -z "${CACHEGATE_BENCH_WORKDIR:-}" ]]; then
         cp -r "$WORKDIR/raw" "$KEEP/" 2>/dev/null || true
         cp "$WORKDIR"/*.toml "$WORKDIR"/*.log "$WORKDIR"/*.txt "$WORKDIR"/*.tsv "$WORKDIR"/*.md "$KEEP/" 2>/dev/null || true
         cp "$WORKDIR"/nginx/nginx.conf "$KEEP/nginx.conf" 2>/dev/null || true
+        cp "$WORKDIR"/nginx/extra-servers.conf "$KEEP/nginx-extra-servers.conf" 2>/dev/null || true
         cp "$WORKDIR"/nginx/error.log "$KEEP/nginx-error.log" 2>/dev/null || true
         cp "$WORKDIR"/varnish.vcl "$KEEP/" 2>/dev/null || true
         echo "bench: results copied to $KEEP" >&2
@@ -273,6 +294,47 @@ else
     say "BENCH_ANCHORS=0: skipping nginx and Varnish"
 fi
 
+# The TLS rows need openssl (the certificate, the handshake check); the h2 rows also h2load.
+HAVE_TLS=0
+HAVE_H2LOAD=0
+NGINX_TLS=0
+NGINX_H2=0
+if [[ "$TLS" != 0 ]]; then
+    if command -v openssl >/dev/null; then
+        HAVE_TLS=1
+    else
+        say "openssl is not installed: skipping the TLS and h2 rows"
+    fi
+    if (( HAVE_TLS )) && ! command -v h2load >/dev/null; then
+        if can_install; then
+            say "installing nghttp2-client (h2load)"
+            apt_install nghttp2-client || say "installing nghttp2-client failed"
+        fi
+    fi
+    if (( HAVE_TLS )); then
+        if command -v h2load >/dev/null; then
+            HAVE_H2LOAD=1
+        else
+            say "h2load is not installed (Debian package nghttp2-client): skipping the h2 rows"
+        fi
+    fi
+    if (( HAVE_TLS && HAVE_NGINX )); then
+        nginx_build="$(nginx -V 2>&1)"
+        if [[ "$nginx_build" == *--with-http_ssl_module* ]]; then
+            NGINX_TLS=1
+        else
+            say "this nginx has no ssl module: skipping its TLS and h2-over-TLS rows"
+        fi
+        if [[ "$nginx_build" == *--with-http_v2_module* ]]; then
+            NGINX_H2=1
+        else
+            say "this nginx has no http_v2 module: skipping its h2 rows"
+        fi
+    fi
+else
+    say "BENCH_TLS=0: skipping the TLS and h2 rows"
+fi
+
 # --- build --------------------------------------------------------------------------------
 say "building (release): cachegate, examples/bench_server"
 bounded "$BUILD_TIMEOUT" cargo build --release --example bench_server --bin cachegate >&2 \
@@ -307,6 +369,9 @@ PORT_NAMES=(LIMIT_PORT ORIGIN_PORT REDIS_PORT
 # --cluster-port, never the default client port + 10000, which may be taken), and the two
 # cachegate instances in front of it.
 CLUSTER_NODES=6
+if (( HAVE_TLS )); then
+    PORT_NAMES+=(CGTLS_PORT CGTLS_ADMIN NGINX_TLS_PORT NGINX_H2C_PORT)
+fi
 if [[ "$CLUSTER" != 0 ]]; then
     PORT_NAMES+=(CGREDC_PORT CGREDC_ADMIN CGMIXC_PORT CGMIXC_ADMIN)
     for i in $(seq "$CLUSTER_NODES"); do
@@ -335,6 +400,11 @@ CGRED="http://127.0.0.1:$CGRED_PORT"
 CGMIX="http://127.0.0.1:$CGMIX_PORT"
 NGINX="http://127.0.0.1:$NGINX_PORT"
 VARNISH="http://127.0.0.1:$VARNISH_PORT"
+if (( HAVE_TLS )); then
+    CGTLS="https://127.0.0.1:$CGTLS_PORT"
+    NGINX_TLS_URL="https://127.0.0.1:$NGINX_TLS_PORT"
+    NGINX_H2C="http://127.0.0.1:$NGINX_H2C_PORT"
+fi
 CLUSTER_PORTS=() CLUSTER_BUSES=()
 if [[ "$CLUSTER" != 0 ]]; then
     CGREDC="http://127.0.0.1:$CGREDC_PORT"
@@ -349,9 +419,37 @@ if [[ "$CLUSTER" != 0 ]]; then
     CLUSTER_URL="${CLUSTER_URL%,}/"
 fi
 
+# --- TLS material ------------------------------------------------------------------------------
+# One self-signed ECDSA P-256 certificate (PKCS#8 key) for cachegate and nginx, and the client
+# side's OpenSSL configuration: wrk and `openssl s_client` read it through OPENSSL_CONF and then
+# offer TLS 1.3 with TLS_AES_128_GCM_SHA256 and X25519 only (h2load sets its own TLS 1.3 suites,
+# so it gets --tls13-ciphers as well).
+TLS_SUITE=TLS_AES_128_GCM_SHA256
+TLS_GROUP=X25519
+if (( HAVE_TLS )); then
+    mkdir -p "$WORKDIR/tls"
+    bounded 60 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$WORKDIR/tls/key.pem" -out "$WORKDIR/tls/cert.pem" >"$WORKDIR/tls/openssl.log" 2>&1 \
+        || { cat "$WORKDIR/tls/openssl.log" >&2; die "openssl could not make the bench certificate"; }
+    cat >"$WORKDIR/tls/client.cnf" <<EOF
+openssl_conf = bench_conf
+[bench_conf]
+ssl_conf = bench_ssl
+[bench_ssl]
+system_default = bench_tls
+[bench_tls]
+MinProtocol = TLSv1.3
+MaxProtocol = TLSv1.3
+Ciphersuites = $TLS_SUITE
+Groups = $TLS_GROUP
+EOF
+fi
+
 # --- configs ----------------------------------------------------------------------------------
-# write_config FILE LISTEN_PORT ADMIN_PORT DEBUG_HEADERS <<< "[cache] section": one config per
-# cachegate, identical except for the listeners, debug_headers and the [cache] section.
+# write_config FILE LISTEN_PORT ADMIN_PORT DEBUG_HEADERS [SERVER_LINE] <<< "[cache] section": one
+# config per cachegate, identical except for the listeners, debug_headers, the [cache] section
+# and an optional extra line in [server] (the TLS instance's `tls`).
 write_config() {
     local cache_section
     cache_section="$(cat)"
@@ -360,6 +458,7 @@ write_config() {
 listen = "127.0.0.1:$2"
 admin_listen = "127.0.0.1:$3"
 debug_headers = $4
+${5:-}
 
 [origin]
 url = "$ORIGIN"
@@ -425,6 +524,15 @@ EOF
 [cache]
 redis_url = "$CLUSTER_URL"
 key_prefix = "bench:miss"
+memory_capacity = "512MiB"
+memory_ttl = "10m"
+EOF
+fi
+# Memory hits over TLS (HTTP/1.1 and h2 by ALPN) on a listener of their own.
+if (( HAVE_TLS )); then
+    write_config "$WORKDIR/cg-tls.toml" "$CGTLS_PORT" "$CGTLS_ADMIN" false \
+        "tls = { cert = \"$WORKDIR/tls/cert.pem\", key = \"$WORKDIR/tls/key.pem\" }" <<'EOF'
+[cache]
 memory_capacity = "512MiB"
 memory_ttl = "10m"
 EOF
@@ -533,6 +641,12 @@ wait_ready "cachegate (memory hit)" "http://127.0.0.1:$CGMEM_ADMIN/healthz" "$WO
 wait_ready "cachegate (memory miss)" "http://127.0.0.1:$CGMISS_ADMIN/healthz" "$WORKDIR/cg-miss.log"
 wait_ready "cachegate (redis hit)" "http://127.0.0.1:$CGRED_ADMIN/healthz" "$WORKDIR/cg-redis.log"
 wait_ready "cachegate (memory + redis)" "http://127.0.0.1:$CGMIX_ADMIN/healthz" "$WORKDIR/cg-mixed.log"
+CGTLS_PID=""
+if (( HAVE_TLS )); then
+    RUST_LOG=warn start cg-tls "$CACHEGATE_BIN" run --config "$WORKDIR/cg-tls.toml"
+    CGTLS_PID=$LAST_PID
+    wait_ready "cachegate (TLS)" "http://127.0.0.1:$CGTLS_ADMIN/healthz" "$WORKDIR/cg-tls.log"
+fi
 CGREDC_PID="" CGMIXC_PID=""
 if [[ "$CLUSTER" != 0 ]]; then
     RUST_LOG=warn start cg-redis-cluster "$CACHEGATE_BIN" run --config "$WORKDIR/cg-redis-cluster.toml"
@@ -563,6 +677,18 @@ if (( HAVE_NGINX )); then
     fill_template "$BENCH_DIR/nginx.conf.in" "$WORKDIR/nginx/nginx.conf" \
         "USER=$user_directive" "WORKERS=$CORES" "DIR=$WORKDIR/nginx" \
         "ORIGIN_PORT=$ORIGIN_PORT" "PORT=$NGINX_PORT"
+    # The TLS and h2c servers, when this nginx can have them (nginx.conf includes the file).
+    : >"$WORKDIR/nginx/extra-servers.conf"
+    if (( NGINX_TLS )); then
+        fill_template "$BENCH_DIR/nginx-tls.conf.in" "$WORKDIR/nginx/tls.conf" \
+            "PORT=$NGINX_TLS_PORT" "HTTP2=$( (( NGINX_H2 )) && echo http2)" \
+            "CERT=$WORKDIR/tls/cert.pem" "KEY=$WORKDIR/tls/key.pem" "SUITE=$TLS_SUITE" "GROUP=$TLS_GROUP"
+        cat "$WORKDIR/nginx/tls.conf" >>"$WORKDIR/nginx/extra-servers.conf"
+    fi
+    if (( HAVE_TLS && NGINX_H2 )); then
+        fill_template "$BENCH_DIR/nginx-h2c.conf.in" "$WORKDIR/nginx/h2c.conf" "PORT=$NGINX_H2C_PORT"
+        cat "$WORKDIR/nginx/h2c.conf" >>"$WORKDIR/nginx/extra-servers.conf"
+    fi
     timeout 30 nginx -t -q -p "$WORKDIR/nginx/" -e "$WORKDIR/nginx/error.log" -c "$WORKDIR/nginx/nginx.conf" \
         || die "nginx rejected $WORKDIR/nginx/nginx.conf"
     start nginx nginx -p "$WORKDIR/nginx/" -e "$WORKDIR/nginx/error.log" -c "$WORKDIR/nginx/nginx.conf"
@@ -580,12 +706,13 @@ if (( HAVE_VARNISH )); then
 fi
 
 # --- checks: hits are hits -------------------------------------------------------------------
-header_of() { # url header -> value of that response header (empty when absent)
-    { curl -s --max-time 5 -D - -o /dev/null "$1" || true; } | tr -d '\r' \
+# -k: the TLS rows' certificate is self-signed.
+header_of() { # url header [curl args...] -> value of that response header (empty when absent)
+    { curl -sk --max-time 5 "${@:3}" -D - -o /dev/null "$1" || true; } | tr -d '\r' \
         | awk -F': *' -v h="$2" 'tolower($1) == h { print $2 }'
 }
 size_of() { # url -> body size in bytes
-    curl -s --max-time 5 -o /dev/null -w '%{size_download}' "$1" || echo 0
+    curl -sk --max-time 5 -o /dev/null -w '%{size_download}' "$1" || echo 0
 }
 expect_hit() { # label url header: a second request must say HIT in that header
     local first second
@@ -618,6 +745,47 @@ expect_miss_then_hit "cachegate miss (with redis)" "$CGMIX" x-cache
 if [[ "$CLUSTER" != 0 ]]; then expect_miss_then_hit "cachegate miss (with redis, cluster)" "$CGMIXC" x-cache; fi
 if (( HAVE_NGINX )); then expect_miss_then_hit "nginx miss" "$NGINX" x-cache-status; fi
 if (( HAVE_VARNISH )); then expect_miss_then_hit "varnish miss" "$VARNISH" x-cache; fi
+
+# TLS: the bench clients' OpenSSL (wrk's, through OPENSSL_CONF) negotiates the pinned version,
+# suite and group with both servers, and their answers are hits of the right size.
+tls_params() { # port -> "protocol suite group" as `openssl s_client` with the clients' config sees them
+    { OPENSSL_CONF="$WORKDIR/tls/client.cnf" timeout 10 openssl s_client -connect "127.0.0.1:$1" </dev/null 2>/dev/null || true; } \
+        | awk '
+            /^New, / { p = $2; c = $5; sub(/,$/, "", p) }
+            /^(Server|Peer) Temp Key:/ { g = $4; sub(/,$/, "", g) }
+            END { print p, c, g }'
+}
+# expect_h2 label url header curl-flag: the answer comes over HTTP/2 and says HIT in that header.
+expect_h2() {
+    local out
+    for _ in $(seq 20); do
+        out="$({ curl -sk --max-time 5 "$4" -D - -o /dev/null -w 'http_version=%{http_version}\n' "$2" || true; } | tr -d '\r')"
+        if grep -qx 'http_version=2' <<<"$out" && grep -qix "$3: HIT" <<<"$out"; then
+            return 0
+        fi
+        pause 0.1
+    done
+    die "$1: expected an HTTP/2 answer with $3: HIT from $2 (curl $4), got: $(tr '\n' ' ' <<<"$out")"
+}
+TLS_ENDPOINTS=()
+if (( HAVE_TLS )); then TLS_ENDPOINTS+=("cachegate|$CGTLS_PORT|$CGTLS|x-cache"); fi
+if (( NGINX_TLS )); then TLS_ENDPOINTS+=("nginx|$NGINX_TLS_PORT|$NGINX_TLS_URL|x-cache-status"); fi
+for endpoint in "${TLS_ENDPOINTS[@]}"; do
+    IFS='|' read -r who port base header <<<"$endpoint"
+    got="$(tls_params "$port")"
+    say "$who over TLS negotiates: $got"
+    [[ "$got" == "TLSv1.3 $TLS_SUITE $TLS_GROUP" ]] \
+        || die "$who over TLS: expected 'TLSv1.3 $TLS_SUITE $TLS_GROUP' with the bench clients' OpenSSL config, got '$got'"
+    expect_hit "$who over TLS" "$base/2k/x" "$header"
+    [[ "$(size_of "$base/2k/x")" == 2048 ]] || die "$who over TLS: /2k/x is not 2048 bytes"
+    if (( HAVE_H2LOAD )) && [[ "$who" == cachegate || "$NGINX_H2" == 1 ]]; then
+        expect_h2 "$who, h2 over TLS" "$base/2k/x" "$header" --http2
+    fi
+done
+if (( HAVE_H2LOAD )); then
+    expect_h2 "cachegate, h2c" "$CGMEM/2k/x" x-cache --http2-prior-knowledge
+    if (( NGINX_H2 )); then expect_h2 "nginx, h2c" "$NGINX_H2C/2k/x" x-cache-status --http2-prior-knowledge; fi
+fi
 
 # The limit must answer what a cachegate memory hit answers: same header names, same body.
 hit_headers() { # url -> sorted header names
@@ -684,7 +852,8 @@ ticks() {
 }
 
 # --- rows -----------------------------------------------------------------------------------------
-# name, label, body size, kind (limit, origin, hit, redis_hit, miss, redis_miss)
+# name, label, body size, kind (limit, origin, hit, redis_hit, miss, redis_miss, h2_hit: a hit
+# measured with h2load)
 ROWS=(
     "limit_2k|limit: bare hyper, 2 KiB|2k|limit"
     "limit_32k|limit: bare hyper, 32 KiB|32k|limit"
@@ -717,6 +886,16 @@ if (( HAVE_VARNISH )); then
         "varnish_miss_2k|Varnish miss, 2 KiB|2k|miss"
     )
 fi
+if (( HAVE_TLS )); then
+    ROWS+=("cg_tls_hit_2k|cachegate memory hit, TLS, 2 KiB|2k|hit")
+    if (( NGINX_TLS )); then ROWS+=("nginx_tls_hit_2k|nginx proxy_cache hit, TLS, 2 KiB|2k|hit"); fi
+fi
+if (( HAVE_H2LOAD )); then
+    ROWS+=("cg_h2_hit_2k|cachegate memory hit, h2 over TLS, 2 KiB|2k|h2_hit")
+    if (( NGINX_TLS && NGINX_H2 )); then ROWS+=("nginx_h2_hit_2k|nginx proxy_cache hit, h2 over TLS, 2 KiB|2k|h2_hit"); fi
+    ROWS+=("cg_h2c_hit_2k|cachegate memory hit, h2c, 2 KiB|2k|h2_hit")
+    if (( NGINX_H2 )); then ROWS+=("nginx_h2c_hit_2k|nginx proxy_cache hit, h2c, 2 KiB|2k|h2_hit"); fi
+fi
 : >"$WORKDIR/rows.tsv"
 for row in "${ROWS[@]}"; do
     IFS='|' read -r name label size kind <<<"$row"
@@ -745,6 +924,46 @@ print(float(rps.group(1)), latency(50), latency(99), total.group(1), errors, non
 EOF
 }
 
+# The h2load results in the same form, "rps p50_ms p99_ms requests errors non2xx": req/s and the
+# counts from its summary, p50/p99 from its per-request log (start µs, status, µs to the end of
+# the response); fails unless it spoke PROTOCOL (h2 or h2c) and, over TLS, the pinned suite.
+parse_h2load() { # output log protocol
+    python3 - "$1" "$2" "$3" "$TLS_SUITE" "$TLS_GROUP" <<'EOF'
+import re, sys
+out, log, proto, suite, group = sys.argv[1:6]
+text = open(out).read()
+def need(pattern):
+    m = re.search(pattern, text, re.M)
+    if not m:
+        sys.exit("cannot read h2load output (%s):\n%s" % (pattern, text))
+    return m
+got = need(r"^Application protocol: (\S+)").group(1)
+if got != proto:
+    sys.exit("h2load spoke %s, not %s:\n%s" % (got, proto, text))
+if proto == "h2":
+    tls = "%s %s %s" % (need(r"^TLS Protocol: (\S+)").group(1), need(r"^Cipher: (\S+)").group(1),
+                        need(r"^Server Temp Key: ([^ ,]+)").group(1))
+    if tls != "TLSv1.3 %s %s" % (suite, group):
+        sys.exit("h2load negotiated %s, not TLSv1.3 %s %s" % (tls, suite, group))
+rps = float(need(r"^finished in [\d.]+\w*, ([\d.]+) req/s").group(1))
+m = need(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+         r"(\d+) errored, (\d+) timeout")
+done, failed, errored, timeout = int(m.group(3)), int(m.group(5)), int(m.group(6)), int(m.group(7))
+codes = need(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
+non2xx = int(codes.group(3)) + int(codes.group(4))
+times = []
+for line in open(log):
+    f = line.split("\t")
+    if len(f) >= 3 and f[2].strip().isdigit():
+        times.append(int(f[2]))
+if not times:
+    sys.exit("no requests in the h2load log " + log)
+times.sort()
+pct = lambda p: times[min(len(times) - 1, int(len(times) * p / 100))] / 1000.0  # noqa: E731
+print(rps, pct(50), pct(99), done, failed + errored + timeout, non2xx)
+EOF
+}
+
 # measure ROW RUN: warm up, then measure with CPU samples right around the measured wrk run.
 measure() {
     local name label size kind run="$2" base url proxy_pids="" redis_pids="" origin_pids="" header="" args=()
@@ -766,11 +985,24 @@ measure() {
         nginx_miss_*) url="$NGINX/$size/m"; proxy_pids="$NGINX_PID" ;;
         varnish_hit_*) url="$VARNISH/$size/x"; proxy_pids="$VARNISH_PID"; header=x-cache ;;
         varnish_miss_*) url="$VARNISH/$size/m"; proxy_pids="$VARNISH_PID" ;;
+        cg_tls_hit_* | cg_h2_hit_*) url="$CGTLS/$size/x"; proxy_pids="$CGTLS_PID"; header=x-cache ;;
+        cg_h2c_hit_*) url="$CGMEM/$size/x"; proxy_pids="$CGMEM_PID"; header=x-cache ;;
+        nginx_tls_hit_* | nginx_h2_hit_*) url="$NGINX_TLS_URL/$size/x"; proxy_pids="$NGINX_PID"; header=x-cache-status ;;
+        nginx_h2c_hit_*) url="$NGINX_H2C/$size/x"; proxy_pids="$NGINX_PID"; header=x-cache-status ;;
         *) die "unknown row $name" ;;
     esac
     case "$kind" in
-        hit | redis_hit | miss | redis_miss) origin_pids="$ORIGIN_PID" ;;
+        hit | redis_hit | miss | redis_miss | h2_hit) origin_pids="$ORIGIN_PID" ;;
     esac
+    # The clients' TLS: wrk's OpenSSL reads the pinned version, suite and group from this config;
+    # h2load takes the suite on its command line. h2load speaks h2 by ALPN over TLS and h2c by
+    # prior knowledge without; curl checks the hit the same way after the run.
+    local client_env=() curl_args=() h2_proto=""
+    if [[ "$url" == https:* ]]; then client_env=(env "OPENSSL_CONF=$WORKDIR/tls/client.cnf"); fi
+    if [[ "$kind" == h2_hit ]]; then
+        if [[ "$url" == https:* ]]; then h2_proto=h2 curl_args=(--http2); else h2_proto=h2c curl_args=(--http2-prior-knowledge); fi
+    fi
+    local h2load_cmd=(h2load -t "$THREADS" -c "$CONNECTIONS" -m "$H2_STREAMS" --tls13-ciphers="$TLS_SUITE" --groups="$TLS_GROUP")
     local p
     for p in $proxy_pids $redis_pids $origin_pids; do
         kill -0 "$p" 2>/dev/null || die "$label: a server it needs (pid $p) is no longer running (see the logs in $WORKDIR)"
@@ -789,8 +1021,14 @@ measure() {
         say "run $run/$RUNS: warming up '$label' for ${WARMUP_S}s"
         local warm_args=("${script_args[@]}")
         [[ "$kind" == *miss ]] && warm_args+=("warm$run-$RANDOM")
-        bounded "$limit" wrk -t "$THREADS" -c "$CONNECTIONS" -d "${WARMUP_S}s" --timeout 5s \
-            "${args[@]}" "$url" -- "${warm_args[@]}" >/dev/null || die "wrk warm-up failed for $name"
+        if [[ "$kind" == h2_hit ]]; then
+            bounded "$limit" "${client_env[@]}" "${h2load_cmd[@]}" -D "${WARMUP_S}s" "$url" >"$base.warmup.txt" \
+                || die "h2load warm-up failed for $name: $(cat "$base.warmup.txt")"
+            rm -f "$base.warmup.txt"
+        else
+            bounded "$limit" "${client_env[@]}" wrk -t "$THREADS" -c "$CONNECTIONS" -d "${WARMUP_S}s" --timeout 5s \
+                "${args[@]}" "$url" -- "${warm_args[@]}" >/dev/null || die "wrk warm-up failed for $name"
+        fi
     fi
     [[ "$kind" == *miss ]] && script_args+=("$name-$run")
     if [[ "$kind" == redis_hit ]]; then lookups_before "$base" "${redis_ports[@]}"; fi
@@ -798,19 +1036,30 @@ measure() {
     local p0 r0 o0 p1 r1 o1 rc=0
     # shellcheck disable=SC2086 # space-separated lists of pids
     p0="$(ticks $proxy_pids)" r0="$(ticks $redis_pids)" o0="$(ticks $origin_pids)"
-    bounded "$limit" wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION_S}s" --timeout 5s --latency \
-        "${args[@]}" "$url" -- "${script_args[@]}" >"$base.txt" || rc=$?
+    if [[ "$kind" == h2_hit ]]; then
+        bounded "$limit" "${client_env[@]}" "${h2load_cmd[@]}" -D "${DURATION_S}s" --log-file="$base.log" \
+            "$url" >"$base.txt" 2>&1 || rc=$?
+    else
+        bounded "$limit" "${client_env[@]}" wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION_S}s" --timeout 5s --latency \
+            "${args[@]}" "$url" -- "${script_args[@]}" >"$base.txt" || rc=$?
+    fi
     # shellcheck disable=SC2086 # space-separated lists of pids
     p1="$(ticks $proxy_pids)" r1="$(ticks $redis_pids)" o1="$(ticks $origin_pids)"
-    (( rc == 0 )) || die "wrk failed for $name (exit $rc): $(cat "$base.txt")"
+    (( rc == 0 )) || die "the client failed for $name (exit $rc): $(cat "$base.txt")"
     if [[ "$kind" == redis_hit ]]; then lookups_after "$base" "${redis_ports[@]}"; fi
     local result
-    result="$(parse_wrk "$base.txt")" || die "cannot read the wrk output of $name"
+    if [[ "$kind" == h2_hit ]]; then
+        result="$(parse_h2load "$base.txt" "$base.log" "$h2_proto")" || die "cannot use the h2load output of $name"
+        # The per-request log is large and read once.
+        rm -f "$base.log"
+    else
+        result="$(parse_wrk "$base.txt")" || die "cannot read the wrk output of $name"
+    fi
     echo "$result $(( p1 - p0 )) $(( r1 - r0 )) $(( o1 - o0 ))" >"$base.res"
     # Still hits after the run (the CPU of the origin in the table shows the same for every hit row).
     if [[ -n "$header" ]]; then
         local after
-        after="$(header_of "$url" "$header")"
+        after="$(header_of "$url" "$header" "${curl_args[@]}")"
         [[ "$after" == "HIT" ]] || say "warning: after the run $url answered $header: '$after', not HIT"
     fi
     if [[ "$kind" == redis_hit ]]; then
@@ -895,6 +1144,11 @@ fi
     echo "- cachegate commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src/ has uncommitted changes)')"
     echo "- work directory (nginx cache files) on: $(stat -f -c %T "$WORKDIR" 2>/dev/null || echo unknown) ($(dirname "$WORKDIR"))"
     echo "- $(redis-server --version | cut -d' ' -f1-3)$( (( HAVE_NGINX )) && echo "; $(nginx -v 2>&1)")$( (( HAVE_VARNISH )) && echo "; $(varnishd -V 2>&1 | head -1)")"
+    if (( HAVE_TLS )); then
+        echo "- $(openssl version)$( (( HAVE_H2LOAD )) && echo "; $(h2load --version | head -1)")"
+    else
+        echo "- TLS and h2 rows skipped ($( [[ "$TLS" == 0 ]] && echo BENCH_TLS=0 || echo 'no openssl'))"
+    fi
     (( HAVE_NGINX && HAVE_VARNISH )) || [[ "$ANCHORS" == 0 ]] || echo "- nginx/Varnish rows missing: not installed"
     if [[ "$CLUSTER" != 0 ]]; then
         echo "- Redis Cluster rows: 3 masters + 3 replicas on loopback (ports ${CLUSTER_PORTS[*]}), cluster-node-timeout 2000 ms"
@@ -903,6 +1157,7 @@ fi
     fi
     echo
     CLK_TCK="$CLK_TCK" THREADS="$THREADS" CONNECTIONS="$CONNECTIONS" RUNS="$RUNS" DURATION="$DURATION_S" \
+        H2_STREAMS="$H2_STREAMS" TLS_SUITE="$TLS_SUITE" TLS_GROUP="$TLS_GROUP" \
         WARMUP="$WARMUP_S" MEMORY_BOUND="$MEMORY_BOUND" MEMORY_DURATION="$MEMORY_DURATION_S" \
         python3 "$BENCH_DIR/summary.py" "$WORKDIR"
 } >"$WORKDIR/summary.md"

@@ -16,6 +16,9 @@ CLK_TCK = int(env.get("CLK_TCK", "100"))
 THREADS = int(env.get("THREADS", "2"))
 CONNECTIONS = int(env.get("CONNECTIONS", "64"))
 RUNS = int(env.get("RUNS", "1"))
+H2_STREAMS = int(env.get("H2_STREAMS", "4"))
+TLS_SUITE = env.get("TLS_SUITE", "?")
+TLS_GROUP = env.get("TLS_GROUP", "?")
 
 rows = []  # (name, label, size, kind)
 with open(f"{d}/rows.tsv") as f:
@@ -57,6 +60,12 @@ def fmt(v, spec, none="n/a"):
 
 print(f"wrk {THREADS} threads, {CONNECTIONS} connections, {env.get('DURATION', '?')} s per measurement after a "
       f"{env.get('WARMUP', '?')} s warm-up; {RUNS} run(s), interleaved; medians per row.")
+if any(kind == "h2_hit" for *_, kind in rows):
+    print(f"h2 rows: h2load {THREADS} threads, {CONNECTIONS} connections, {H2_STREAMS} streams per connection "
+          f"(-m), the same durations (-D); p50/p99 from its per-request log (--log-file).")
+if any(name.endswith(("_tls_hit_2k", "_h2_hit_2k")) for name, *_ in rows):
+    print(f"TLS rows: TLS 1.3, {TLS_SUITE}, {TLS_GROUP}, one self-signed ECDSA P-256 certificate for every "
+          "TLS listener; wrk over https with keep-alive (HTTP/1.1, no ALPN), h2load with ALPN h2.")
 print()
 print("| row | req/s | p50 ms | p99 ms | server CPU µs/req | of which Redis | origin CPU µs/req "
       "| req/s ÷ limit | CPU ÷ limit |")
@@ -124,6 +133,28 @@ if any(res.get(c) for _, c, _ in pairs):
               f"server CPU/req {fmt(ratio(med(cluster, 'cpu'), med(node, 'cpu')), '.2f')}×, "
               f"Redis CPU/req {fmt(ratio(med(cluster, 'redis_cpu'), med(node, 'redis_cpu')), '.2f')}×")
 
+# TLS and HTTP/2 hits: each against the plain-HTTP limit and the plain hit of the same server,
+# and cachegate against nginx, over the same protocol.
+if any(res.get(n) for n in ("cg_tls_hit_2k", "cg_h2_hit_2k", "cg_h2c_hit_2k")):
+    print()
+    print("TLS and HTTP/2 hits, 2 KiB (medians):")
+    for who, tls, plain in (("cachegate", "cg_tls_hit_2k", "cg_mem_hit_2k"), ("nginx", "nginx_tls_hit_2k", "nginx_hit_2k")):
+        if not res.get(tls):
+            continue
+        print(f"- TLS hit, {who}: CPU/req ÷ plain limit {fmt(ratio(med(tls, 'cpu'), med('limit_2k', 'cpu')), '.2f')}×, "
+              f"req/s ÷ plain limit {fmt(ratio(med(tls, 'rps'), med('limit_2k', 'rps')), '.2f')}×; "
+              f"÷ its own plain-HTTP hit: CPU/req {fmt(ratio(med(tls, 'cpu'), med(plain, 'cpu')), '.2f')}×, "
+              f"req/s {fmt(ratio(med(tls, 'rps'), med(plain, 'rps')), '.2f')}×")
+    for what, cg, ngx in (("TLS hit (HTTP/1.1)", "cg_tls_hit_2k", "nginx_tls_hit_2k"),
+                          ("h2 hit over TLS", "cg_h2_hit_2k", "nginx_h2_hit_2k"),
+                          ("h2c hit", "cg_h2c_hit_2k", "nginx_h2c_hit_2k")):
+        if not res.get(cg) or not res.get(ngx):
+            continue
+        per_run = [f"{c['rps'] / n['rps']:.2f}" for c, n in zip(res[cg], res[ngx]) if n["rps"]]
+        print(f"- {what}, cachegate ÷ nginx: req/s {fmt(ratio(med(cg, 'rps'), med(ngx, 'rps')), '.2f')}× "
+              f"(per run: {' / '.join(per_run)}), CPU/req {fmt(ratio(med(cg, 'cpu'), med(ngx, 'cpu')), '.2f')}×, "
+              f"p99 {fmt(med(cg, 'p99'), '.3f')} vs {fmt(med(ngx, 'p99'), '.3f')} ms")
+
 # Goals.
 checks = []
 
@@ -146,6 +177,13 @@ check("miss (memory only) req/s ÷ nginx miss", ratio(med("cg_miss_mem_2k", "rps
       ">=", 1.0, "nginx row")
 check("miss (with Redis) req/s ÷ nginx miss", ratio(med("cg_miss_redis_2k", "rps"), med("nginx_miss_2k", "rps")),
       ">=", 0.7, "nginx row")
+if any(res.get(n) for n in ("cg_tls_hit_2k", "cg_h2_hit_2k")):
+    check("TLS hit 2k CPU/req ÷ plain limit", ratio(med("cg_tls_hit_2k", "cpu"), med("limit_2k", "cpu")), "<=", 1.3,
+          "rows")
+    check("TLS hit 2k req/s ÷ nginx TLS hit", ratio(med("cg_tls_hit_2k", "rps"), med("nginx_tls_hit_2k", "rps")),
+          ">=", 1.0, "nginx row")
+    check("h2 hit 2k req/s ÷ nginx h2 hit", ratio(med("cg_h2_hit_2k", "rps"), med("nginx_h2_hit_2k", "rps")),
+          ">=", 1.0, "h2 rows")
 print()
 print("Goals:")
 print("\n".join(checks))
