@@ -85,6 +85,7 @@ impl Admin {
             (&Method::POST, "/purge") => self.purge(req).await,
             (&Method::POST, "/admin/warm") => self.warm(req).await,
             (&Method::POST, "/admin/reload") => self.reload(req).await,
+            (&Method::POST, "/admin/explain") => self.explain(req).await,
             _ => Ok(self.read_only(req).await),
         };
         answered.unwrap_or_else(AdminError::into_response)
@@ -103,9 +104,26 @@ impl Admin {
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: the admin listener serves /healthz, /readyz, /metrics, /admin/stats, POST /purge, POST /admin/warm and POST /admin/reload\n"
+                "not found: the admin listener serves /healthz, /readyz, /metrics, /admin/stats, POST /purge, POST /admin/warm, POST /admin/reload and POST /admin/explain\n"
                     .into(),
             ),
+        }
+    }
+
+    /// What the proxy would do with a request (see `proxy::explain`); authenticated like
+    /// `/purge`: the answer shows keys, identities and what is cached.
+    async fn explain(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, AdminError> {
+        if !self.auth.enabled() {
+            let msg = "explain endpoint disabled: set [purge] token_env or hmac_secret_env";
+            return Err(AdminError::new(StatusCode::FORBIDDEN, msg));
+        }
+        let body = self.read_authenticated(req, MAX_PURGE_BODY).await?;
+        let asked: crate::proxy::ExplainRequest = serde_json::from_slice(&body)
+            .map_err(|e| AdminError::new(StatusCode::BAD_REQUEST, format!("invalid explain body: {e}")))?;
+        let proxy = self.reloader.proxy.load_full();
+        match proxy.explain(asked).await {
+            Ok(v) => Ok(json(StatusCode::OK, &v)),
+            Err(e) => Err(AdminError::new(StatusCode::BAD_REQUEST, e)),
         }
     }
 
@@ -119,10 +137,13 @@ impl Admin {
         Ok(match self.reloader.reload().await {
             Ok(msg) => json(StatusCode::OK, &serde_json::json!({ "reloaded": true, "message": msg })),
             // A refused reload is an answer, not an admin error: the body says which.
-            Err(e) => json(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &serde_json::json!({ "reloaded": false, "error": e.to_string() }),
-            ),
+            Err(e) => {
+                let mut body = serde_json::json!({ "reloaded": false, "error": e.to_string() });
+                if let crate::reload::ReloadError::RestartOnly { changed } = &e {
+                    body["restart_only"] = serde_json::json!(changed);
+                }
+                json(StatusCode::UNPROCESSABLE_ENTITY, &body)
+            }
         })
     }
 
@@ -154,7 +175,8 @@ impl Admin {
                 let hits = lookups(n, hit, Tier::Memory.as_str()) + lookups(n, hit, Tier::Redis.as_str());
                 let misses = lookups(n, CacheResult::Miss.as_str(), NO_TIER);
                 let bypasses = lookups(n, CacheResult::Bypass.as_str(), NO_TIER);
-                let ratio = if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 };
+                // No traffic has no ratio: 0 would read as "never hits".
+                let ratio = (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64);
                 serde_json::json!({ "route": n, "hits": hits, "misses": misses, "bypasses": bypasses, "hit_ratio": ratio })
             })
             .collect();

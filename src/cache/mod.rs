@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! * `lookup`: a request's way through the tiers, and the permit to fill
+//! * `peek`: what the tiers hold for a key, looked at without acting (for `explain`)
 //! * `coalesce`: one origin fetch per key
 //! * [`key`]: path/query normalisation and the key string
 //! * [`policy`]: what may be stored and for how long (pure)
@@ -15,9 +16,11 @@ mod coalesce;
 pub mod entry;
 pub mod key;
 mod lookup;
+mod peek;
 pub mod policy;
 
 pub use lookup::{EntryScopes, FillPermit, Filled, Hit, Lookup, RequestKey, Stored, Waits};
+pub use peek::{Peek, Seen, SharedPeek};
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -85,6 +85,28 @@ impl BypassReason {
         BypassReason::Purged,
     ];
 
+    /// The reason in words, for `explain`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            BypassReason::Method => "the method is not cacheable",
+            BypassReason::Credentials => {
+                "the request carries a credential cachegate cannot resolve, or a part of the identity this route varies on did not resolve, or a caller with credentials asked for a route that varies on nobody (answers shared with everybody are not served to somebody)"
+            }
+            BypassReason::NoUser => "the route varies on user and the request has no resolved user",
+            BypassReason::Range => "a Range request: ranges are not served from cache",
+            BypassReason::NoRoute => "no [[route]] matches the path",
+            BypassReason::NoStore => "the origin answered Cache-Control: no-store",
+            BypassReason::Private => "the origin answered Cache-Control: private",
+            BypassReason::NoCache => "the origin answered Cache-Control: no-cache on a ttl = \"origin\" route",
+            BypassReason::SetCookie => "the origin's answer sets a cookie",
+            BypassReason::Status => "the status is not in [cache] cacheable_statuses",
+            BypassReason::TooLarge => "the body is larger than [server] max_body",
+            BypassReason::VaryStar => "the origin answered Vary: *",
+            BypassReason::NoFreshness => "a ttl = \"origin\" route and the origin gave no freshness",
+            BypassReason::Purged => "a purge landed while the answer was being fetched",
+        }
+    }
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -432,6 +432,11 @@ fn route(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<(RouteConfig, Spanned<
             );
         }
     }
+    // Messages about the other keys name the route as well as its index: the name is what a
+    // user can search the file for.
+    if let Some(n) = name.as_ref().filter(|n| !n.value.is_empty()) {
+        s.path = format!("route {:?} ({})", n.value, s.path);
+    }
     let path = pattern(ctx, &mut s);
     let ttl = s.string(ctx, "ttl").and_then(|t| {
         if t.value == "origin" {

@@ -551,6 +551,22 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     from_str(&src, path)
 }
 
+/// The 1-based line where the dotted key `key` (`server.listen`, `warm`) is written in the TOML
+/// text `src`; `None` when it is not set there (or the text does not parse).
+pub fn line_of(src: &str, key: &str) -> Option<usize> {
+    let root = toml_span::parse(src).ok()?;
+    let mut table = root.as_table()?;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (k, v) = table.iter().find(|(k, _)| k.name == part)?;
+        if parts.peek().is_none() {
+            return Some(reader::Ctx::new(src).line(k.span.start));
+        }
+        table = v.as_table()?;
+    }
+    None
+}
+
 /// What `[cache] redis_url` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisTarget {
