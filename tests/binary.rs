@@ -163,7 +163,10 @@ async fn access_log_has_path_query_and_client_but_no_unkeyed_query_values() {
     assert_eq!(bin.get("/elsewhere?token=s3cret-b").await.status, 200);
     let mut access = Vec::new();
     while access.len() < 2 {
-        let line = bin.log.recv_timeout(Duration::from_secs(20)).expect("two access log lines");
+        let line = bin
+            .log
+            .recv_timeout(Duration::from_secs(20))
+            .expect("two access log lines");
         if line.contains("cachegate::access") {
             access.push(line);
         }
@@ -171,9 +174,18 @@ async fn access_log_has_path_query_and_client_but_no_unkeyed_query_values() {
     let (keyed, unrouted) = (&access[0], &access[1]);
     for line in [keyed, unrouted] {
         assert!(line.contains("client=127.0.0.1"), "{line}");
-        assert!(!line.contains("s3cret"), "a query value the route does not key leaked: {line}");
+        assert!(
+            !line.contains("s3cret"),
+            "a query value the route does not key leaked: {line}"
+        );
     }
     assert!(keyed.contains("/courses/") && keyed.contains("page=2"), "{keyed}");
-    assert!(keyed.contains("method=GET") && keyed.contains("route=\"courses\""), "{keyed}");
-    assert!(unrouted.contains("/elsewhere") && unrouted.contains("token"), "{unrouted}");
+    assert!(
+        keyed.contains("method=GET") && keyed.contains("route=\"courses\""),
+        "{keyed}"
+    );
+    assert!(
+        unrouted.contains("/elsewhere") && unrouted.contains("token"),
+        "{unrouted}"
+    );
 }

@@ -420,9 +420,8 @@ fn check(text: &str) -> std::process::Output {
 /// short of binding: secrets, identity sources, TLS files, the origin client.
 #[test]
 fn check_verb_refuses_what_run_refuses() {
-    let jwt = format!(
-        "{ORIGIN}[identity]\njwt = {{ secret_env = \"CHECK_TEST_UNSET_SECRET\", algorithms = [\"HS256\"] }}\n"
-    );
+    let jwt =
+        format!("{ORIGIN}[identity]\njwt = {{ secret_env = \"CHECK_TEST_UNSET_SECRET\", algorithms = [\"HS256\"] }}\n");
     let out = check(&jwt);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{err}");

@@ -67,7 +67,9 @@ impl Cache {
                     let (purged, soft) = match redis.gens(&names).await {
                         Ok(current) => stored.recorded.iter().zip(&current.scopes).fold(
                             (false, false),
-                            |(hard, soft), ((_, was), now)| (hard || was.hard != now.hard, soft || was.soft != now.soft),
+                            |(hard, soft), ((_, was), now)| {
+                                (hard || was.hard != now.hard, soft || was.soft != now.soft)
+                            },
                         ),
                         Err(_) => (true, false),
                     };

@@ -205,17 +205,31 @@ pub(super) fn explanation(v: &Value) -> String {
             r.get("index").and_then(Value::as_u64).unwrap_or(0),
             r.get("path").and_then(Value::as_str).unwrap_or("?"),
             list(r, "/vary").replace('-', "nobody"),
-            if r.get("public") == Some(&Value::Bool(true)) { ", public" } else { "" },
+            if r.get("public") == Some(&Value::Bool(true)) {
+                ", public"
+            } else {
+                ""
+            },
         ),
         _ => "none matches".into(),
     };
     lines.push(("route", route));
-    let trusted = if v.pointer("/request/trusted_peer") == Some(&Value::Bool(true)) { "trusted" } else { "not trusted" };
-    lines.push(("peer", format!("{} ({trusted})", text(v, "/request/peer").unwrap_or("?"))));
+    let trusted = if v.pointer("/request/trusted_peer") == Some(&Value::Bool(true)) {
+        "trusted"
+    } else {
+        "not trusted"
+    };
+    lines.push((
+        "peer",
+        format!("{} ({trusted})", text(v, "/request/peer").unwrap_or("?")),
+    ));
     lines.push(("headers", list(v, "/request/headers")));
     let dropped = list(v, "/request/dropped_headers");
     if dropped != "-" {
-        lines.push(("dropped", format!("{dropped} (removed before anything reads the request)")));
+        lines.push((
+            "dropped",
+            format!("{dropped} (removed before anything reads the request)"),
+        ));
     }
     lines.push(("cookies", list(v, "/request/cookies")));
     lines.push(("identity", ["role", "tenant", "user"].map(|p| part(v, p)).join("; ")));

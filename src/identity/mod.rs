@@ -346,7 +346,13 @@ impl Resolver {
             } else {
                 "anonymous: no credentials"
             };
-            let source = |p: &Part| if *p == Part::Absent { from_claims } else { "trusted header" };
+            let source = |p: &Part| {
+                if *p == Part::Absent {
+                    from_claims
+                } else {
+                    "trusted header"
+                }
+            };
             (t.role, t.tenant, t.user) = (source(&role), source(&tenant), source(&user));
         }
         id.role = match role {

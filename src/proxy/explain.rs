@@ -117,13 +117,14 @@ impl Proxy {
     /// The request `asked` describes, and whether it is an `https` one.
     fn explain_request(&self, asked: &ExplainRequest) -> Result<(Request<()>, bool), String> {
         let method = asked.method.as_deref().unwrap_or("GET");
-        let method = Method::from_bytes(method.as_bytes()).map_err(|_| format!("method {method:?}: not an HTTP method"))?;
+        let method =
+            Method::from_bytes(method.as_bytes()).map_err(|_| format!("method {method:?}: not an HTTP method"))?;
         let uri: Uri = asked
             .url
             .parse()
             .map_err(|e| format!("url {:?}: {e} (expected /path?query or http://host/path)", asked.url))?;
         let secure = uri.scheme_str() == Some("https");
-        if !asked.url.starts_with('/') && uri.authority().is_none() {
+        if !asked.url.starts_with('/') && !matches!(uri.scheme_str(), Some("http" | "https")) {
             return Err(format!("url {:?}: expected /path?query or http://host/path", asked.url));
         }
         let mut req = Request::new(());
@@ -131,8 +132,10 @@ impl Proxy {
         *req.version_mut() = Version::HTTP_11;
         let h = req.headers_mut();
         for (name, value) in &asked.headers {
-            let n = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| format!("header {name:?}: not a header name"))?;
-            let v = HeaderValue::from_str(value.trim()).map_err(|_| format!("header {name}: value not allowed in a header"))?;
+            let n = HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| format!("header {name:?}: not a header name"))?;
+            let v = HeaderValue::from_str(value.trim())
+                .map_err(|_| format!("header {name}: value not allowed in a header"))?;
             h.append(n, v);
         }
         if !asked.cookies.is_empty() {
@@ -140,7 +143,8 @@ impl Proxy {
                 let name = bad.split('=').next().unwrap_or("");
                 return Err(format!("cookie {name:?}: expected name=value"));
             }
-            let v = HeaderValue::from_str(&asked.cookies.join("; ")).map_err(|_| "cookies: value not allowed in a header".to_string())?;
+            let v = HeaderValue::from_str(&asked.cookies.join("; "))
+                .map_err(|_| "cookies: value not allowed in a header".to_string())?;
             h.append(header::COOKIE, v);
         }
         if uri.authority().is_none() && !h.contains_key(header::HOST) {
@@ -162,7 +166,13 @@ impl Proxy {
     }
 
     /// A GET or HEAD on a cached route: its key, what the tiers hold, and what would be served.
-    async fn explain_read(&self, idx: usize, d: &Decision<'_>, req: &Request<()>, out: &mut Value) -> Vec<(&'static str, Value)> {
+    async fn explain_read(
+        &self,
+        idx: usize,
+        d: &Decision<'_>,
+        req: &Request<()>,
+        out: &mut Value,
+    ) -> Vec<(&'static str, Value)> {
         let route = &self.config.routes[idx];
         let ctx = Ctx {
             path: &d.path,
@@ -176,14 +186,24 @@ impl Proxy {
         };
         let input = ctx.vary_input(req.headers(), route);
         let key = self.cache.request_key(&base, input).await;
-        let varies: Vec<HeaderName> = self.cache.varies_on(&base).await.map(|v| v.to_vec()).unwrap_or_default();
+        let varies: Vec<HeaderName> = self
+            .cache
+            .varies_on(&base)
+            .await
+            .map(|v| v.to_vec())
+            .unwrap_or_default();
         let vary_input: serde_json::Map<String, Value> = varies
             .iter()
             .map(|n| {
                 let shown = if *n == header::COOKIE || *n == header::AUTHORIZATION {
                     json!("(credentials and cookie values are not shown)")
                 } else {
-                    let values: Vec<&str> = req.headers().get_all(n).iter().filter_map(|v| v.to_str().ok()).collect();
+                    let values: Vec<&str> = req
+                        .headers()
+                        .get_all(n)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .collect();
                     json!(values.join(", "))
                 };
                 (n.as_str().to_string(), shown)
@@ -213,7 +233,13 @@ fn shown_key(full: &str, base: &str, has_cookies: bool) -> String {
     };
     let parts: Vec<&str> = rest
         .split('&')
-        .map(|p| if p.starts_with("cookie=") { "cookie=(values not shown)" } else { p })
+        .map(|p| {
+            if p.starts_with("cookie=") {
+                "cookie=(values not shown)"
+            } else {
+                p
+            }
+        })
         .collect();
     format!("{base}{}", parts.join("&"))
 }
@@ -277,7 +303,11 @@ fn served(p: &Peek) -> Vec<(&'static str, Value)> {
         match m.staleness {
             Staleness::Fresh => return hit(Tier::Memory, "hit", "a fresh entry in memory"),
             Staleness::Revalidate => {
-                return hit(Tier::Memory, "stale", "served stale from memory while one background refresh runs")
+                return hit(
+                    Tier::Memory,
+                    "stale",
+                    "served stale from memory while one background refresh runs",
+                )
             }
             _ => {}
         }
@@ -287,7 +317,11 @@ fn served(p: &Peek) -> Vec<(&'static str, Value)> {
             match r.staleness {
                 Staleness::Fresh if !r.soft_purged => return hit(Tier::Redis, "hit", "a fresh entry in Redis"),
                 Staleness::Fresh | Staleness::Revalidate => {
-                    return hit(Tier::Redis, "stale", "served stale from Redis while one background refresh runs")
+                    return hit(
+                        Tier::Redis,
+                        "stale",
+                        "served stale from Redis while one background refresh runs",
+                    )
                 }
                 _ => {}
             }

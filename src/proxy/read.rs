@@ -183,7 +183,13 @@ pub(super) struct ReadKey<'a> {
 /// session's scope, and the stamps taken before the lookup asked: a login or logout landing
 /// meanwhile keeps the answer from being stored, here and (through the scope's Redis counter)
 /// on every instance.
-pub(super) fn entry_scopes(route: &RouteConfig, path: &str, query: &str, who: KeyIdentity<'_>, id: &Identity) -> EntryScopes {
+pub(super) fn entry_scopes(
+    route: &RouteConfig,
+    path: &str,
+    query: &str,
+    who: KeyIdentity<'_>,
+    id: &Identity,
+) -> EntryScopes {
     let params = route.path.params(path).unwrap_or_default();
     let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
     let url = scope::url_scope(&route.name, path, query);
@@ -201,7 +207,11 @@ pub(super) fn entry_scopes(route: &RouteConfig, path: &str, query: &str, who: Ke
 /// only for anonymous callers and trusted gateways that leave it out; a user must be resolved.
 /// A route varying on nobody shares one answer with everyone, so only callers who are nobody
 /// in particular use it, unless it is `public`.
-fn key_identity<'a>(route: &RouteConfig, id: &'a Identity, headers: &http::HeaderMap) -> Result<KeyIdentity<'a>, BypassReason> {
+fn key_identity<'a>(
+    route: &RouteConfig,
+    id: &'a Identity,
+    headers: &http::HeaderMap,
+) -> Result<KeyIdentity<'a>, BypassReason> {
     if headers.contains_key(header::RANGE) {
         return Err(BypassReason::Range);
     }
@@ -229,4 +239,3 @@ fn key_identity<'a>(route: &RouteConfig, id: &'a Identity, headers: &http::Heade
     };
     Ok(KeyIdentity { role, tenant, user })
 }
-
