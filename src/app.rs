@@ -21,7 +21,7 @@ use crate::admin::Admin;
 use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::coherence::Coherence;
-use crate::config::Config;
+use crate::config::{Config, TenantLabels};
 use crate::identity::SessionGuard;
 use crate::invalidation::Purger;
 use crate::message::body::ProxyBody;
@@ -30,6 +30,7 @@ use crate::proxy::Proxy;
 use crate::reload::{ProxyParts, Reloader};
 use crate::scope::Generations;
 use crate::secrets::Secrets;
+use crate::tenants::TenantLabeller;
 use crate::tiers::redis::RedisTier;
 use crate::tls::ServerTls;
 use crate::warm::{WarmError, Warmer};
@@ -150,6 +151,7 @@ struct Built {
     proxy: Arc<ArcSwap<Proxy>>,
     scheduled: Option<crate::warm::WarmJob>,
     stop: watch::Sender<bool>,
+    tenants: Option<Arc<TenantLabeller>>,
 }
 
 fn build(config: Config, secrets: Secrets) -> Result<Built, StartError> {
@@ -208,6 +210,11 @@ fn build(config: Config, secrets: Secrets) -> Result<Built, StartError> {
     let guard = SessionGuard::new(generations.clone(), coherence.clone());
     let purger = Arc::new(Purger::new(generations.clone(), coherence, metrics.clone()));
     let (stop, stop_rx) = watch::channel(false);
+    let tenants = match &config.metrics.tenant_labels {
+        TenantLabels::Off => None,
+        TenantLabels::Named(names) => Some(Arc::new(TenantLabeller::named(names.clone()))),
+        TenantLabels::Top(n) => Some(Arc::new(TenantLabeller::top(*n))),
+    };
     let proxy = Proxy::new(
         config.clone(),
         cache.clone(),
@@ -216,6 +223,7 @@ fn build(config: Config, secrets: Secrets) -> Result<Built, StartError> {
         &secrets,
         metrics.clone(),
         stop_rx,
+        tenants.clone(),
     )?;
     // A [warm] that cannot work (identity headers we would strip) is a config error, found now;
     // the warmer only needs the listener's address, which binding does not change.
@@ -235,6 +243,7 @@ fn build(config: Config, secrets: Secrets) -> Result<Built, StartError> {
         purger,
         scheduled,
         stop,
+        tenants,
     })
 }
 
@@ -257,6 +266,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         proxy,
         scheduled,
         stop,
+        tenants,
     } = build(config, secrets.clone())?;
     let (proxy_listener, proxy_addr) = bind(config.server.listen, "listen").await?;
     let plain = match config.server.listen_http {
@@ -281,6 +291,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
             guard,
             secrets: secrets.clone(),
             stop: stop_rx.clone(),
+            tenants,
         },
         tls.iter().chain(&admin_tls).cloned().collect(),
         metrics.clone(),

@@ -10,6 +10,7 @@
 //! * `scope`: scope names, generation counters and stamps: O(1) purges, no resurrection
 //! * [`message`]: HTTP message pieces: the body type, header hygiene, path normalisation
 //! * `watchdog`: closes client connections that send no request head, idle, or stop reading
+//! * [`tenants`]: which tenants get a metrics label of their own (bounded)
 //!
 //! Above them:
 //! * [`config`]: `proxy.toml` → a validated [`config::Config`], every problem with file:line:key;
@@ -62,6 +63,7 @@ pub mod reload;
 pub mod route;
 mod scope;
 pub mod secrets;
+pub mod tenants;
 pub mod tiers;
 pub mod tls;
 mod upstream;

@@ -48,6 +48,8 @@ pub(crate) struct ProxyParts {
     pub(crate) secrets: Secrets,
     /// Shutdown, which upgraded connections end with.
     pub(crate) stop: tokio::sync::watch::Receiver<bool>,
+    /// Per-tenant labels (restart-only: counted from start-up).
+    pub(crate) tenants: Option<Arc<crate::tenants::TenantLabeller>>,
 }
 
 impl Reloader {
@@ -128,6 +130,7 @@ impl Reloader {
             &self.parts.secrets,
             self.metrics.clone(),
             self.parts.stop.clone(),
+            self.parts.tenants.clone(),
         )?;
         for (tls, prepared) in self.tls.iter().zip(certificates) {
             tls.install(prepared);

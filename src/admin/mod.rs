@@ -189,17 +189,48 @@ impl Admin {
                 Err(e) => serde_json::json!({ "configured": true, "up": false, "error": e.to_string() }),
             },
         };
+        let tenants = self.tenant_stats();
+        let mut memory = serde_json::json!({ "entries": entries, "bytes": bytes, "capacity_bytes": self.config.load().cache.memory_capacity });
+        if let Some((quota, held)) = self.cache.memory_by_tenant().await {
+            memory["tenant_quota_bytes"] = quota.into();
+            memory["by_tenant"] = held.into_iter().map(|(t, n)| (t, serde_json::Value::from(n))).collect();
+        }
         let loaded = self.reloader.loaded_at();
         json(
             StatusCode::OK,
             &serde_json::json!({
                 "uptime_seconds": self.started.elapsed().as_secs(),
                 "config": { "file": self.config.load().file.display().to_string(), "loaded_at_unix": loaded },
-                "memory": { "entries": entries, "bytes": bytes, "capacity_bytes": self.config.load().cache.memory_capacity },
+                "memory": memory,
                 "redis": redis,
                 "routes": routes,
+                "tenants": tenants,
             }),
         )
+    }
+
+    /// Per tenant label (the labelled tenants, `other`, `none`): lookups by result and the hit
+    /// ratio (`null` without traffic); `null` without `[metrics] tenant_labels`.
+    fn tenant_stats(&self) -> serde_json::Value {
+        let Some(mut labels) = self.reloader.proxy.load().tenant_labels() else {
+            return serde_json::Value::Null;
+        };
+        labels.extend([crate::tenants::OTHER.to_string(), crate::tenants::NONE.to_string()]);
+        let m = &self.metrics;
+        let mut out = serde_json::Map::new();
+        for t in labels {
+            let count = |r: CacheResult| m.tenant_lookups_counted(&t, r.as_str());
+            let (hits, stale, misses, bypasses) = (
+                count(CacheResult::Hit),
+                count(CacheResult::Stale),
+                count(CacheResult::Miss),
+                count(CacheResult::Bypass),
+            );
+            let ratio = (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64);
+            let v = serde_json::json!({ "hits": hits, "stale": stale, "misses": misses, "bypasses": bypasses, "hit_ratio": ratio });
+            out.insert(t, v);
+        }
+        serde_json::Value::Object(out)
     }
 
     async fn purge(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, AdminError> {

@@ -47,6 +47,8 @@ pub struct Config {
     pub invalidations: Vec<InvalidateConfig>,
     /// `[warm]`: scheduled cache warming, when present.
     pub warm: Option<WarmConfig>,
+    /// `[metrics]`
+    pub metrics: MetricsConfig,
 }
 
 impl Config {
@@ -64,6 +66,7 @@ impl Config {
             routes: _,
             invalidations: _,
             warm,
+            metrics,
         } = self;
         RestartOnly {
             server: Part::of(server),
@@ -71,6 +74,7 @@ impl Config {
             cache: Part::of(cache),
             identity: Part::of(identity),
             purge: Part::of(purge),
+            metrics: Part::of(metrics),
             warm,
         }
     }
@@ -88,6 +92,7 @@ impl Config {
             routes,
             invalidations,
             warm: _,
+            metrics: _,
         } = self;
         Reloadable {
             server: Part::of(server),
@@ -114,6 +119,8 @@ pub struct RestartOnly<'a> {
     pub identity: Part<'a, IdentityConfig, Restart>,
     /// The purge webhook's secrets, read once.
     pub purge: Part<'a, PurgeConfig, Restart>,
+    /// Per-tenant labels, counted from start-up.
+    pub metrics: Part<'a, MetricsConfig, Restart>,
     /// The warmer is scheduled once at start-up.
     pub warm: &'a Option<WarmConfig>,
 }
@@ -127,6 +134,7 @@ impl RestartOnly<'_> {
             ("cache", self.cache.changed(&other.cache)),
             ("identity", self.identity.changed(&other.identity)),
             ("purge", self.purge.changed(&other.purge)),
+            ("metrics", self.metrics.changed(&other.metrics)),
         ];
         let mut out: Vec<String> = sections
             .into_iter()
@@ -253,6 +261,32 @@ section! {
         reload respect_origin_cache_control: bool = true, read boolean;
         /// Statuses that may be stored.
         reload cacheable_statuses: Vec<u16> = vec![200, 203, 204, 301, 404, 410], read load::statuses;
+        /// Most of the memory tier one tenant's entries may hold, as a share ("10%"); a tenant
+        /// at its share gets no new memory entries (they still go to Redis) until some of its
+        /// own expire or are evicted. Entries of routes that do not vary on tenant count for
+        /// nobody.
+        restart memory_tenant_quota: Option<f64> = None, read optional(load::share);
+    }
+}
+
+/// Which tenants get their own `tenant` label.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TenantLabels {
+    /// No per-tenant series.
+    #[default]
+    Off,
+    /// These tenants; every other one is `other`.
+    Named(Vec<String>),
+    /// The busiest this many, tracked with a bounded counter; every other one is `other`.
+    Top(usize),
+}
+
+section! {
+    /// `[metrics]`: per-tenant figures.
+    pub struct MetricsConfig {
+        /// `["1", "2"]` or `{ top = 20 }`: the tenants counted under their own label in
+        /// `cachegate_tenant_lookups_total` and `/admin/stats`.
+        restart tenant_labels: TenantLabels = TenantLabels::Off, read load::tenant_labels;
     }
 }
 

@@ -36,6 +36,7 @@ use crate::message::body::ProxyBody;
 use crate::message::headers;
 use crate::metrics::Metrics;
 use crate::secrets::Secrets;
+use crate::tenants::TenantLabeller;
 use crate::upstream::Origin;
 
 pub(crate) use explain::ExplainRequest;
@@ -64,6 +65,8 @@ pub struct Proxy {
     hit_series: Vec<OnceLock<HitSeries>>,
     /// Shutdown: upgraded connections, which the listener no longer tracks, end with it.
     stop: tokio::sync::watch::Receiver<bool>,
+    /// Per-tenant labels, with `[metrics] tenant_labels`.
+    tenants: Option<Arc<TenantLabeller>>,
 }
 
 /// The metric series of one route's memory hits.
@@ -86,11 +89,13 @@ impl Proxy {
         secrets: &Secrets,
         metrics: Arc<Metrics>,
         stop: tokio::sync::watch::Receiver<bool>,
+        tenants: Option<Arc<TenantLabeller>>,
     ) -> Result<Self, BuildError> {
         let origin = Origin::new(&config.origin, metrics.clone())?;
         let identity = Resolver::new(&config.identity, secrets, origin.clone(), guard, metrics.clone())?;
         let hit_series = config.routes.iter().map(|_| OnceLock::new()).collect();
         Ok(Proxy {
+            tenants,
             stop,
             hit_series,
             config,
@@ -126,6 +131,16 @@ impl Proxy {
         let route = out.route.map_or(NO_ROUTE, |i| self.config.routes[i].name.as_str());
         let m = &self.metrics;
         let status = resp.status();
+        if let (Some(labels), Some(tenant), true) = (&self.tenants, &out.tenant, out.cached_route) {
+            let l = labels.label(tenant.as_deref());
+            if let Some(gone) = l.displaced {
+                // Its series go: at most `top` tenants have series at any time.
+                for (result, _) in CacheResult::LOOKUPS {
+                    let _ = m.tenant_lookups.remove_label_values(&[&gone, result.as_str()]);
+                }
+            }
+            m.tenant_lookup_counter(&l.label, out.cache.as_str()).inc();
+        }
         if let (Some(idx), CacheResult::Hit, Some(Tier::Memory), &Method::GET, StatusCode::OK, false) = (
             out.route,
             out.cache,
@@ -185,6 +200,11 @@ impl Proxy {
         }
     }
 
+    /// The tenants labelled now, when `[metrics] tenant_labels` is set.
+    pub(crate) fn tenant_labels(&self) -> Option<Vec<String>> {
+        self.tenants.as_ref().map(|t| t.labelled())
+    }
+
     /// Sends to the origin, timing it.
     async fn send(&self, req: Request<ProxyBody>, out: &Outcome) -> Result<Response<Incoming>, ProxyError> {
         Ok(self.send_for(req, out.route).await?)
@@ -216,6 +236,9 @@ impl Proxy {
         let uri = req.uri().clone();
         let d = self.decide(&mut req, &uri, peer, secure, None).await?;
         out.route = d.route;
+        if self.tenants.is_some() {
+            out.tenant = Some(d.id.tenant.known().cloned());
+        }
         if let Some(a) = out.access.as_deref_mut() {
             a.path = d.path.to_string();
             a.query = logged_query(uri.query(), d.route.map(|i| &self.config.routes[i]));
@@ -485,6 +508,8 @@ fn logged_query(query: Option<&str>, route: Option<&crate::config::RouteConfig>)
 pub(crate) struct Outcome {
     /// Set when `access_log` is on.
     access: Option<Box<Access>>,
+    /// The request's tenant, when tenants are labelled.
+    tenant: Option<Option<String>>,
     /// The first route matching the path.
     pub(crate) route: Option<usize>,
     /// A GET/HEAD on a cached route (counted in `cachegate_cache_lookups_total`).
