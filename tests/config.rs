@@ -393,7 +393,7 @@ fn size_and_duration_errors_say_what_is_expected_not_the_library_message() {
 /// Issue 16: route errors named `route[3].tagz`; the route's name is what a user can find.
 #[test]
 fn route_errors_name_the_route_and_its_index() {
-    let routes = "[[route]]\nname = \"a\"\npath = \"/a/\"\n".repeat(1)
+    let routes = "[[route]]\nname = \"a\"\npath = \"/a/\"\n".to_string()
         + "[[route]]\nname = \"b\"\npath = \"/b/\"\n"
         + "[[route]]\nname = \"c\"\npath = \"/c/\"\n"
         + "[[route]]\nname = \"course_list\"\npath = \"/courses/\"\ntagz = [\"x\"]\n";

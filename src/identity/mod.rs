@@ -440,7 +440,7 @@ impl Resolver {
                     .await
                     .ok_or_else(|| "session not known yet".to_string()),
             };
-            if let Some(t) = trace.as_deref_mut() {
+            if let Some(t) = trace {
                 let hash = l.scope_of(session);
                 let short = hash.rsplit(':').next().unwrap_or("").get(..12).unwrap_or("");
                 t.session = Some(match &resolved {

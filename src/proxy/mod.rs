@@ -81,6 +81,7 @@ impl Proxy {
     ///
     /// # Errors
     /// An identity source that cannot be set up (missing JWT secret, unreadable key file).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<Config>,
         cache: Arc<Cache>,
