@@ -31,14 +31,14 @@
 //! * `proxy`: the request flow: normalise once, identify, serve from cache, fill, write, purge
 //! * [`reload`]: config hot reload (SIGHUP, `POST /admin/reload`)
 //! * `admin`: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/admin/stats`, `POST /purge`,
-//!   `POST /admin/warm`)
+//!   `POST /admin/warm`, `POST /admin/explain`)
 //! * [`app`]: wiring, listeners and graceful shutdown
 //!
 //! Modules the binary, tests and benches do not name are private (`admin`, `error`,
 //! `identity`, `proxy`, `scope`, `upstream`, `watchdog`); their items are `pub(crate)`.
 //!
-//! The binary (`main.rs`) adds the command line and its `cli` module (the `stats`, `purge` and
-//! `warm` verbs, talking to a running instance's admin listener), so `clap` and `indicatif` stay
+//! The binary (`main.rs`) adds the command line and its `cli` module (the `stats`, `purge`,
+//! `warm` and `explain` verbs, talking to a running instance's admin listener), so `clap` and `indicatif` stay
 //! out of the library.
 
 #![forbid(unsafe_code)]
