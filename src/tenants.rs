@@ -27,8 +27,9 @@ enum Mode {
 
 #[derive(Default)]
 struct Top {
-    /// Space-saving slots: tenant and estimated count.
-    slots: Vec<(Arc<str>, u64)>,
+    /// Space-saving slots: tenant, estimated count, and how much of it may be overestimate
+    /// (the count it inherited).
+    slots: Vec<(Arc<str>, u64, u64)>,
     /// Tenants with a label of their own.
     labelled: Vec<Arc<str>>,
 }
@@ -90,7 +91,8 @@ impl TenantLabeller {
 
 impl Top {
     fn count(&mut self, t: &str, n: usize) -> Label {
-        let estimate = self.bump(t, 4 * n);
+        // Only what is certainly its own traffic can win a label: a newcomer inherits a count.
+        let certain = self.bump(t, 4 * n);
         if let Some(own) = self.labelled.iter().find(|l| ***l == *t) {
             return Label {
                 label: own.clone(),
@@ -112,7 +114,7 @@ impl Top {
             .map(|(i, l)| (i, self.estimate(l)))
             .min_by_key(|(_, c)| *c);
         match least {
-            Some((i, c)) if estimate > 2 * c.max(1) => {
+            Some((i, c)) if certain > 2 * c.max(1) => {
                 let displaced = std::mem::replace(&mut self.labelled[i], name.clone());
                 Label {
                     label: name,
@@ -126,28 +128,29 @@ impl Top {
         }
     }
 
-    /// One more request of `t`; returns its estimated count.
+    /// One more request of `t`; returns the count it certainly has.
     fn bump(&mut self, t: &str, capacity: usize) -> u64 {
-        if let Some(slot) = self.slots.iter_mut().find(|(n, _)| **n == *t) {
+        if let Some(slot) = self.slots.iter_mut().find(|(n, _, _)| **n == *t) {
             slot.1 += 1;
-            return slot.1;
+            return slot.1 - slot.2;
         }
         if self.slots.len() < capacity {
-            self.slots.push((Arc::from(t), 1));
+            self.slots.push((Arc::from(t), 1, 0));
             return 1;
         }
         // Space-saving: the newcomer inherits the smallest count, an upper bound of its own.
         let min = self
             .slots
             .iter_mut()
-            .min_by_key(|(_, c)| *c)
+            .min_by_key(|(_, c, _)| *c)
             .expect("capacity is at least 4");
-        *min = (Arc::from(t), min.1 + 1);
-        min.1
+        *min = (Arc::from(t), min.1 + 1, min.1);
+        1
     }
 
+    /// The most requests `t` may have had (0 once it has lost its slot).
     fn estimate(&self, t: &str) -> u64 {
-        self.slots.iter().find(|(n, _)| **n == *t).map_or(0, |(_, c)| *c)
+        self.slots.iter().find(|(n, _, _)| **n == *t).map_or(0, |(_, c, _)| *c)
     }
 }
 
