@@ -21,7 +21,7 @@ use crate::admin::{Access, Admin};
 use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::coherence::Coherence;
-use crate::config::Config;
+use crate::config::{Config, TenantLabels};
 use crate::identity::SessionGuard;
 use crate::invalidation::Purger;
 use crate::message::body::ProxyBody;
@@ -30,6 +30,7 @@ use crate::proxy::Proxy;
 use crate::reload::{ProxyParts, Reloader};
 use crate::scope::Generations;
 use crate::secrets::Secrets;
+use crate::tenants::TenantLabeller;
 use crate::tiers::redis::RedisTier;
 use crate::tls::ServerTls;
 use crate::warm::{WarmError, Warmer};
@@ -128,11 +129,37 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     start_with(config, secrets).await
 }
 
-/// [`start`] with the purge secrets given directly.
+/// Everything `run` sets up before it binds a listener, so `check` can do all of it: it reads
+/// every secret, every TLS, CA and key file, and builds the identity sources, the origin client
+/// and the tiers (nothing connects yet).
 ///
 /// # Errors
-/// As [`start`].
-pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, StartError> {
+/// As [`start`], short of binding.
+pub async fn check(config: Config) -> Result<(), StartError> {
+    let secrets = Secrets::from_env(&config);
+    build(config, secrets).map(drop)
+}
+
+/// What [`start_with`] builds before binding.
+struct Built {
+    config: Arc<Config>,
+    tls: Option<Arc<ServerTls>>,
+    admin_tls: Option<Arc<ServerTls>>,
+    clock: Arc<Clock>,
+    metrics: Arc<Metrics>,
+    shared: Option<(Arc<RedisTier>, Arc<Coherence>)>,
+    cache: Arc<Cache>,
+    generations: Arc<Generations>,
+    guard: SessionGuard,
+    purger: Arc<Purger>,
+    proxy: Arc<ArcSwap<Proxy>>,
+    scheduled: Option<crate::warm::WarmJob>,
+    stop: watch::Sender<bool>,
+    tenants: Option<Arc<TenantLabeller>>,
+    access: Access,
+}
+
+fn build(config: Config, secrets: Secrets) -> Result<Built, StartError> {
     let tls = match &config.server.tls {
         Some(files) => Some(Arc::new(ServerTls::load(files)?)),
         None => None,
@@ -149,13 +176,6 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
     if config.server.listen_http.is_some() && mutual && !config.server.redirect_http {
         return Err(StartError::PlainBesideMutualTls);
     }
-    let (proxy_listener, proxy_addr) = bind(config.server.listen, "listen").await?;
-    let plain = match config.server.listen_http {
-        Some(addr) => Some(bind(addr, "listen_http").await?),
-        None => None,
-    };
-    let http_addr = plain.as_ref().map(|(_, a)| *a);
-    let (admin_listener, admin_addr) = bind(config.server.admin_listen, "admin_listen").await?;
     let config = Arc::new(config);
     let clock = Arc::new(Clock::default());
     let generations = Arc::new(Generations::default());
@@ -192,15 +212,15 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         shared.clone(),
         metrics.clone(),
     ));
-    let purger_generations = generations.clone();
     let coherence = shared.as_ref().map(|(_, c)| c.clone());
     let guard = SessionGuard::new(generations.clone(), coherence.clone());
-    let purger = Arc::new(Purger::new(
-        generations,
-        shared.as_ref().map(|(_, c)| c.clone()),
-        metrics.clone(),
-    ));
+    let purger = Arc::new(Purger::new(generations.clone(), coherence, metrics.clone()));
     let (stop, stop_rx) = watch::channel(false);
+    let tenants = match &config.metrics.tenant_labels {
+        TenantLabels::Off => None,
+        TenantLabels::Named(names) => Some(Arc::new(TenantLabeller::named(names.clone()))),
+        TenantLabels::Top(n) => Some(Arc::new(TenantLabeller::top(*n))),
+    };
     let proxy = Proxy::new(
         config.clone(),
         cache.clone(),
@@ -208,16 +228,68 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
         &guard,
         &secrets,
         metrics.clone(),
-        stop_rx.clone(),
+        stop_rx,
+        tenants.clone(),
     )?;
-    let proxy = Arc::new(ArcSwap::from_pointee(proxy));
+    // A [warm] that cannot work (identity headers we would strip) is a config error, found now;
+    // the warmer only needs the listener's address, which binding does not change.
+    let warmer = Warmer::new(&config, config.server.listen, tls.as_ref());
+    let scheduled = config.warm.as_ref().map(|w| warmer.scheduled_job(w)).transpose()?;
+    Ok(Built {
+        proxy: Arc::new(ArcSwap::from_pointee(proxy)),
+        config,
+        tls,
+        admin_tls,
+        clock,
+        metrics,
+        shared,
+        cache,
+        generations,
+        guard,
+        purger,
+        scheduled,
+        stop,
+        tenants,
+        access,
+    })
+}
+
+/// [`start`] with the purge secrets given directly.
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, StartError> {
+    let Built {
+        config,
+        tls,
+        admin_tls,
+        clock,
+        metrics,
+        shared,
+        cache,
+        generations,
+        guard,
+        purger,
+        proxy,
+        scheduled,
+        stop,
+        tenants,
+        access,
+    } = build(config, secrets.clone())?;
+    let (proxy_listener, proxy_addr) = bind(config.server.listen, "listen").await?;
+    let plain = match config.server.listen_http {
+        Some(addr) => Some(bind(addr, "listen_http").await?),
+        None => None,
+    };
+    let http_addr = plain.as_ref().map(|(_, a)| *a);
+    let (admin_listener, admin_addr) = bind(config.server.admin_listen, "admin_listen").await?;
+    let stop_rx = stop.subscribe();
+    let coherence = shared.as_ref().map(|(_, c)| c.clone());
+    let purger_generations = generations;
     if secrets.purge_token.is_none() && secrets.purge_hmac.is_none() {
         tracing::info!("purge webhook disabled: no secret in the variables [purge] token_env / hmac_secret_env name");
     }
     let warmer = Arc::new(Warmer::new(&config, proxy_addr, tls.as_ref()));
-    // A [warm] that cannot work (identity headers we would strip) is a config error, found now.
-    let scheduled = config.warm.as_ref().map(|w| warmer.scheduled_job(w)).transpose();
-    let scheduled = scheduled?;
     let reloader = Arc::new(Reloader::new(
         Arc::new(ArcSwap::new(config.clone())),
         proxy.clone(),
@@ -227,6 +299,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
             guard,
             secrets: secrets.clone(),
             stop: stop_rx.clone(),
+            tenants,
         },
         tls.iter().chain(&admin_tls).cloned().collect(),
         metrics.clone(),

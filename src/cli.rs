@@ -1,5 +1,5 @@
-//! The verbs that talk to a running instance through its admin listener: `stats`, `purge` and
-//! `warm`. The address comes from `--admin`, else from `[server] admin_listen` of `--config`
+//! The verbs that talk to a running instance through its admin listener: `stats`, `purge`,
+//! `warm` and `explain`. The address comes from `--admin`, else from `[server] admin_listen` of `--config`
 //! (else `127.0.0.1:9091` when the default `proxy.toml` does not exist); the token from `--token`,
 //! else from the variable `[purge] token_env` names (`CACHEGATE_PURGE_TOKEN` by default).
 //!
@@ -84,6 +84,65 @@ pub(crate) struct WarmArgs {
     /// Requests in flight at once, 1 to 64.
     #[arg(long, default_value_t = DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
+}
+
+/// `cachegate explain`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ExplainArgs {
+    /// Where the instance is and the token.
+    #[command(flatten)]
+    pub remote: Remote,
+    /// The request: a path with its query ("/courses/?page=2") or an absolute URL.
+    #[arg(value_name = "URL")]
+    pub url: String,
+    /// Request method.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// A request header, "Name: value" (repeatable).
+    #[arg(long = "header", short = 'H', value_name = "HEADER")]
+    pub headers: Vec<String>,
+    /// A cookie, "name=value" (repeatable); only its name is ever printed.
+    #[arg(long = "cookie", value_name = "COOKIE")]
+    pub cookies: Vec<String>,
+    /// The client address the request comes from [default: inside trust_headers_from when it is set, else 127.0.0.1].
+    #[arg(long, value_name = "IP")]
+    pub peer: Option<std::net::IpAddr>,
+    /// Print the JSON answer instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cachegate explain`: `POST /admin/explain`, printed as text (or the JSON with `--json`).
+///
+/// # Errors
+/// Any [`CliError`]; a header without `:` is a usage error.
+pub(crate) async fn explain(args: ExplainArgs, config: Option<&Path>) -> Result<(), CliError> {
+    let mut headers = Vec::new();
+    for h in &args.headers {
+        let Some((name, value)) = h.split_once(':') else {
+            return Err(CliError::Usage(format!("--header {h:?}: expected \"Name: value\"")));
+        };
+        headers.push(serde_json::json!([name.trim(), value.trim()]));
+    }
+    let client = connect(&args.remote, config, true)?;
+    let mut body = serde_json::json!({
+        "method": args.method,
+        "url": args.url,
+        "headers": headers,
+        "cookies": args.cookies,
+    });
+    if let Some(p) = args.peer {
+        body["peer"] = p.to_string().into();
+    }
+    let v = client
+        .call(Method::POST, "/admin/explain", Some(body), Duration::from_secs(30))
+        .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        print!("{}", output::explanation(&v));
+    }
+    Ok(())
 }
 
 /// Runs a verb on a current-thread runtime and turns its outcome into an exit code, printing

@@ -13,6 +13,7 @@
 //! * `scope`: scope names, generation counters and stamps: O(1) purges, no resurrection
 //! * [`message`]: HTTP message pieces: the body type, header hygiene, path normalisation
 //! * `watchdog`: closes client connections that send no request head, idle, or stop reading
+//! * [`tenants`]: which tenants get a metrics label of their own (bounded)
 //!
 //! Above them:
 //! * [`config`]: `proxy.toml` → a validated [`config::Config`], every problem with file:line:key;
@@ -33,14 +34,14 @@
 //! * `proxy`: the request flow: normalise once, identify, serve from cache, fill, write, purge
 //! * [`reload`]: config hot reload (SIGHUP, `POST /admin/reload`)
 //! * `admin`: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/admin/stats`, `POST /purge`,
-//!   `POST /admin/warm`)
+//!   `POST /admin/warm`, `POST /admin/explain`)
 //! * [`app`]: wiring, listeners and graceful shutdown
 //!
 //! Modules the binary, tests and benches do not name are private (`admin`, `error`,
 //! `identity`, `proxy`, `scope`, `upstream`, `watchdog`); their items are `pub(crate)`.
 //!
-//! The binary (`main.rs`) adds the command line and its `cli` module (the `stats`, `purge` and
-//! `warm` verbs, talking to a running instance's admin listener), so `clap` and `indicatif` stay
+//! The binary (`main.rs`) adds the command line and its `cli` module (the `stats`, `purge`,
+//! `warm` and `explain` verbs, talking to a running instance's admin listener), so `clap` and `indicatif` stay
 //! out of the library.
 
 #![forbid(unsafe_code)]
@@ -66,6 +67,7 @@ pub mod reload;
 pub mod route;
 mod scope;
 pub mod secrets;
+pub mod tenants;
 pub mod tiers;
 pub mod tls;
 mod upstream;

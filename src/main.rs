@@ -22,7 +22,7 @@ const EXIT_CONFIG: u8 = 64;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Config file [default: proxy.toml]; `stats`, `purge` and `warm` read its admin_listen and token_env.
+    /// Config file [default: proxy.toml]; `stats`, `purge`, `warm` and `explain` read its admin_listen and token_env.
     #[arg(long, short, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Log format.
@@ -34,7 +34,7 @@ struct Cli {
 enum Command {
     /// Run the proxy (the default).
     Run,
-    /// Validate the config file and exit: 0 when valid, 64 with every problem otherwise.
+    /// Validate the config file and everything it names (secrets, TLS, key and CA files) as `run` would, short of binding; exit 0 when valid, 64 with the problems otherwise.
     Check,
     /// Show a running instance's uptime, tiers and per-route hit ratios (GET /admin/stats).
     Stats(cli::Remote),
@@ -42,6 +42,8 @@ enum Command {
     Purge(cli::PurgeArgs),
     /// Warm the paths listed in a file for given roles and tenants (POST /admin/warm).
     Warm(cli::WarmArgs),
+    /// Explain what a running instance would do with a request: route, identity, key, tiers, bypass reason (POST /admin/explain).
+    Explain(cli::ExplainArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Command::Stats(remote) => cli::exit_code(cli::stats(remote, explicit)),
         Command::Purge(what) => cli::exit_code(cli::purge(what, explicit)),
         Command::Warm(list) => cli::exit_code(cli::warm(list, explicit)),
+        Command::Explain(what) => cli::exit_code(cli::explain(what, explicit)),
         Command::Run | Command::Check => return run_or_check(command, explicit),
     };
     ExitCode::from(code)
@@ -87,6 +90,10 @@ fn run_or_check(command: Command, explicit: Option<&Path>) -> ExitCode {
     };
     match command {
         Command::Check => {
+            if let Err(e) = check(config.clone()) {
+                eprintln!("{}: {e}", file.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
             println!(
                 "{}: ok ({} routes, {} invalidation rules)",
                 file.display(),
@@ -97,6 +104,15 @@ fn run_or_check(command: Command, explicit: Option<&Path>) -> ExitCode {
         }
         _ => run(config),
     }
+}
+
+/// What `run` does before binding, on a runtime of its own (nothing is spawned or connected).
+fn check(config: cachegate::config::Config) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(cachegate::app::check(config)).map_err(|e| e.to_string())
 }
 
 fn run(config: cachegate::config::Config) -> ExitCode {

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub purge_propagation: Histogram,
     /// The last minutes, per second, for the status page.
     pub recent: std::sync::Arc<crate::recent::Recent>,
+    /// `cachegate_tenant_lookups_total{tenant, result}` (tenants from `[metrics] tenant_labels`)
+    pub tenant_lookups: IntCounterVec,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -203,6 +205,12 @@ impl Metrics {
             identity_lookup_duration: lookup_duration,
             purge_propagation,
             recent: std::sync::Arc::default(),
+            tenant_lookups: counter(
+                &reg,
+                "cachegate_tenant_lookups_total",
+                "Requests on cached routes by tenant (labelled ones, other, none) and result",
+                &["tenant", "result"],
+            ),
             registry: reg,
         }
     }
@@ -229,6 +237,18 @@ impl Metrics {
     pub fn lookups_counted(&self, route: &str, result: &str, tier: &str) -> u64 {
         self.lookups
             .get_metric_with_label_values(&[route, result, tier])
+            .map_or(0, |c| c.get())
+    }
+
+    /// `cachegate_tenant_lookups_total{tenant, result}`.
+    pub fn tenant_lookup_counter(&self, tenant: &str, result: &str) -> IntCounter {
+        self.tenant_lookups.with_label_values(&[tenant, result])
+    }
+
+    /// How many lookups `cachegate_tenant_lookups_total{tenant, result}` has counted.
+    pub fn tenant_lookups_counted(&self, tenant: &str, result: &str) -> u64 {
+        self.tenant_lookups
+            .get_metric_with_label_values(&[tenant, result])
             .map_or(0, |c| c.get())
     }
 

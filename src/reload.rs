@@ -50,6 +50,8 @@ pub(crate) struct ProxyParts {
     pub(crate) secrets: Secrets,
     /// Shutdown, which upgraded connections end with.
     pub(crate) stop: tokio::sync::watch::Receiver<bool>,
+    /// Per-tenant labels (restart-only: counted from start-up).
+    pub(crate) tenants: Option<Arc<crate::tenants::TenantLabeller>>,
 }
 
 impl Reloader {
@@ -108,16 +110,27 @@ impl Reloader {
 
     async fn try_reload(&self) -> Result<String, ReloadError> {
         let path = self.path.clone();
-        let new = tokio::task::spawn_blocking(move || config::load(&path))
-            .await
-            .map_err(|_| ReloadError::Interrupted)??;
+        let (new, src) = tokio::task::spawn_blocking(move || {
+            let src = std::fs::read_to_string(&path).unwrap_or_default();
+            (config::load(&path), src)
+        })
+        .await
+        .map_err(|_| ReloadError::Interrupted)?;
+        let new = new?;
         let old = self.config.load();
         let (before, after) = (old.restart_only(), new.restart_only());
         if before != after {
-            return Err(ReloadError::RestartOnly {
-                file: self.path.clone(),
-                changed: before.changed(&after),
-            });
+            let file = self.path.display().to_string();
+            let changed = before
+                .changed(&after)
+                .into_iter()
+                .map(|key| match config::line_of(&src, &key) {
+                    Some(line) => format!("{file}:{line}: {key}"),
+                    // Removed from the file: its default now differs from the running value.
+                    None => format!("{file}: {key} (no longer set: its default differs)"),
+                })
+                .collect();
+            return Err(ReloadError::RestartOnly { changed });
         }
         // Certificates are read first and put in force last: if anything fails, nothing of
         // the new config, the certificates included, is applied.
@@ -131,6 +144,7 @@ impl Reloader {
             &self.parts.secrets,
             self.metrics.clone(),
             self.parts.stop.clone(),
+            self.parts.tenants.clone(),
         )?;
         for (tls, prepared) in self.tls.iter().zip(certificates) {
             tls.install(prepared);
@@ -154,11 +168,9 @@ pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A setting that only changes with a restart changed (see [`Config::restart_only`]).
-    #[error("{}: {}: settings that only change with a restart", file.display(), changed.join(", "))]
+    #[error("settings that only change with a restart changed (nothing was applied; restart to apply them, or undo them):\n{}", changed.join("\n"))]
     RestartOnly {
-        /// The config file.
-        file: PathBuf,
-        /// Dotted keys of the restart-only settings that differ, e.g. `server.listen`.
+        /// Each restart-only setting that differs, located: `proxy.toml:3: server.listen`.
         changed: Vec<String>,
     },
     /// The listener's certificate or key no longer loads; the old ones stay in use.

@@ -508,3 +508,16 @@ async fn admin_body_read_times_out() {
     assert!(raw::closed(&mut rx).await, "the trickling connection is closed");
     writer.abort();
 }
+
+/// Issue 16: a route without traffic said `"hit_ratio": 0.0`, which reads as "never hits".
+#[tokio::test]
+async fn stats_hit_ratio_is_null_for_a_route_without_traffic() {
+    let origin = Origin::echo().await;
+    let routes = format!("{METRIC_ROUTES}\n[[route]]\nname = \"idle\"\npath = \"/idle/\"\nttl = \"10m\"\n");
+    let proxy = Proxy::start(&origin, &routes).await;
+    proxy.get("/courses/").send().await;
+    let v: serde_json::Value = serde_json::from_slice(&proxy.admin_get("/admin/stats").send().await.body).unwrap();
+    assert_eq!(v["routes"][0]["hit_ratio"], 0.0, "a miss is traffic: ratio 0");
+    assert_eq!(v["routes"][1]["route"], "idle");
+    assert!(v["routes"][1]["hit_ratio"].is_null(), "{}", v["routes"][1]);
+}

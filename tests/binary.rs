@@ -147,3 +147,45 @@ async fn curl_http2_over_tls_and_h2c_sees_miss_then_hit() {
         assert_eq!(tokio::task::spawn_blocking(move || curl(args)).await.unwrap(), expected);
     }
 }
+
+/// Issue 16: the access log line had no path, query or client address. It now has them; the
+/// query is logged as keyed on a route (parameters the route does not key, such as a token,
+/// are not logged) and by parameter names only without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_path_query_and_client_but_no_unkeyed_query_values() {
+    let origin = Origin::echo().await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{{port}}\"\nadmin_listen = \"127.0.0.1:{{admin_port}}\"\naccess_log = true\n[origin]\nurl = \"{}\"\n[[route]]\nname = \"courses\"\npath = \"/courses/\"\nttl = \"10m\"\nquery = {{ include = [\"page\"] }}\n",
+        origin.url()
+    );
+    let bin = Binary::start(&config);
+    assert_eq!(bin.get("/courses/?token=s3cret-a&page=2").await.status, 200);
+    assert_eq!(bin.get("/elsewhere?token=s3cret-b").await.status, 200);
+    let mut access = Vec::new();
+    while access.len() < 2 {
+        let line = bin
+            .log
+            .recv_timeout(Duration::from_secs(20))
+            .expect("two access log lines");
+        if line.contains("cachegate::access") {
+            access.push(line);
+        }
+    }
+    let (keyed, unrouted) = (&access[0], &access[1]);
+    for line in [keyed, unrouted] {
+        assert!(line.contains("client=127.0.0.1"), "{line}");
+        assert!(
+            !line.contains("s3cret"),
+            "a query value the route does not key leaked: {line}"
+        );
+    }
+    assert!(keyed.contains("/courses/") && keyed.contains("page=2"), "{keyed}");
+    assert!(
+        keyed.contains("method=GET") && keyed.contains("route=\"courses\""),
+        "{keyed}"
+    );
+    assert!(
+        unrouted.contains("/elsewhere") && unrouted.contains("token"),
+        "{unrouted}"
+    );
+}

@@ -145,32 +145,32 @@ fn bad_configs_name_file_line_and_key() {
         ),
         (
             "[[route]]\nname = \"a\"\npath = \"a/\"\n",
-            "bad.toml:3: route[0].path",
+            "bad.toml:3: route \"a\" (route[0]).path",
             "must start with '/'",
         ),
         (
             "[[route]]\nname = \"a\"\npath = \"/a/{*rest}/b\"\n",
-            "bad.toml:3: route[0].path",
+            "bad.toml:3: route \"a\" (route[0]).path",
             "invalid path pattern",
         ),
         (
             "[[route]]\nname = \"a\"\npath = \"/a/\"\nttl = \"forever\"\n",
-            "bad.toml:4: route[0].ttl",
+            "bad.toml:4: route \"a\" (route[0]).ttl",
             "expected a duration",
         ),
         (
             "[[route]]\nname = \"a\"\npath = \"/a/\"\nvary = [\"planet\"]\n",
-            "bad.toml:4: route[0].vary[0]",
+            "bad.toml:4: route \"a\" (route[0]).vary[0]",
             "\"role\", \"tenant\" or \"user\"",
         ),
         (
             "[[route]]\nname = \"a\"\npath = \"/a/\"\nquery = \"some\"\n",
-            "bad.toml:4: route[0].query",
+            "bad.toml:4: route \"a\" (route[0]).query",
             "include",
         ),
         (
             "[[route]]\nname = \"a\"\npath = \"/a/{id}/\"\ntags = [\"x:{nope}\"]\n",
-            "bad.toml:4: route[0].tags[0]",
+            "bad.toml:4: route \"a\" (route[0]).tags[0]",
             "no such parameter",
         ),
         (
@@ -373,4 +373,74 @@ fn redis_url_names_a_node_or_a_cluster() {
     assert!(e.contains("cache.key_prefix") && e.contains("braces"), "{e}");
     let e = errors(&format!("{ORIGIN}[cache]\nredis_ca_file = \"/nonexistent/ca.pem\"\n"));
     assert!(e.contains("bad.toml:4") && e.contains("cache.redis_ca_file"), "{e}");
+}
+
+/// Issue 16: `memory_capacity = "lots"` leaked the size library's "cannot parse float from
+/// empty string"; durations leaked humantime's "expected number at 0".
+#[test]
+fn size_and_duration_errors_say_what_is_expected_not_the_library_message() {
+    let msg = errors(&format!("{ORIGIN}[cache]\nmemory_capacity = \"lots\"\n"));
+    assert!(msg.contains("bad.toml:4: cache.memory_capacity"), "{msg}");
+    assert!(msg.contains("a size like \"64MiB\""), "{msg}");
+    assert!(!msg.contains("parse float") && !msg.contains("empty string"), "{msg}");
+    let msg = errors(&format!("{ORIGIN}[cache]\nmemory_ttl = \"soon\"\n"));
+    assert!(msg.contains("a duration like \"90s\""), "{msg}");
+    assert!(!msg.contains("expected number") && !msg.contains("at 0"), "{msg}");
+    // A unit alone, or a number the size parser takes but is not a size, is refused too.
+    assert!(errors(&format!("{ORIGIN}[cache]\nmemory_capacity = \"MiB\"\n")).contains("64MiB"));
+}
+
+/// Issue 16: route errors named `route[3].tagz`; the route's name is what a user can find.
+#[test]
+fn route_errors_name_the_route_and_its_index() {
+    let routes = "[[route]]\nname = \"a\"\npath = \"/a/\"\n".to_string()
+        + "[[route]]\nname = \"b\"\npath = \"/b/\"\n"
+        + "[[route]]\nname = \"c\"\npath = \"/c/\"\n"
+        + "[[route]]\nname = \"course_list\"\npath = \"/courses/\"\ntagz = [\"x\"]\n";
+    let msg = errors(&format!("{ORIGIN}{routes}"));
+    assert!(
+        msg.contains("bad.toml:15: route \"course_list\" (route[3]).tagz: unknown key"),
+        "{msg}"
+    );
+}
+
+fn check(text: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_cachegate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("CHECK_TEST_UNSET_SECRET")
+        .output()
+        .unwrap()
+}
+
+/// Issue 16: `check` said ok for configs `run` refuses. It now builds everything `run` builds
+/// short of binding: secrets, identity sources, TLS files, the origin client.
+#[test]
+fn check_verb_refuses_what_run_refuses() {
+    let jwt =
+        format!("{ORIGIN}[identity]\njwt = {{ secret_env = \"CHECK_TEST_UNSET_SECRET\", algorithms = [\"HS256\"] }}\n");
+    let out = check(&jwt);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("CHECK_TEST_UNSET_SECRET"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, "not a certificate").unwrap();
+    std::fs::write(&key, "not a key").unwrap();
+    let tls = format!(
+        "{ORIGIN}[server]\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+        cert.display(),
+        key.display()
+    );
+    let out = check(&tls);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("tls"), "{err}");
+
+    let ok = check(&format!("{ORIGIN}[[route]]\nname = \"a\"\npath = \"/a/\"\n"));
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }

@@ -75,7 +75,10 @@ async fn reload_swaps_routes_and_a_bad_file_keeps_the_old_config() {
     )
     .unwrap();
     let err = p.running().reloader.reload().await.unwrap_err().to_string();
-    assert!(err.contains("proxy.toml:") && err.contains("route[2].path"), "{err}");
+    assert!(
+        err.contains("proxy.toml:") && err.contains("route \"c\" (route[2]).path"),
+        "{err}"
+    );
     assert_eq!(
         p.get("/b/").send().await.x_cache(),
         "HIT",
@@ -116,6 +119,46 @@ async fn admin_reload_needs_the_token() {
         .await;
     assert_eq!(r.status, 422);
     assert!(r.text().contains("invalid TOML"), "{}", r.text());
+}
+
+/// Issue 16: a refused reload answered 422 with the whole restart-only list; it names the
+/// keys that changed, each with file:line, and nothing else.
+#[tokio::test]
+async fn refused_reload_names_only_the_changed_restart_only_keys_with_their_lines() {
+    let origin = Origin::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config(&origin, LOCAL, A)).unwrap();
+    let p = start_from_file(&path).await;
+    let changed = config(
+        &origin,
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nclient_timeout = \"7s\"",
+        &format!("[cache]\nmemory_ttl = \"2m\"\n{A}"),
+    );
+    std::fs::write(&path, &changed).unwrap();
+    let r = p
+        .admin_req(Method::POST, "/admin/reload")
+        .header("authorization", "Bearer tok")
+        .send()
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let file = path.display().to_string();
+    let line = |key: &str| changed.lines().position(|l| l.starts_with(key)).unwrap() + 1;
+    assert_eq!(line("client_timeout"), 4);
+    assert_eq!(
+        v["restart_only"],
+        serde_json::json!([
+            format!("{file}:4: server.client_timeout"),
+            format!("{file}:{}: cache.memory_ttl", line("memory_ttl")),
+        ]),
+        "{v}"
+    );
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        !error.contains("server.listen") && !error.contains("redis_url"),
+        "{error}"
+    );
 }
 
 /// The real binary: SIGHUP reloads; a bad file on SIGHUP is logged and changes nothing.

@@ -40,6 +40,12 @@ path = "/fixed/{{*rest}}"
 ttl = "60s"
 
 [[route]]
+name = "cookie"
+path = "/cookie/{{*rest}}"
+ttl = "60s"
+strip_set_cookie = true
+
+[[route]]
 name = "origin"
 path = "/{{*any}}"
 ttl = "origin"
@@ -203,22 +209,76 @@ async fn sec_4_3_4_a_304_for_another_representation_is_not_applied() {
 async fn sec_4_3_4_a_304_that_forbids_storing_serves_but_does_not_store() {
     let (origin, proxy) = start(vec![answer(
         200,
-        &[("cache-control", "max-age=10"), ("etag", "\"v1\"")],
+        &[("cache-control", "max-age=10, stale-if-error=600"), ("etag", "\"v1\"")],
         "one",
     )])
     .await;
     proxy.get("/page").send().await;
     proxy.advance(Duration::from_secs(11));
-    origin.then(vec![answer(
-        304,
-        &[("cache-control", "no-store"), ("etag", "\"v1\"")],
-        "",
-    )]);
+    origin.then(vec![
+        answer(304, &[("cache-control", "no-store"), ("etag", "\"v1\"")], ""),
+        answer(503, &[], "down"),
+    ]);
     let r = proxy.get("/page").send().await;
     assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "one"));
     assert!(r.header("cache-status").contains("not-stored"));
-    proxy.get("/page").send().await;
+    // The origin's last word was no-store: the old copy is no answer for a failure either.
+    let r = proxy.get("/page").send().await;
+    assert_eq!(r.status, 503);
     assert_eq!(origin.hits(), 3, "nothing fresh was stored");
+}
+
+#[tokio::test]
+async fn sec_4_3_4_a_304_without_the_targeted_field_is_judged_with_the_stored_one() {
+    let (origin, proxy) = start(vec![answer(
+        200,
+        &[
+            ("cache-control", "max-age=3600, stale-if-error=3600"),
+            ("cachegate-cache-control", "max-age=10, must-revalidate"),
+            ("etag", "\"t1\""),
+        ],
+        "t",
+    )])
+    .await;
+    proxy.get("/t").send().await;
+    proxy.advance(Duration::from_secs(11));
+    // Like many frameworks' 304s: Cache-Control and ETag, nothing else.
+    origin.then(vec![
+        answer(
+            304,
+            &[
+                ("cache-control", "max-age=3600, stale-if-error=3600"),
+                ("etag", "\"t1\""),
+            ],
+            "",
+        ),
+        answer(503, &[], "down"),
+    ]);
+    let r = proxy.get("/t").send().await;
+    assert_eq!(r.x_cache(), "REVALIDATED");
+    assert_eq!(r.header("cachegate-cache-control"), "-", "still never sent");
+    proxy.advance(Duration::from_secs(20));
+    let r = proxy.get("/t").send().await;
+    assert_eq!(
+        r.status, 503,
+        "max-age=10, must-revalidate still rules: no stale answer"
+    );
+}
+
+#[tokio::test]
+async fn sec_4_2_4_an_answer_arriving_stale_has_used_up_its_windows() {
+    for cc in ["max-age=10, stale-while-revalidate=60", "max-age=10, stale-if-error=60"] {
+        let (origin, proxy) = start(vec![answer(
+            200,
+            &[("cache-control", cc), ("age", "1000"), ("etag", "\"a\"")],
+            "old",
+        )])
+        .await;
+        proxy.get("/late").send().await;
+        origin.then(vec![answer(503, &[], "down")]);
+        let r = proxy.get("/late").send().await;
+        assert_eq!(r.status, 503, "{cc}: stale for 990 s already, past a 60 s window");
+    }
 }
 
 #[tokio::test]
@@ -575,6 +635,28 @@ async fn sec_14_2_invalid_range_and_stale_if_range_answer_whole() {
 }
 
 #[tokio::test]
+async fn sec_14_2_a_range_of_an_answer_that_is_not_stored_is_asked_of_the_origin() {
+    let (origin, proxy) = start(vec![
+        answer(200, &[("cache-control", "no-store")], "0123456789"),
+        answer(206, &[("content-range", "bytes 2-3/10")], "23"),
+    ])
+    .await;
+    let r = proxy
+        .get("/big")
+        .header("range", "bytes=2-3")
+        .header("if-range", "\"e\"")
+        .send()
+        .await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (206, "23"));
+    assert_eq!(r.x_cache(), "BYPASS");
+    let asked = origin.asked();
+    assert_eq!(asked.len(), 2);
+    assert_eq!(asked[0].header("range"), "", "the fill asks for the whole answer");
+    assert_eq!(asked[1].header("range"), "bytes=2-3");
+    assert_eq!(asked[1].header("if-range"), "\"e\"");
+}
+
+#[tokio::test]
 async fn sec_14_2_several_ranges_go_to_the_origin() {
     let (origin, proxy) = start(vec![answer(200, &[("cache-control", "max-age=60")], "0123456789")]).await;
     proxy.get("/r").send().await;
@@ -655,15 +737,15 @@ async fn rfc9213_targeted_field_name_is_configurable_and_ignores_expires() {
             200,
             &[
                 ("expires", "Fri, 31 Dec 2100 23:59:59 GMT"),
-                ("edge-control", "stale-if-error=60"),
+                ("edge-cache-control", "stale-if-error=60"),
             ],
             "e",
         )],
-        "targeted_cache_control = \"Edge-Control\"",
+        "targeted_cache_control = \"Edge-Cache-Control\"",
     )
     .await;
     let r = proxy.get("/e").send().await;
-    assert_eq!(r.header("edge-control"), "-");
+    assert_eq!(r.header("edge-cache-control"), "-");
     // The targeted field gives no freshness, and Expires no longer counts.
     assert_eq!(r.x_cache(), "BYPASS");
     proxy.get("/e").send().await;
@@ -844,5 +926,26 @@ async fn shipped_config_catch_all_serves_nothing_stale_the_origin_forbade() {
         } else {
             assert_eq!(got.0, 503, "{cc}");
         }
+    }
+}
+
+// === small rules found in review ===
+
+#[tokio::test]
+async fn a_stored_set_cookie_route_sends_the_cookie_once() {
+    let (_origin, proxy) = start(vec![answer(200, &[("set-cookie", "a=1")], "c")]).await;
+    let r = proxy.get("/cookie/x").send().await;
+    assert_eq!(r.x_cache(), "MISS");
+    assert_eq!(r.headers.get_all("set-cookie").iter().count(), 1);
+    let r = proxy.get("/cookie/x").send().await;
+    assert_eq!((r.x_cache().as_str(), r.header("set-cookie").as_str()), ("HIT", "-"));
+}
+
+#[test]
+fn the_targeted_field_cannot_be_a_field_clients_need() {
+    for name in ["Cache-Control", "CDN-Cache-Control", "Set-Cookie", "Vary"] {
+        let text = format!("[origin]\nurl = \"http://127.0.0.1:1\"\n[cache]\ntargeted_cache_control = \"{name}\"\n");
+        let e = cachegate::config::from_str(&text, std::path::Path::new("p.toml")).expect_err(name);
+        assert!(e.to_string().contains("targeted_cache_control"), "{e}");
     }
 }

@@ -91,6 +91,7 @@ impl Admin {
             (&Method::POST, "/purge") => self.purge(req).await,
             (&Method::POST, "/admin/warm") => self.warm(req).await,
             (&Method::POST, "/admin/reload") => self.reload(req).await,
+            (&Method::POST, "/admin/explain") => self.explain(req).await,
             _ => Ok(self.read_only(req).await),
         };
         answered.unwrap_or_else(AdminError::into_response)
@@ -115,9 +116,26 @@ impl Admin {
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: the admin listener serves / (status page), /healthz, /readyz, /metrics, /admin/stats, POST /purge, POST /admin/warm and POST /admin/reload\n"
+                "not found: the admin listener serves / (status page), /healthz, /readyz, /metrics, /admin/stats, POST /purge, POST /admin/warm, POST /admin/reload and POST /admin/explain\n"
                     .into(),
             ),
+        }
+    }
+
+    /// What the proxy would do with a request (see `proxy::explain`); authenticated like
+    /// `/purge`: the answer shows keys, identities and what is cached.
+    async fn explain(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, AdminError> {
+        if !self.auth.enabled() {
+            let msg = "explain endpoint disabled: set [purge] token_env or hmac_secret_env";
+            return Err(AdminError::new(StatusCode::FORBIDDEN, msg));
+        }
+        let body = self.read_authenticated(req, MAX_PURGE_BODY).await?;
+        let asked: crate::proxy::ExplainRequest = serde_json::from_slice(&body)
+            .map_err(|e| AdminError::new(StatusCode::BAD_REQUEST, format!("invalid explain body: {e}")))?;
+        let proxy = self.reloader.proxy.load_full();
+        match proxy.explain(asked).await {
+            Ok(v) => Ok(json(StatusCode::OK, &v)),
+            Err(e) => Err(AdminError::new(StatusCode::BAD_REQUEST, e)),
         }
     }
 
@@ -131,10 +149,13 @@ impl Admin {
         Ok(match self.reloader.reload().await {
             Ok(msg) => json(StatusCode::OK, &serde_json::json!({ "reloaded": true, "message": msg })),
             // A refused reload is an answer, not an admin error: the body says which.
-            Err(e) => json(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &serde_json::json!({ "reloaded": false, "error": e.to_string() }),
-            ),
+            Err(e) => {
+                let mut body = serde_json::json!({ "reloaded": false, "error": e.to_string() });
+                if let crate::reload::ReloadError::RestartOnly { changed } = &e {
+                    body["restart_only"] = serde_json::json!(changed);
+                }
+                json(StatusCode::UNPROCESSABLE_ENTITY, &body)
+            }
         })
     }
 
@@ -166,8 +187,11 @@ impl Admin {
                 let hits = lookups(n, hit, Tier::Memory.as_str()) + lookups(n, hit, Tier::Redis.as_str());
                 let misses = lookups(n, CacheResult::Miss.as_str(), NO_TIER);
                 let bypasses = lookups(n, CacheResult::Bypass.as_str(), NO_TIER);
-                let ratio = if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 };
-                serde_json::json!({ "route": n, "hits": hits, "misses": misses, "bypasses": bypasses, "hit_ratio": ratio })
+                // Answered from a stored body, but only after the origin's 304: not in the ratio.
+                let revalidated = lookups(n, CacheResult::Revalidated.as_str(), NO_TIER);
+                // No traffic has no ratio: 0 would read as "never hits".
+                let ratio = (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64);
+                serde_json::json!({ "route": n, "hits": hits, "misses": misses, "revalidated": revalidated, "bypasses": bypasses, "hit_ratio": ratio })
             })
             .collect();
         let redis = match self.cache.shared_usage().await {
@@ -179,15 +203,22 @@ impl Admin {
                 Err(e) => serde_json::json!({ "configured": true, "up": false, "error": e.to_string() }),
             },
         };
+        let tenants = self.tenant_stats();
+        let mut memory = serde_json::json!({ "entries": entries, "bytes": bytes, "capacity_bytes": self.config.load().cache.memory_capacity });
+        if let Some((quota, held)) = self.cache.memory_by_tenant().await {
+            memory["tenant_quota_bytes"] = quota.into();
+            memory["by_tenant"] = held.into_iter().map(|(t, n)| (t, serde_json::Value::from(n))).collect();
+        }
         let loaded = self.reloader.loaded_at();
         json(
             StatusCode::OK,
             &serde_json::json!({
                 "uptime_seconds": self.started.elapsed().as_secs(),
                 "config": { "file": self.config.load().file.display().to_string(), "loaded_at_unix": loaded },
-                "memory": { "entries": entries, "bytes": bytes, "capacity_bytes": self.config.load().cache.memory_capacity },
+                "memory": memory,
                 "redis": redis,
                 "routes": routes,
+                "tenants": tenants,
             }),
         )
     }
@@ -285,8 +316,7 @@ impl Admin {
                 loaded_at_unix: self.reloader.loaded_at(),
                 last: self.reloader.last_reload(),
             },
-            // Per-tenant figures go here once tenant lookups are counted.
-            tenants: Vec::new(),
+            tenants: self.tenant_rows(),
         };
         let mut resp = Response::new(ProxyBody::full(Bytes::from(page::render(&view))));
         let headers = resp.headers_mut();
@@ -301,6 +331,50 @@ impl Admin {
             HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
         );
         resp
+    }
+
+    /// The status page's per-tenant table (empty without `[metrics] tenant_labels`).
+    fn tenant_rows(&self) -> Vec<page::TenantRow> {
+        let Some(mut labels) = self.reloader.proxy.load().tenant_labels() else {
+            return Vec::new();
+        };
+        labels.extend([crate::tenants::OTHER.to_string(), crate::tenants::NONE.to_string()]);
+        labels
+            .into_iter()
+            .map(|t| {
+                let count = |r: CacheResult| self.metrics.tenant_lookups_counted(&t, r.as_str());
+                let (hits, misses) = (count(CacheResult::Hit), count(CacheResult::Miss));
+                page::TenantRow {
+                    tenant: t,
+                    hits,
+                    misses,
+                }
+            })
+            .collect()
+    }
+
+    /// Per tenant label (the labelled tenants, `other`, `none`): lookups by result and the hit
+    /// ratio (`null` without traffic); `null` without `[metrics] tenant_labels`.
+    fn tenant_stats(&self) -> serde_json::Value {
+        let Some(mut labels) = self.reloader.proxy.load().tenant_labels() else {
+            return serde_json::Value::Null;
+        };
+        labels.extend([crate::tenants::OTHER.to_string(), crate::tenants::NONE.to_string()]);
+        let m = &self.metrics;
+        let mut out = serde_json::Map::new();
+        for t in labels {
+            let count = |r: CacheResult| m.tenant_lookups_counted(&t, r.as_str());
+            let (hits, stale, misses, bypasses) = (
+                count(CacheResult::Hit),
+                count(CacheResult::Stale),
+                count(CacheResult::Miss),
+                count(CacheResult::Bypass),
+            );
+            let ratio = (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64);
+            let v = serde_json::json!({ "hits": hits, "stale": stale, "misses": misses, "bypasses": bypasses, "hit_ratio": ratio });
+            out.insert(t, v);
+        }
+        serde_json::Value::Object(out)
     }
 
     async fn purge(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, AdminError> {

@@ -33,7 +33,7 @@ pub(crate) struct StatusView {
     /// Newest first.
     pub(crate) purges: Vec<PurgeRecord>,
     pub(crate) reload: ReloadView,
-    /// Per-tenant hit figures; empty until tenants are counted, and then the page shows them.
+    /// Per-tenant hit figures; empty without `[metrics] tenant_labels`.
     pub(crate) tenants: Vec<TenantRow>,
 }
 
@@ -413,8 +413,8 @@ fn reload(h: &mut String, v: &StatusView) {
     h.push_str("</table></section>");
 }
 
-// Per-tenant figures: filled from `StatusView::tenants` once tenant lookups are counted
-// (`cachegate_tenant_lookups_total`); until then the list is empty and nothing is shown.
+// Per-tenant figures from `cachegate_tenant_lookups_total`; without `[metrics] tenant_labels`
+// the list is empty and nothing is shown.
 fn tenants(h: &mut String, v: &StatusView) {
     if v.tenants.is_empty() {
         return;

@@ -132,13 +132,14 @@ impl CachedResponse {
             .saturating_add(self.stale.keep)
     }
 
-    /// `headers` followed by `extra`, built once per entry. A hit clones this map and only
-    /// replaces values in it, so it never grows (or reallocates) per request; `extra` should
-    /// hold every header the hit then sets.
-    pub fn hit_headers(&self, extra: &[(HeaderName, HeaderValue)]) -> &HeaderMap {
+    /// `headers` without `private` (a field kept for cachegate's own decisions, never sent)
+    /// followed by `extra`, built once per entry. A hit clones this map and only replaces
+    /// values in it, so it never grows (or reallocates) per request; `extra` should hold every
+    /// header the hit then sets.
+    pub fn hit_headers(&self, extra: &[(HeaderName, HeaderValue)], private: Option<&HeaderName>) -> &HeaderMap {
         self.hit_headers.get_or_init(|| {
             let mut h = HeaderMap::with_capacity(self.headers.len() + extra.len());
-            for (k, v) in &self.headers {
+            for (k, v) in self.headers.iter().filter(|(k, _)| Some(*k) != private) {
                 h.append(k.clone(), v.clone());
             }
             for (k, v) in extra {
@@ -244,7 +245,7 @@ impl WireEntry {
         };
         let n = r.u32()? as usize;
         // Capacity from what the buffer can hold, not from what it claims.
-        let mut surrogate = Vec::with_capacity(n.min(buf.len() / 4));
+        let mut surrogate = Vec::with_capacity(n.min(buf.len() / 4).min(1024));
         for _ in 0..n {
             let s = r.slice()?;
             surrogate.push(String::from_utf8(s.to_vec()).map_err(|_| DecodeError("bad scope"))?);

@@ -116,6 +116,8 @@ pub struct BaseKey {
     /// The key text.
     pub text: String,
     head: usize,
+    /// Where the tenant component is in `text`, when the key has one.
+    tenant: Option<(usize, usize)>,
 }
 
 /// Builds the base key (without the origin's `Vary` headers). `site` is what the origin learns
@@ -134,13 +136,18 @@ pub fn base_key(prefix: &str, route: &str, site: &str, path: &str, query: &str, 
     for part in [path, ":", query, ":"] {
         k.push_str(part);
     }
-    for part in [id.role, id.tenant, id.user] {
+    let mut tenant = None;
+    for (i, part) in [id.role, id.tenant, id.user].into_iter().enumerate() {
         if let Some(v) = part {
+            let start = k.len();
             push_component(&mut k, v);
+            if i == 1 {
+                tenant = Some((start, k.len()));
+            }
         }
         k.push(':');
     }
-    BaseKey { text: k, head }
+    BaseKey { text: k, head, tenant }
 }
 
 /// Appends `v` percent-encoded; values that need no encoding (the usual case) are copied as is.
@@ -153,6 +160,11 @@ fn push_component(out: &mut String, v: &str) {
 }
 
 impl BaseKey {
+    /// The tenant the key is made with (percent-encoded), when the route varies on tenant.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.map(|(a, b)| &self.text[a..b])
+    }
+
     /// The key when the origin's answer varies on no request header: the base key itself,
     /// unless it is too long and must be hashed.
     pub fn as_full_key(&self) -> Option<&str> {

@@ -187,7 +187,8 @@ impl Cache {
             }
         };
         let full = key.full.as_ref();
-        let fill = match self.shared(full, scopes.scopes.clone(), stamps.clone()).await {
+        let owner = key.base.tenant();
+        let fill = match self.shared(full, owner, scopes.scopes.clone(), stamps.clone()).await {
             Shared::Hit(entry, Staleness::Fresh) => {
                 if let Some(l) = leader {
                     l.finish(Some(Done {
@@ -208,7 +209,7 @@ impl Cache {
             }
             Shared::Miss(fill) => fill,
         };
-        let lease = match self.fill_lease(full, waits).await {
+        let lease = match self.fill_lease(full, owner, waits).await {
             LeaseWait::Served(entry) => return Lookup::Fresh(Hit::redis(entry)),
             LeaseWait::Held(token) => Some(token),
             LeaseWait::Proceed => None,
@@ -262,7 +263,7 @@ impl Cache {
 
     /// The cross-instance fill lease (`[cache] fill_lease`): one instance fetches a missing key
     /// while the others wait for it to appear in Redis, then fetch themselves if it does not.
-    async fn fill_lease(&self, full: &str, waits: Waits<'_>) -> LeaseWait {
+    async fn fill_lease(&self, full: &str, owner: Option<&str>, waits: Waits<'_>) -> LeaseWait {
         let wait = waits.fill_lease;
         let Some(redis) = self.redis.as_ref().filter(|r| !wait.is_zero() && r.is_up()) else {
             return LeaseWait::Proceed;
@@ -278,7 +279,7 @@ impl Cache {
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
             let stamps = self.generations.stamp::<String>(&[]);
-            if let Shared::Hit(entry, Staleness::Fresh) = self.shared(full, Vec::new(), stamps).await {
+            if let Shared::Hit(entry, Staleness::Fresh) = self.shared(full, owner, Vec::new(), stamps).await {
                 return LeaseWait::Served(entry);
             }
         }

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! * `lookup`: a request's way through the tiers, and the permit to fill
+//! * `peek`: what the tiers hold for a key, looked at without acting (for `explain`)
 //! * `coalesce`: one origin fetch per key
 //! * [`key`]: path/query normalisation and the key string
 //! * [`policy`]: what may be stored and for how long (pure)
@@ -15,9 +16,11 @@ mod coalesce;
 pub mod entry;
 pub mod key;
 mod lookup;
+mod peek;
 pub mod policy;
 
 pub use lookup::{EntryScopes, FillPermit, Filled, Hit, Lookup, RequestKey, Stored, Waits};
+pub use peek::{Peek, Seen, SharedPeek};
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,7 +126,12 @@ impl Cache {
         let mirror = coherence.as_ref().map(|c| c.mirror().clone()).unwrap_or_default();
         Cache {
             mirror,
-            memory: MemoryTier::new(config.cache.memory_capacity, ttl, metrics.memory_evictions.clone()),
+            memory: MemoryTier::new(
+                config.cache.memory_capacity,
+                ttl,
+                metrics.memory_evictions.clone(),
+                config.cache.memory_tenant_quota,
+            ),
             vary_index: moka::future::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(ttl)
@@ -218,7 +226,7 @@ impl Cache {
     /// While the lease holds this is one `GET`: the entry is validated against the counters
     /// this instance already knows (see [`CounterMirror`]). Counters it does not know yet are
     /// read alongside, once.
-    async fn shared(&self, key: &str, scopes: Vec<String>, stamps: Stamps) -> Shared {
+    async fn shared(&self, key: &str, owner: Option<&str>, scopes: Vec<String>, stamps: Stamps) -> Shared {
         let local_epoch = self.generations.epoch();
         let mut fill = Fill {
             stamps,
@@ -257,7 +265,7 @@ impl Cache {
         let verdict = self.validate(redis, &stored.recorded, trusted, token).await;
         match verdict {
             Verdict::Valid => {
-                if let Some((entry, state)) = self.promote(key, &stored.payload, stamps, local_epoch).await {
+                if let Some((entry, state)) = self.promote(key, owner, &stored.payload, stamps, local_epoch).await {
                     return Shared::Hit(entry, state);
                 }
             }
@@ -265,7 +273,11 @@ impl Cache {
             Verdict::SoftPurged => {
                 if let Ok(wire) = WireEntry::decode(&stored.payload) {
                     let entry = self.entry_from_wire(wire, Stamps::default());
-                    if entry.servable_stale(self.clock.now()) {
+                    // Fresh or inside a stale window: a soft purge makes it stale, nothing more.
+                    if matches!(
+                        entry.staleness(self.clock.now()),
+                        Staleness::Fresh | Staleness::Revalidate | Staleness::IfError
+                    ) {
                         return Shared::SoftStale(Arc::new(entry));
                     }
                 }
@@ -400,6 +412,7 @@ impl Cache {
     async fn promote(
         &self,
         key: &str,
+        owner: Option<&str>,
         payload: &bytes::Bytes,
         stamps: Stamps,
         local_epoch: u64,
@@ -412,7 +425,7 @@ impl Cache {
             return None;
         }
         if trusted_stamps {
-            self.memory.put(Arc::from(key), entry.clone()).await;
+            self.memory.put(Arc::from(key), entry.clone(), owner).await;
         }
         Some((entry, state))
     }
@@ -499,13 +512,21 @@ impl Cache {
             self.vary_index.insert(base_text, target.vary.clone().into()).await;
         }
         let entry = Arc::new(entry);
-        self.memory.put(Arc::from(key.as_str()), entry.clone()).await;
+        self.memory
+            .put(Arc::from(key.as_str()), entry.clone(), target.base.tenant())
+            .await;
         Some(Done { key, entry })
     }
 
     /// The key an entry is stored under.
     fn full_key(&self, target: &Target<'_>) -> String {
         key::full_key(target.base, &target.vary, target.input)
+    }
+
+    /// With `memory_tenant_quota`: the most one tenant may hold, and what each holds (tenants
+    /// as keyed, percent-encoded).
+    pub async fn memory_by_tenant(&self) -> Option<(u64, Vec<(String, u64)>)> {
+        self.memory.by_owner().await
     }
 
     /// Memory tier entry count and bytes (after applying pending maintenance).

@@ -85,6 +85,28 @@ impl BypassReason {
         BypassReason::Purged,
     ];
 
+    /// The reason in words, for `explain`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            BypassReason::Method => "the method is not cacheable",
+            BypassReason::Credentials => {
+                "the request carries a credential cachegate cannot resolve, or a part of the identity this route varies on did not resolve, or a caller with credentials asked for a route that varies on nobody (answers shared with everybody are not served to somebody)"
+            }
+            BypassReason::NoUser => "the route varies on user and the request has no resolved user",
+            BypassReason::Range => "a Range request: ranges are not served from cache",
+            BypassReason::NoRoute => "no [[route]] matches the path",
+            BypassReason::NoStore => "the origin answered Cache-Control: no-store",
+            BypassReason::Private => "the origin answered Cache-Control: private",
+            BypassReason::NoCache => "the origin answered Cache-Control: no-cache on a ttl = \"origin\" route",
+            BypassReason::SetCookie => "the origin's answer sets a cookie",
+            BypassReason::Status => "the status is not in [cache] cacheable_statuses",
+            BypassReason::TooLarge => "the body is larger than [server] max_body",
+            BypassReason::VaryStar => "the origin answered Vary: *",
+            BypassReason::NoFreshness => "a ttl = \"origin\" route and the origin gave no freshness",
+            BypassReason::Purged => "a purge landed while the answer was being fetched",
+        }
+    }
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -195,7 +217,16 @@ impl CacheControl {
             ..CacheControl::default()
         };
         for (key, entry) in &dict {
-            let sfv::ListEntry::Item(item) = entry else { continue };
+            let sfv::ListEntry::Item(item) = entry else {
+                // `private=("set-cookie")`: a qualified form still makes the answer unfit for a
+                // shared cache, as in `Cache-Control`.
+                match key.as_str() {
+                    "private" => cc.private = true,
+                    "no-cache" => cc.no_cache = true,
+                    _ => {}
+                }
+                continue;
+            };
             // A directive with a value of the wrong type is ignored (RFC 9213 §2.1).
             let flag = !matches!(item.bare_item, sfv::BareItem::Boolean(false));
             let secs = match &item.bare_item {
@@ -336,7 +367,12 @@ pub fn storage(
             }
         }
     };
-    let stale = stale_windows(&cc, route, cache, keep);
+    let mut stale = stale_windows(&cc, route, cache, keep);
+    // An answer that arrives already stale has used up that much of its windows too: they
+    // count from when it became stale, not from when cachegate received it.
+    let overshoot = freshness.initial_age.saturating_sub(freshness.lifetime);
+    stale.revalidate = stale.revalidate.saturating_sub(overshoot);
+    stale.if_error = stale.if_error.saturating_sub(overshoot);
     if freshness.remaining().is_zero() && stale.keep.is_zero() {
         return Err(if cc.no_cache {
             BypassReason::NoCache

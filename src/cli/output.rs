@@ -1,4 +1,5 @@
-//! What the CLI verbs print: the stats table, the purge summary and warm failures. Every field is
+//! What the CLI verbs print: the stats table, the purge summary, warm failures and
+//! explanations. Every field is
 //! read leniently so an older or newer server still gives a readable answer.
 
 use std::fmt::Write as _;
@@ -138,6 +139,145 @@ pub(super) fn failures(list: &[WarmFailure]) -> String {
     }
     if list.len() > 20 {
         let _ = writeln!(out, "... and {} more failures", list.len() - 20);
+    }
+    out
+}
+
+fn text<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+    v.pointer(pointer).and_then(Value::as_str)
+}
+
+fn list(v: &Value, pointer: &str) -> String {
+    let items: Vec<&str> = v
+        .pointer(pointer)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn part(v: &Value, name: &str) -> String {
+    let p = v.pointer(&format!("/identity/{name}")).cloned().unwrap_or(Value::Null);
+    let value = match (p.get("value").and_then(Value::as_str), p.get("unresolved")) {
+        (Some(x), _) => x.to_string(),
+        (None, Some(Value::Bool(true))) => "unresolved".into(),
+        (None, _) => "-".into(),
+    };
+    let source = p.get("source").and_then(Value::as_str).unwrap_or("?");
+    format!("{name} {value} ({source})")
+}
+
+fn tier_line(t: &Value) -> String {
+    match (t.get("present"), t.get("configured"), t.get("up")) {
+        (_, Some(Value::Bool(false)), _) => "not configured".into(),
+        (_, _, Some(Value::Bool(false))) => format!("down: {}", t.get("error").and_then(Value::as_str).unwrap_or("?")),
+        (Some(Value::Bool(true)), _, _) => {
+            let mut line = format!(
+                "{}, age {}s",
+                t.get("freshness").and_then(Value::as_str).unwrap_or("?"),
+                t.get("age_seconds").and_then(Value::as_u64).unwrap_or(0)
+            );
+            if t.get("purged") == Some(&Value::Bool(true)) {
+                line.push_str(", purged");
+            } else if t.get("soft_purged") == Some(&Value::Bool(true)) {
+                line.push_str(", soft-purged");
+            }
+            if t.get("trusted") == Some(&Value::Bool(false)) {
+                line.push_str(", not trusted now (purges may have been missed)");
+            }
+            line
+        }
+        _ => "not there".into(),
+    }
+}
+
+/// A `POST /admin/explain` answer as aligned lines.
+pub(super) fn explanation(v: &Value) -> String {
+    let mut out = String::new();
+    let result = text(v, "/result").unwrap_or("?").to_uppercase();
+    let verdict = match (text(v, "/tier"), text(v, "/bypass_reason")) {
+        (Some(t), _) => format!("{result} from {t}"),
+        (None, Some(r)) => format!("{result} ({r})"),
+        _ => result,
+    };
+    let query = text(v, "/request/query").map_or(String::new(), |q| format!("?{q}"));
+    let _ = writeln!(
+        out,
+        "{} {}{query}: {verdict}\n  {}",
+        text(v, "/request/method").unwrap_or("?"),
+        text(v, "/request/path").unwrap_or("?"),
+        text(v, "/why").unwrap_or("")
+    );
+    let mut lines: Vec<(&str, String)> = Vec::new();
+    let route = match v.get("route") {
+        Some(r) if r.is_object() => format!(
+            "{} (route[{}], {}), varies on {}{}",
+            r.get("name").and_then(Value::as_str).unwrap_or("?"),
+            r.get("index").and_then(Value::as_u64).unwrap_or(0),
+            r.get("path").and_then(Value::as_str).unwrap_or("?"),
+            list(r, "/vary").replace('-', "nobody"),
+            if r.get("public") == Some(&Value::Bool(true)) {
+                ", public"
+            } else {
+                ""
+            },
+        ),
+        _ => "none matches".into(),
+    };
+    lines.push(("route", route));
+    let trusted = if v.pointer("/request/trusted_peer") == Some(&Value::Bool(true)) {
+        "trusted"
+    } else {
+        "not trusted"
+    };
+    lines.push((
+        "peer",
+        format!("{} ({trusted})", text(v, "/request/peer").unwrap_or("?")),
+    ));
+    lines.push(("headers", list(v, "/request/headers")));
+    let dropped = list(v, "/request/dropped_headers");
+    if dropped != "-" {
+        lines.push((
+            "dropped",
+            format!("{dropped} (removed before anything reads the request)"),
+        ));
+    }
+    lines.push(("cookies", list(v, "/request/cookies")));
+    lines.push(("identity", ["role", "tenant", "user"].map(|p| part(v, p)).join("; ")));
+    lines.push(("creds", list(v, "/identity/credentials")));
+    if let Some(j) = text(v, "/identity/jwt") {
+        lines.push(("jwt", j.into()));
+    }
+    if let Some(s) = text(v, "/identity/session") {
+        lines.push(("session", s.into()));
+    }
+    if let Some(k) = text(v, "/key/full") {
+        lines.push(("key", k.into()));
+        let vary = match v.pointer("/key/vary_input").and_then(Value::as_object) {
+            Some(m) if !m.is_empty() => m
+                .iter()
+                .map(|(n, x)| format!("{n} = {}", x.as_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join("; "),
+            _ => "-".into(),
+        };
+        lines.push(("vary", vary));
+        lines.push(("scopes", list(v, "/scopes")));
+        lines.push(("tags", list(v, "/tags")));
+    }
+    if v.get("purges_on_success").is_some() {
+        lines.push(("purges", list(v, "/purges_on_success")));
+    }
+    if let Some(s) = v.get("stored") {
+        lines.push(("memory", tier_line(s.get("memory").unwrap_or(&Value::Null))));
+        lines.push(("redis", tier_line(s.get("redis").unwrap_or(&Value::Null))));
+    }
+    for (k, val) in lines {
+        let _ = writeln!(out, "{k:<9} {val}");
     }
     out
 }

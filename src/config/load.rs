@@ -60,6 +60,7 @@ fn read_root(ctx: &mut Ctx<'_>, root: toml_span::Value<'_>, file: &Path) -> Opti
     let identity = section(ctx, &mut root, "identity").map(|s| IdentityConfig::read(ctx, s));
     let purge = section(ctx, &mut root, "purge").map(|s| PurgeConfig::read(ctx, s));
     let admin = section(ctx, &mut root, "admin").map(|s| AdminConfig::read(ctx, s));
+    let metrics = section(ctx, &mut root, "metrics").map(|s| MetricsConfig::read(ctx, s));
     let routes: Vec<_> = root
         .tables(ctx, "route")
         .into_iter()
@@ -87,6 +88,7 @@ fn read_root(ctx: &mut Ctx<'_>, root: toml_span::Value<'_>, file: &Path) -> Opti
         routes: routes.into_iter().map(|(r, _, _)| r).collect(),
         invalidations,
         warm,
+        metrics: metrics??,
     })
 }
 
@@ -96,6 +98,62 @@ fn section<'de>(ctx: &mut Ctx<'_>, root: &mut Section<'de>, key: &'static str) -
     match present {
         Some(f) => Section::open(ctx, f.key, f.value),
         None => Some(Section::empty(key)),
+    }
+}
+
+/// Most tenants `tenant_labels` may name or track: each adds a handful of series.
+const MAX_TENANT_LABELS: usize = 1000;
+
+/// `tenant_labels = ["1", "2"]` or `{ top = 20 }`.
+pub(super) fn tenant_labels(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<TenantLabels> {
+    const WANT: &str = "expected a list of tenants like [\"1\", \"2\"] or { top = 20 }";
+    if matches!(f.value.as_ref(), ValueInner::Array(_)) {
+        let names: Vec<String> = f.into_strings(ctx)?.into_iter().map(|s| s.value).collect();
+        return Some(TenantLabels::Named(names));
+    }
+    let (offset, key) = (f.offset, f.key.clone());
+    let mut t = Section::open(ctx, f.key, f.value)?;
+    let top = t.take("top");
+    t.finish(ctx);
+    let n = match top.as_ref().map(|f| f.value.as_ref()) {
+        Some(ValueInner::Integer(n)) => *n,
+        _ => {
+            ctx.issue(offset, &key, WANT);
+            return None;
+        }
+    };
+    if !(1..=MAX_TENANT_LABELS as i64).contains(&n) {
+        ctx.issue(
+            offset,
+            &key,
+            format!("top must be between 1 and {MAX_TENANT_LABELS}, found {n}"),
+        );
+        return None;
+    }
+    Some(TenantLabels::Top(n as usize))
+}
+
+/// A share such as "10%": above 0, at most 100.
+pub(super) fn share(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<f64> {
+    let s = f.into_string(ctx)?;
+    let pct = s
+        .value
+        .trim()
+        .strip_suffix('%')
+        .and_then(|n| n.trim().parse::<f64>().ok());
+    match pct {
+        Some(p) if p > 0.0 && p <= 100.0 => Some(p / 100.0),
+        _ => {
+            ctx.issue(
+                s.offset,
+                &s.key,
+                format!(
+                    "expected a share like \"10%\" (above 0%, at most 100%), found {:?}",
+                    s.value
+                ),
+            );
+            None
+        }
     }
 }
 
@@ -168,7 +226,19 @@ pub(super) fn targeted_field(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<Option<h
         return Some(None);
     }
     match http::HeaderName::from_bytes(s.value.as_bytes()) {
-        Ok(name) => Some(Some(name)),
+        // Named like the targeted fields of RFC 9213 ("CDN-Cache-Control"), and not one of
+        // them: it is removed from every answer, so it must not be a field clients need.
+        Ok(name) if name.as_str().ends_with("-cache-control") && name.as_str() != "cdn-cache-control" => {
+            Some(Some(name))
+        }
+        Ok(_) => {
+            ctx.issue(
+                s.offset,
+                &s.key,
+                "expected a field of its own named like \"Cachegate-Cache-Control\" (ending in -Cache-Control, not CDN-Cache-Control), or \"\"",
+            );
+            None
+        }
         Err(_) => {
             ctx.issue(
                 s.offset,
@@ -452,6 +522,11 @@ fn route(ctx: &mut Ctx<'_>, mut s: Section<'_>) -> Option<(RouteConfig, Spanned<
                 ),
             );
         }
+    }
+    // Messages about the other keys name the route as well as its index: the name is what a
+    // user can search the file for.
+    if let Some(n) = name.as_ref().filter(|n| !n.value.is_empty()) {
+        s.path = format!("route {:?} ({})", n.value, s.path);
     }
     let path = pattern(ctx, &mut s);
     let ttl = s.string(ctx, "ttl").and_then(|t| {

@@ -49,6 +49,8 @@ pub struct Config {
     pub invalidations: Vec<InvalidateConfig>,
     /// `[warm]`: scheduled cache warming, when present.
     pub warm: Option<WarmConfig>,
+    /// `[metrics]`
+    pub metrics: MetricsConfig,
 }
 
 impl Config {
@@ -67,6 +69,7 @@ impl Config {
             routes: _,
             invalidations: _,
             warm,
+            metrics,
         } = self;
         RestartOnly {
             server: Part::of(server),
@@ -75,6 +78,7 @@ impl Config {
             identity: Part::of(identity),
             purge: Part::of(purge),
             admin: Part::of(admin),
+            metrics: Part::of(metrics),
             warm,
         }
     }
@@ -93,6 +97,7 @@ impl Config {
             routes,
             invalidations,
             warm: _,
+            metrics: _,
         } = self;
         Reloadable {
             server: Part::of(server),
@@ -121,6 +126,8 @@ pub struct RestartOnly<'a> {
     pub purge: Part<'a, PurgeConfig, Restart>,
     /// Who may read the admin listener's pages, decided once.
     pub admin: Part<'a, AdminConfig, Restart>,
+    /// Per-tenant labels, counted from start-up.
+    pub metrics: Part<'a, MetricsConfig, Restart>,
     /// The warmer is scheduled once at start-up.
     pub warm: &'a Option<WarmConfig>,
 }
@@ -135,6 +142,7 @@ impl RestartOnly<'_> {
             ("identity", self.identity.changed(&other.identity)),
             ("purge", self.purge.changed(&other.purge)),
             ("admin", self.admin.changed(&other.admin)),
+            ("metrics", self.metrics.changed(&other.metrics)),
         ];
         let mut out: Vec<String> = sections
             .into_iter()
@@ -271,6 +279,32 @@ section! {
         /// replaces `CDN-Cache-Control` and `Cache-Control` for cachegate's decisions, and is
         /// not forwarded to clients; `""` = none.
         reload targeted_cache_control: Option<HeaderName> = Some(HeaderName::from_static("cachegate-cache-control")), read load::targeted_field;
+        /// Most of the memory tier one tenant's entries may hold, as a share ("10%"); a tenant
+        /// at its share gets no new memory entries (they still go to Redis) until some of its
+        /// own expire or are evicted. Entries of routes that do not vary on tenant count for
+        /// nobody.
+        restart memory_tenant_quota: Option<f64> = None, read optional(load::share);
+    }
+}
+
+/// Which tenants get their own `tenant` label.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TenantLabels {
+    /// No per-tenant series.
+    #[default]
+    Off,
+    /// These tenants; every other one is `other`.
+    Named(Vec<String>),
+    /// The busiest this many, tracked with a bounded counter; every other one is `other`.
+    Top(usize),
+}
+
+section! {
+    /// `[metrics]`: per-tenant figures.
+    pub struct MetricsConfig {
+        /// `["1", "2"]` or `{ top = 20 }`: the tenants counted under their own label in
+        /// `cachegate_tenant_lookups_total` and `/admin/stats`.
+        restart tenant_labels: TenantLabels = TenantLabels::Off, read load::tenant_labels;
     }
 }
 
@@ -578,6 +612,22 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         io: Some(e.to_string()),
     })?;
     from_str(&src, path)
+}
+
+/// The 1-based line where the dotted key `key` (`server.listen`, `warm`) is written in the TOML
+/// text `src`; `None` when it is not set there (or the text does not parse).
+pub fn line_of(src: &str, key: &str) -> Option<usize> {
+    let root = toml_span::parse(src).ok()?;
+    let mut table = root.as_table()?;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (k, v) = table.iter().find(|(k, _)| k.name == part)?;
+        if parts.peek().is_none() {
+            return Some(reader::Ctx::new(src).line(k.span.start));
+        }
+        table = v.as_table()?;
+    }
+    None
 }
 
 /// What `[cache] redis_url` names.

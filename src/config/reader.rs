@@ -283,13 +283,19 @@ pub(crate) fn duration(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<Duration> {
 /// A size such as "256MiB" or "10MB".
 pub(crate) fn size(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<u64> {
     let s = f.into_string(ctx)?;
+    // The library's own message ("cannot parse float from empty string") says nothing a
+    // user can act on: say what a size looks like instead.
+    let looks_like_size = s.value.trim().starts_with(|c: char| c.is_ascii_digit());
     match s.value.parse::<bytesize::ByteSize>() {
-        Ok(b) => Some(b.as_u64()),
-        Err(e) => {
+        Ok(b) if looks_like_size => Some(b.as_u64()),
+        _ => {
             ctx.issue(
                 s.offset,
                 &s.key,
-                format!("expected a size like \"10MiB\", found {:?} ({e})", s.value),
+                format!(
+                    "expected a size like \"64MiB\" (a number, then B, KB, KiB, MB, MiB, GB or GiB), found {:?}",
+                    s.value
+                ),
             );
             None
         }
@@ -300,12 +306,13 @@ pub(crate) fn size(ctx: &mut Ctx<'_>, f: Field<'_>) -> Option<u64> {
 pub(crate) fn parse_duration(ctx: &mut Ctx<'_>, s: &Spanned<String>) -> Option<Duration> {
     match humantime::parse_duration(&s.value) {
         Ok(d) => Some(d),
-        Err(e) => {
+        // humantime's messages ("expected number at 0") point into the string, not at the fix.
+        Err(_) => {
             ctx.issue(
                 s.offset,
                 &s.key,
                 format!(
-                    "expected a duration like \"90s\", \"10m\" or \"1h\", found {:?} ({e})",
+                    "expected a duration like \"90s\", \"250ms\", \"10m\" or \"1h\" (a number, then ms, s, m, h or d), found {:?}",
                     s.value
                 ),
             );

@@ -167,6 +167,28 @@ impl Identity {
     }
 }
 
+/// Where each part of a resolved identity came from, for `explain`: source names only, never a
+/// credential's value.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Trace {
+    /// Whether an unknown session may be asked of the origin's lookup endpoint. `explain` says
+    /// no: the lookup is a request to the application (it may refresh or log the session), so
+    /// explaining never makes it and reports that the proxy would.
+    pub(crate) may_ask_origin: bool,
+    /// The credentials found on the request, described by kind and name.
+    pub(crate) credentials: Vec<String>,
+    /// Where the role, tenant and user came from.
+    pub(crate) role: &'static str,
+    /// See `role`.
+    pub(crate) tenant: &'static str,
+    /// See `role`.
+    pub(crate) user: &'static str,
+    /// The JWT's verification: `verified` or why it was refused.
+    pub(crate) jwt: Option<String>,
+    /// The session lookup: a hash prefix of the session and what the lookup did.
+    pub(crate) session: Option<String>,
+}
+
 /// How much resolving a request needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Depth {
@@ -262,9 +284,20 @@ impl Resolver {
     /// Resolves the identity of a normalised request (identity headers from untrusted peers
     /// are already gone). Every part is resolved from the first source that has it: trusted
     /// headers, then the JWT and session credentials; a caller without any is anonymous.
-    pub(crate) async fn resolve(&self, trusted: bool, headers: &HeaderMap, depth: Depth) -> Identity {
+    /// `trace`, when given, records where each part came from.
+    pub(crate) async fn resolve(
+        &self,
+        trusted: bool,
+        headers: &HeaderMap,
+        depth: Depth,
+        mut trace: Option<&mut Trace>,
+    ) -> Identity {
         let mut id = Identity::anonymous(&self.anonymous);
         if depth == Depth::Strip {
+            if let Some(t) = trace {
+                let why = "not resolved: this request's answer depends on nobody";
+                (t.role, t.tenant, t.user) = (why, why, why);
+            }
             return id;
         }
         let (role, tenant, user) = if trusted {
@@ -283,8 +316,11 @@ impl Resolver {
         let found = self.credentials(headers);
         id.credentialed = from_header || found.any();
         id.unresolved_credentials = found.unresolvable;
+        if let Some(t) = trace.as_deref_mut() {
+            t.credentials = self.describe_credentials(headers);
+        }
         let claims = if found.any() {
-            Box::pin(self.claims(&found, depth, &mut id)).await
+            Box::pin(self.claims(&found, depth, &mut id, trace.as_deref_mut())).await
         } else if from_header {
             // A gateway that names somebody without saying their role: not anonymous. A tenant
             // or user it leaves out is left out on purpose.
@@ -296,6 +332,29 @@ impl Resolver {
         } else {
             Claims::anonymous(&self.anonymous)
         };
+        if let Some(t) = trace {
+            let from_claims = if found.any() {
+                match (&found.token, &id.session) {
+                    _ if id.unresolved_credentials => "unresolved: a credential on the request could not be resolved",
+                    (Some(_), Some(_)) => "JWT and session lookup (agreeing)",
+                    (Some(_), None) => "JWT claims",
+                    (None, Some(_)) => "session lookup",
+                    (None, None) => "unresolved",
+                }
+            } else if from_header {
+                "not sent by the trusted gateway"
+            } else {
+                "anonymous: no credentials"
+            };
+            let source = |p: &Part| {
+                if *p == Part::Absent {
+                    from_claims
+                } else {
+                    "trusted header"
+                }
+            };
+            (t.role, t.tenant, t.user) = (source(&role), source(&tenant), source(&user));
+        }
         id.role = match role {
             Part::Known(r) => Part::Known(Arc::from(r)),
             Part::Unresolved => Part::Unresolved,
@@ -311,29 +370,84 @@ impl Resolver {
         id
     }
 
+    /// The request's credentials by kind and name (header or cookie name), never their values.
+    fn describe_credentials(&self, headers: &HeaderMap) -> Vec<String> {
+        let mut out = Vec::new();
+        let jwt_header = self.jwt_header();
+        if headers.contains_key(AUTHORIZATION) {
+            let what = if jwt_header.as_ref() == Some(&AUTHORIZATION) {
+                "header authorization (JWT)"
+            } else {
+                "header authorization (no source reads it: unresolvable)"
+            };
+            out.push(what.to_string());
+        }
+        if let Some(h) = jwt_header.filter(|h| *h != AUTHORIZATION && headers.contains_key(h)) {
+            out.push(format!("header {h} (JWT)"));
+        }
+        let jwt_cookie = self.cfg.jwt.as_ref().and_then(|j| j.cookie.as_deref());
+        let session_cookie = self.lookup.as_ref().map(|l| l.cookie());
+        for (name, _) in cookie_pairs(headers) {
+            let what = if Some(name) == jwt_cookie {
+                "JWT"
+            } else if Some(name) == session_cookie {
+                "session"
+            } else if self.cfg.credential_cookies.is_credential(name) {
+                "credential cookie no source reads: unresolvable"
+            } else {
+                continue;
+            };
+            out.push(format!("cookie {name} ({what})"));
+        }
+        out
+    }
+
     /// What the request's JWT and session say; parts they cannot tell are unresolved.
-    async fn claims(&self, found: &Found, depth: Depth, id: &mut Identity) -> Claims {
+    async fn claims(&self, found: &Found, depth: Depth, id: &mut Identity, mut trace: Option<&mut Trace>) -> Claims {
         let unresolved = &mut id.unresolved_credentials;
         let mut claims: Option<Claims> = None;
         if let (Some(token), Some(v)) = (&found.token, &self.jwt) {
             match v.verify(token) {
-                Ok(c) => claims = Some(c),
+                Ok(c) => {
+                    claims = Some(c);
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.jwt = Some("verified".into());
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(reason = %e, "JWT refused");
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.jwt = Some(format!("refused: {e}"));
+                    }
                     *unresolved = true;
                 }
             }
         } else if found.token.is_some() {
+            if let Some(t) = trace.as_deref_mut() {
+                t.jwt = Some("sent, but no [identity] jwt is configured: unresolvable".into());
+            }
             *unresolved = true;
         }
         if let (Some(session), Some(l)) = (&found.session, &self.lookup) {
+            let may_ask = trace.as_deref().is_none_or(|t| t.may_ask_origin);
             let resolved = match depth {
-                Depth::Read => l.resolve(session).await.map_err(|e| e.to_string()),
+                Depth::Read if may_ask => l.resolve(session).await.map_err(|e| e.to_string()),
+                Depth::Read => l.known(session).await.ok_or_else(|| {
+                    "not known yet: the proxy would ask the origin's lookup endpoint; explain does not".to_string()
+                }),
                 _ => l
                     .known(session)
                     .await
                     .ok_or_else(|| "session not known yet".to_string()),
             };
+            if let Some(t) = trace {
+                let hash = l.scope_of(session);
+                let short = hash.rsplit(':').next().unwrap_or("").get(..12).unwrap_or("");
+                t.session = Some(match &resolved {
+                    Ok(_) => format!("session sha256 {short}…: remembered answer"),
+                    Err(e) => format!("session sha256 {short}…: {e}"),
+                });
+            }
             match resolved {
                 Ok((c, stamps)) => {
                     id.session = Some((l.scope_of(session), stamps));

@@ -59,7 +59,8 @@ impl Proxy {
         let plain = !asked.headers.contains_key(header::RANGE) && !headers::not_modified(asked.headers, &entry.headers);
         if how == Serve::Hit && plain && !self.config.server.debug_headers {
             // The common case: a clone of the prepared map, with its `Age` slot filled in.
-            let mut headers = entry.hit_headers(&HIT_EXTRA).clone();
+            let private = self.config.cache.targeted_cache_control.as_ref();
+            let mut headers = entry.hit_headers(&HIT_EXTRA, private).clone();
             headers.insert(header::AGE, age);
             let body = if asked.head {
                 ProxyBody::Empty
@@ -72,6 +73,7 @@ impl Proxy {
             return resp;
         }
         let (status, mut headers, body) = shape(asked, entry.status, entry.headers.clone(), &entry.body);
+        self.strip_targeted(&mut headers);
         headers.insert(header::AGE, age);
         let (x_cache, status_text) = match how {
             Serve::Hit => ("HIT", "cachegate; hit"),

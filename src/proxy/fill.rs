@@ -83,23 +83,26 @@ impl Proxy {
         // An expired entry with a validator is asked for conditionally: a `304` refreshes it.
         let expired = permit.fallback().filter(|e| policy::has_validator(&e.headers));
         let mut up = self.upstream_request(parts, ProxyBody::Empty, &ctx, true);
-        let unconditional = expired.as_ref().map(|_| plain_get(&up));
+        // The fill as sent, without validators: asked again when a `304` does not fit, or
+        // with the client's range when the whole answer turns out not storable.
+        let plain = plain_get(&up);
         if let Some(e) = &expired {
             headers::add_validators(up.headers_mut(), &e.headers);
         }
         let mut resp = self.send(up, out).await?;
         if resp.status() == StatusCode::NOT_MODIFIED {
-            if let (Some(entry), Some(again)) = (expired, unconditional) {
-                if headers::selects(&entry.headers, resp.headers()) {
+            if let Some(entry) = expired {
+                // Purged since it was found: the origin's `304` must not bring it back.
+                if headers::selects(&entry.headers, resp.headers()) && entry.stamps.valid() {
                     let asked = Asked {
                         headers: &req_headers,
                         head,
                     };
                     return Ok(self.freshen(entry, resp, &asked, ctx, idx, permit, out).await);
                 }
-                // The `304` is about another representation than the one held: ask again,
-                // unconditionally.
-                resp = self.send(again, out).await?;
+                // The `304` is about another representation than the one held (or the held one
+                // was purged meanwhile): ask again, unconditionally.
+                resp = self.send(plain_get(&plain), out).await?;
             }
         }
         let (mut parts, body) = resp.into_parts();
@@ -112,21 +115,29 @@ impl Proxy {
             .await;
         let now = self.cache.wall_now();
         let decided = policy::storage(parts.status, &parts.headers, route, &self.config.cache, now);
-        self.strip_targeted(&mut parts.headers);
+        let max = self.config.server.max_body;
+        let decided = decided.and_then(|s| {
+            if content_length(&parts.headers).is_some_and(|n| n > max) {
+                Err(BypassReason::TooLarge)
+            } else {
+                Ok(s)
+            }
+        });
         let storage = match decided {
             Ok(s) => s,
-            Err(reason) => return Ok(bypass_response(parts, ProxyBody::Stream(body), head, reason, out)),
+            Err(reason) => {
+                if let Some(ranged) = self.ranged_again(&plain, &req_headers, head, out).await {
+                    let (mut rparts, rbody) = ranged?.into_parts();
+                    headers::strip_hop_by_hop(&mut rparts.headers);
+                    headers::take_surrogate_tags(&mut rparts.headers);
+                    headers::add_via(&mut rparts.headers);
+                    self.strip_targeted(&mut rparts.headers);
+                    return Ok(bypass_response(rparts, ProxyBody::Stream(rbody), head, reason, out));
+                }
+                self.strip_targeted(&mut parts.headers);
+                return Ok(bypass_response(parts, ProxyBody::Stream(body), head, reason, out));
+            }
         };
-        let max = self.config.server.max_body;
-        if content_length(&parts.headers).is_some_and(|n| n > max) {
-            return Ok(bypass_response(
-                parts,
-                ProxyBody::Stream(body),
-                head,
-                BypassReason::TooLarge,
-                out,
-            ));
-        }
         let timeout = self.config.origin.timeout;
         let body = match tokio::time::timeout(timeout, read_limited(body, max)).await {
             Err(_) => return Err(self.body_failed(UpstreamError::Timeout(timeout))),
@@ -136,6 +147,7 @@ impl Proxy {
                     prefix: Some(prefix),
                     rest,
                 };
+                self.strip_targeted(&mut parts.headers);
                 return Ok(bypass_response(parts, body, head, BypassReason::TooLarge, out));
             }
             Ok(Ok(Limited::Complete(b))) => b,
@@ -147,9 +159,12 @@ impl Proxy {
             .flat_map(|t| [scope::tag_scope(t), scope::tenant_tag_scope(t, tenant)])
             .collect();
         let set_cookies: Vec<HeaderValue> = parts.headers.get_all(header::SET_COOKIE).iter().cloned().collect();
+        // Sent once, after the answer is shaped; never stored.
+        parts.headers.remove(header::SET_COOKIE);
+        // Stored with the targeted field: a `304` that does not repeat it is judged with it.
         let mut stored_headers = parts.headers.clone();
-        stored_headers.remove(header::SET_COOKIE);
         stored_headers.remove(header::AGE);
+        self.strip_targeted(&mut parts.headers);
         let filled = Filled {
             status: parts.status,
             headers: stored_headers,
@@ -217,21 +232,23 @@ impl Proxy {
         }
         let now = self.cache.wall_now();
         let decided = policy::storage(entry.status, &judged, route, &self.config.cache, now);
-        self.strip_targeted(&mut merged);
         out.cache = CacheResult::Revalidated;
+        let stored_merged = merged.clone();
+        self.strip_targeted(&mut merged);
+        let filled = |storage: policy::Storage| Filled {
+            status: entry.status,
+            headers: stored_merged.clone(),
+            body: entry.body.clone(),
+            initial_age: storage.freshness.initial_age,
+            fresh_for: storage.freshness.remaining(),
+            stale: storage.stale,
+            vary: self.vary_of(&stored_merged, route),
+            surrogate: entry.surrogate.clone(),
+        };
+        let input = ctx.vary_input(asked.headers, route);
         let (age, cache_status, key) = match decided {
             Ok(storage) => {
-                let filled = Filled {
-                    status: entry.status,
-                    headers: merged.clone(),
-                    body: entry.body.clone(),
-                    initial_age: storage.freshness.initial_age,
-                    fresh_for: storage.freshness.remaining(),
-                    stale: storage.stale,
-                    vary: self.vary_of(&merged, route),
-                    surrogate: entry.surrogate.clone(),
-                };
-                let Stored { key, stored } = permit.store(filled, ctx.vary_input(asked.headers, route)).await;
+                let Stored { key, stored } = permit.store(filled(storage), input).await;
                 let status = if stored {
                     "cachegate; fwd=stale; fwd-status=304; stored"
                 } else {
@@ -240,7 +257,17 @@ impl Proxy {
                 (storage.freshness.initial_age.as_secs(), status, Some(key))
             }
             Err(reason) => {
-                drop(permit);
+                // The origin's latest word on this answer forbids keeping it: the held copy
+                // is replaced by one already past every window, so no stale answer or later
+                // revalidation can come from it.
+                let gone = policy::Storage {
+                    freshness: policy::Freshness {
+                        lifetime: std::time::Duration::ZERO,
+                        initial_age: std::time::Duration::ZERO,
+                    },
+                    stale: crate::cache::entry::StaleWindows::default(),
+                };
+                permit.store(filled(gone), input).await;
                 out.reason = Some(reason);
                 (0, "cachegate; fwd=stale; fwd-status=304; detail=not-stored", None)
             }
@@ -260,6 +287,25 @@ impl Proxy {
         parts.status = status;
         parts.headers = h;
         Response::from_parts(parts, body)
+    }
+
+    /// A client's single byte range for an answer that will not be stored: asked of the origin
+    /// with the range (and `If-Range`), so a large or private resource is not sent whole.
+    /// `None` when the client asked for no range (or for a HEAD).
+    async fn ranged_again(
+        &self,
+        plain: &Request<ProxyBody>,
+        asked: &http::HeaderMap,
+        head: bool,
+        out: &Outcome,
+    ) -> Option<Result<Response<Incoming>, ProxyError>> {
+        let range = asked.get(header::RANGE).filter(|_| !head)?;
+        let mut again = plain_get(plain);
+        again.headers_mut().insert(header::RANGE, range.clone());
+        if let Some(v) = asked.get(header::IF_RANGE) {
+            again.headers_mut().insert(header::IF_RANGE, v.clone());
+        }
+        Some(self.send(again, out).await)
     }
 
     /// The origin's `Vary` names the key takes for `route`.

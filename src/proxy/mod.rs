@@ -8,8 +8,10 @@
 //! * [`write`]: unsafe methods and the purges they trigger
 //! * [`inbound`]: the request normalised once, before identity, keying and forwarding
 //! * [`tunnel`]: protocol upgrades (WebSocket), relayed and never cached
+//! * [`explain`]: what the flow would do with a request, decided by the same code, without doing it
 
 mod answer;
+mod explain;
 mod fill;
 mod inbound;
 mod read;
@@ -28,13 +30,16 @@ use crate::cache::policy::BypassReason;
 use crate::cache::{key, Cache, Tier};
 use crate::config::Config;
 use crate::error::{ProxyError, UpstreamError};
-use crate::identity::{Depth, Resolver, SessionGuard, SetupError};
+use crate::identity::{self, Depth, Identity, Resolver, SessionGuard, SetupError};
 use crate::invalidation::{Purger, Trigger};
 use crate::message::body::ProxyBody;
 use crate::message::headers;
 use crate::metrics::Metrics;
 use crate::secrets::Secrets;
+use crate::tenants::TenantLabeller;
 use crate::upstream::Origin;
+
+pub(crate) use explain::ExplainRequest;
 
 /// Why a proxy could not be built from a config (at start-up or on reload).
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +65,8 @@ pub struct Proxy {
     hit_series: Vec<OnceLock<HitSeries>>,
     /// Shutdown: upgraded connections, which the listener no longer tracks, end with it.
     stop: tokio::sync::watch::Receiver<bool>,
+    /// Per-tenant labels, with `[metrics] tenant_labels`.
+    tenants: Option<Arc<TenantLabeller>>,
 }
 
 /// The metric series of one route's memory hits.
@@ -74,6 +81,7 @@ impl Proxy {
     ///
     /// # Errors
     /// An identity source that cannot be set up (missing JWT secret, unreadable key file).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<Config>,
         cache: Arc<Cache>,
@@ -82,11 +90,13 @@ impl Proxy {
         secrets: &Secrets,
         metrics: Arc<Metrics>,
         stop: tokio::sync::watch::Receiver<bool>,
+        tenants: Option<Arc<TenantLabeller>>,
     ) -> Result<Self, BuildError> {
         let origin = Origin::new(&config.origin, metrics.clone())?;
         let identity = Resolver::new(&config.identity, secrets, origin.clone(), guard, metrics.clone())?;
         let hit_series = config.routes.iter().map(|_| OnceLock::new()).collect();
         Ok(Proxy {
+            tenants,
             stop,
             hit_series,
             config,
@@ -131,6 +141,16 @@ impl Proxy {
         let route = out.route.map_or(NO_ROUTE, |i| self.config.routes[i].name.as_str());
         let m = &self.metrics;
         let status = resp.status();
+        if let (Some(labels), Some(tenant), true) = (&self.tenants, &out.tenant, out.cached_route) {
+            let l = labels.label(tenant.as_deref());
+            if let Some(gone) = l.displaced {
+                // Its series go: at most `top` tenants have series at any time.
+                for (result, _) in CacheResult::LOOKUPS {
+                    let _ = m.tenant_lookups.remove_label_values(&[&gone, result.as_str()]);
+                }
+            }
+            m.tenant_lookup_counter(&l.label, out.cache.as_str()).inc();
+        }
         if let (Some(idx), CacheResult::Hit, Some(Tier::Memory), &Method::GET, StatusCode::OK, false) = (
             out.route,
             out.cache,
@@ -176,10 +196,13 @@ impl Proxy {
             duration_us = took.as_micros() as u64,
             "cache decision"
         );
-        if self.config.server.access_log {
+        if let Some(a) = out.access.as_deref() {
             tracing::info!(
                 target: "cachegate::access",
+                client = %a.client,
                 method = %method,
+                path = if a.path.is_empty() { "-" } else { a.path.as_str() },
+                query = a.query.as_str(),
                 status = status.as_u16(),
                 route,
                 cache,
@@ -187,6 +210,11 @@ impl Proxy {
                 "request"
             );
         }
+    }
+
+    /// The tenants labelled now, when `[metrics] tenant_labels` is set.
+    pub(crate) fn tenant_labels(&self) -> Option<Vec<String>> {
+        self.tenants.as_ref().map(|t| t.labelled())
     }
 
     /// Sends to the origin, timing it.
@@ -211,42 +239,89 @@ impl Proxy {
         secure: bool,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let upgrade = tunnel::requested(&req);
-        let inbound = self.normalize(&mut req, peer.ip(), secure)?;
+        if self.config.server.access_log {
+            out.access = Some(Box::new(Access {
+                client: peer.ip(),
+                ..Access::default()
+            }));
+        }
         let uri = req.uri().clone();
-        let path = key::normalize_path(uri.path())?;
-        let method = req.method().clone();
+        let d = self.decide(&mut req, &uri, peer, secure, None).await?;
+        out.route = d.route;
+        if self.tenants.is_some() {
+            out.tenant = Some(d.id.tenant.known().cloned());
+        }
+        if let Some(a) = out.access.as_deref_mut() {
+            a.path = d.path.to_string();
+            a.query = logged_query(uri.query(), d.route.map(|i| &self.config.routes[i]));
+        }
         let ctx = Ctx {
-            path: &path,
+            path: &d.path,
             query: uri.query(),
             peer,
-            inbound: &inbound,
+            inbound: &d.inbound,
         };
-        out.route = self.config.routes.iter().position(|r| r.path.matches(&path));
+        match d.flow {
+            Flow::Tunnel(protocol) => Box::pin(self.tunnel(req, ctx, protocol, out)).await,
+            Flow::Read(idx) => {
+                out.cached_route = true;
+                self.read(req, idx, ctx, d.id, out).await
+            }
+            Flow::Unrouted => Box::pin(self.pass(req, ctx, Some(BypassReason::NoRoute), out)).await,
+            Flow::Write => Box::pin(self.write(req, ctx, d.id, out)).await,
+            Flow::Pass => Box::pin(self.pass(req, ctx, None, out)).await,
+        }
+    }
+
+    /// Everything decided about a request before the cache or the origin is asked: the request
+    /// normalised in place, its route, the flow it takes and the identity it is served as. The
+    /// request flow and `explain` both call this, so an explanation cannot drift from what the
+    /// proxy does. `trace`, given by `explain`, records where the identity came from.
+    ///
+    /// # Errors
+    /// A request that cannot be served (a bad `Host`, a path that does not normalise).
+    async fn decide<'u, B>(
+        &self,
+        req: &mut Request<B>,
+        uri: &'u Uri,
+        peer: SocketAddr,
+        secure: bool,
+        trace: Option<&mut identity::Trace>,
+    ) -> Result<Decision<'u>, ProxyError> {
+        let upgrade = tunnel::requested(req);
+        let inbound = self.normalize(req, peer.ip(), secure)?;
+        let path = key::normalize_path(uri.path())?;
+        let method = req.method();
+        let route = self.config.routes.iter().position(|r| r.path.matches(&path));
         let read = method == Method::GET || method == Method::HEAD;
-        let depth = match out.route {
+        let depth = match route {
             // A tunnel is never cached: identity headers are only normalised.
             _ if upgrade.is_some() => Depth::Strip,
             // A public route's answer depends on nobody: no identity needed.
             Some(idx) if read && self.config.routes[idx].public => Depth::Strip,
             Some(_) if read => Depth::Read,
-            _ if is_unsafe(&method) => Depth::Write,
+            _ if is_unsafe(method) => Depth::Write,
             _ => Depth::Strip,
         };
-        // One call site: each `.await` of it would otherwise add its state to this future.
-        let id = self.identity.resolve(inbound.trusted, req.headers(), depth).await;
-        if let Some(protocol) = upgrade {
-            return Box::pin(self.tunnel(req, ctx, protocol, out)).await;
-        }
-        match out.route {
-            Some(idx) if read => {
-                out.cached_route = true;
-                self.read(req, idx, ctx, id, out).await
-            }
-            None if read => Box::pin(self.pass(req, ctx, Some(BypassReason::NoRoute), out)).await,
-            _ if depth == Depth::Write => Box::pin(self.write(req, ctx, id, out)).await,
-            _ => Box::pin(self.pass(req, ctx, None, out)).await,
-        }
+        // One call site: each `.await` of it would otherwise add its state to the caller's future.
+        let id = self
+            .identity
+            .resolve(inbound.trusted, req.headers(), depth, trace)
+            .await;
+        let flow = match (upgrade, route) {
+            (Some(protocol), _) => Flow::Tunnel(protocol),
+            (None, Some(idx)) if read => Flow::Read(idx),
+            (None, None) if read => Flow::Unrouted,
+            _ if depth == Depth::Write => Flow::Write,
+            _ => Flow::Pass,
+        };
+        Ok(Decision {
+            inbound,
+            path,
+            route,
+            flow,
+            id,
+        })
     }
 
     /// Forwards a request and streams the answer back, marking it `BYPASS` when `reason` is set.
@@ -355,6 +430,35 @@ fn sets_cookie(headers: &http::HeaderMap, name: &str) -> bool {
         .any(|v| v.split_once('=').is_some_and(|(n, _)| n.trim() == name))
 }
 
+/// What [`Proxy::decide`] made of a request (whose URI is `'u`).
+pub(crate) struct Decision<'u> {
+    /// What normalisation learnt.
+    inbound: inbound::Inbound,
+    /// The normalised path.
+    path: std::borrow::Cow<'u, str>,
+    /// The first route matching the path.
+    route: Option<usize>,
+    /// The way the request takes.
+    flow: Flow,
+    /// Who is asking, resolved as deep as the flow needs.
+    id: Identity,
+}
+
+/// The way a request takes through the proxy.
+#[derive(Debug, Clone)]
+enum Flow {
+    /// A protocol upgrade, relayed and never cached.
+    Tunnel(HeaderValue),
+    /// A GET or HEAD on the cached route at this index.
+    Read(usize),
+    /// A GET or HEAD no route matches: bypassed.
+    Unrouted,
+    /// An unsafe method: forwarded, then purges.
+    Write,
+    /// Anything else (OPTIONS, TRACE on any path; other methods without a route): forwarded.
+    Pass,
+}
+
 /// Per-request facts shared by the flows.
 #[derive(Clone, Copy)]
 struct Ctx<'a> {
@@ -382,9 +486,51 @@ fn is_unsafe(m: &Method) -> bool {
     !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
 }
 
+/// The access log's view of a request, gathered only when `access_log` is on.
+#[derive(Debug)]
+struct Access {
+    /// The connection's peer.
+    client: std::net::IpAddr,
+    /// The normalised path; empty when the request was refused before it was normalised.
+    path: String,
+    /// See [`logged_query`].
+    query: String,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            client: std::net::IpAddr::from([0, 0, 0, 0]),
+            path: String::new(),
+            query: String::new(),
+        }
+    }
+}
+
+/// The query as the access log shows it. On a route, as keyed: the route's `query` rule says
+/// which parameters identify the answer, and those (normalised) are logged; parameters it
+/// leaves out (tracking ids, one-time tokens) are not. Without a route nothing is keyed, so only
+/// the parameter names are logged: a token in a query never reaches the log.
+fn logged_query(query: Option<&str>, route: Option<&crate::config::RouteConfig>) -> String {
+    match (query, route) {
+        (None, _) => String::new(),
+        (Some(q), Some(r)) => key::normalize_query(Some(q), &r.query),
+        (Some(q), None) => q
+            .split('&')
+            .filter_map(|p| p.split('=').next().filter(|n| !n.is_empty()))
+            .map(|n| key::encode_component(n).into_owned())
+            .collect::<Vec<_>>()
+            .join("&"),
+    }
+}
+
 /// What happened to a request, for metrics and the decision log.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
+    /// Set when `access_log` is on.
+    access: Option<Box<Access>>,
+    /// The request's tenant, when tenants are labelled.
+    tenant: Option<Option<String>>,
     /// The first route matching the path.
     pub(crate) route: Option<usize>,
     /// A GET/HEAD on a cached route (counted in `cachegate_cache_lookups_total`).

@@ -17,7 +17,7 @@ use super::fill::Miss;
 use super::inbound::Inbound;
 use super::{Ctx, Outcome, Proxy};
 use crate::cache::entry::CachedResponse;
-use crate::cache::key::{self, KeyIdentity};
+use crate::cache::key::{self, BaseKey, KeyIdentity};
 use crate::cache::policy::BypassReason;
 use crate::cache::{EntryScopes, Lookup, Waits};
 use crate::config::RouteConfig;
@@ -36,19 +36,10 @@ impl Proxy {
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let route = &self.config.routes[idx];
-        let who = match key_identity(route, &id, &req) {
-            Ok(who) => who,
+        let ReadKey { who, query, base } = match self.read_key(route, &id, req.headers(), &ctx) {
+            Ok(k) => k,
             Err(reason) => return Box::pin(self.pass(req, ctx, Some(reason), out)).await,
         };
-        let query = key::normalize_query(ctx.query, &route.query);
-        let base = key::base_key(
-            &self.config.cache.key_prefix,
-            &route.name,
-            &ctx.inbound.site,
-            ctx.path,
-            &query,
-            who,
-        );
         let key = self
             .cache
             .request_key(&base, ctx.vary_input(req.headers(), route))
@@ -83,6 +74,28 @@ impl Proxy {
             head,
         };
         Box::pin(self.fill(parts, ctx, miss, permit, out)).await
+    }
+
+    /// The key a read on `route` is looked up under (before the origin's `Vary`), or why the
+    /// read must not use the cache.
+    pub(super) fn read_key<'a>(
+        &self,
+        route: &RouteConfig,
+        id: &'a Identity,
+        headers: &http::HeaderMap,
+        ctx: &Ctx<'_>,
+    ) -> Result<ReadKey<'a>, BypassReason> {
+        let who = key_identity(route, id, headers)?;
+        let query = key::normalize_query(ctx.query, &route.query);
+        let base = key::base_key(
+            &self.config.cache.key_prefix,
+            &route.name,
+            &ctx.inbound.site,
+            ctx.path,
+            &query,
+            who,
+        );
+        Ok(ReadKey { who, query, base })
     }
 
     /// How long lookups on `route` wait for fetches already running.
@@ -131,23 +144,14 @@ impl Proxy {
         stale: Arc<CachedResponse>,
     ) {
         let route = &self.config.routes[idx];
-        let q = key::normalize_query(query.as_deref(), &route.query);
-        let Ok(who) = key_identity(route, &id, &parts) else {
-            return;
-        };
-        let base = key::base_key(
-            &self.config.cache.key_prefix,
-            &route.name,
-            &inbound.site,
-            &path,
-            &q,
-            who,
-        );
         let ctx = Ctx {
             path: &path,
             query: query.as_deref(),
             peer,
             inbound: &inbound,
+        };
+        let Ok(ReadKey { who, query: q, base }) = self.read_key(route, &id, &parts.headers, &ctx) else {
+            return;
         };
         let key = self
             .cache
@@ -174,11 +178,27 @@ impl Proxy {
     }
 }
 
+/// A read's key before the origin's `Vary`: the identity parts and query it is made of.
+pub(super) struct ReadKey<'a> {
+    /// The identity parts keyed.
+    pub(super) who: KeyIdentity<'a>,
+    /// The query as keyed.
+    pub(super) query: String,
+    /// The key.
+    pub(super) base: BaseKey,
+}
+
 /// The scopes of the entry a request would fill. An identity from a session lookup adds the
 /// session's scope, and the stamps taken before the lookup asked: a login or logout landing
 /// meanwhile keeps the answer from being stored, here and (through the scope's Redis counter)
 /// on every instance.
-fn entry_scopes(route: &RouteConfig, path: &str, query: &str, who: KeyIdentity<'_>, id: &Identity) -> EntryScopes {
+pub(super) fn entry_scopes(
+    route: &RouteConfig,
+    path: &str,
+    query: &str,
+    who: KeyIdentity<'_>,
+    id: &Identity,
+) -> EntryScopes {
     let params = route.path.params(path).unwrap_or_default();
     let tags: Vec<String> = route.tags.iter().map(|t| t.render(&params)).collect();
     let url = scope::url_scope(&route.name, path, query);
@@ -196,12 +216,12 @@ fn entry_scopes(route: &RouteConfig, path: &str, query: &str, who: KeyIdentity<'
 /// only for anonymous callers and trusted gateways that leave it out; a user must be resolved.
 /// A route varying on nobody shares one answer with everyone, so only callers who are nobody
 /// in particular use it, unless it is `public`.
-fn key_identity<'a, R: Ranged>(
+fn key_identity<'a>(
     route: &RouteConfig,
     id: &'a Identity,
-    req: &R,
+    headers: &http::HeaderMap,
 ) -> Result<KeyIdentity<'a>, BypassReason> {
-    if req.several_ranges() {
+    if several_ranges(headers) {
         return Err(BypassReason::Range);
     }
     if route.public {
@@ -229,29 +249,13 @@ fn key_identity<'a, R: Ranged>(
     Ok(KeyIdentity { role, tenant, user })
 }
 
-/// A request (or its parts) that may ask for byte ranges. One range is answered from the
-/// stored whole answer (fetched whole on a miss); several go to the origin, which knows how
-/// to make a `multipart/byteranges` answer.
-trait Ranged {
-    fn several_ranges(&self) -> bool;
-}
-
+/// Whether a request asks for several byte ranges. One range is answered from the stored whole
+/// answer (fetched whole on a miss); several go to the origin, which knows how to make a
+/// `multipart/byteranges` answer.
 fn several_ranges(headers: &http::HeaderMap) -> bool {
     headers
         .get_all(header::RANGE)
         .iter()
         .enumerate()
         .any(|(i, v)| i > 0 || v.as_bytes().contains(&b','))
-}
-
-impl<B> Ranged for Request<B> {
-    fn several_ranges(&self) -> bool {
-        several_ranges(self.headers())
-    }
-}
-
-impl Ranged for http::request::Parts {
-    fn several_ranges(&self) -> bool {
-        several_ranges(&self.headers)
-    }
 }

@@ -106,7 +106,7 @@ impl Proxy {
     }
 
     /// Scopes of every `[[invalidate]]` rule matching the write (the union of their tags).
-    fn rule_scopes(&self, method: &http::Method, path: &str, tenant: Option<&str>) -> Vec<String> {
+    pub(super) fn rule_scopes(&self, method: &http::Method, path: &str, tenant: Option<&str>) -> Vec<String> {
         let mut scopes = Vec::new();
         // Rails and Express route `POST /courses` like `/courses/`: a rule for the one purges
         // for the other.
