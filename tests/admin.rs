@@ -509,7 +509,7 @@ async fn admin_body_read_times_out() {
     writer.abort();
 }
 
-/// Issue 16: a route without traffic said `"hit_ratio": 0.0`, which reads as "never hits".
+/// A route without traffic has no hit ratio (`null`): 0.0 would read as "never hits".
 #[tokio::test]
 async fn stats_hit_ratio_is_null_for_a_route_without_traffic() {
     let origin = Origin::echo().await;

@@ -148,8 +148,7 @@ async fn curl_http2_over_tls_and_h2c_sees_miss_then_hit() {
     }
 }
 
-/// Issue 16: the access log line had no path, query or client address. It now has them; the
-/// query is logged as keyed on a route (parameters the route does not key, such as a token,
+/// The access log line has the path, the query and the client address; the query is logged as keyed on a route (parameters the route does not key, such as a token,
 /// are not logged) and by parameter names only without one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_has_path_query_and_client_but_no_unkeyed_query_values() {

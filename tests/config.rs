@@ -375,8 +375,8 @@ fn redis_url_names_a_node_or_a_cluster() {
     assert!(e.contains("bad.toml:4") && e.contains("cache.redis_ca_file"), "{e}");
 }
 
-/// Issue 16: `memory_capacity = "lots"` leaked the size library's "cannot parse float from
-/// empty string"; durations leaked humantime's "expected number at 0".
+/// A bad size or duration says what is expected, not a parsing library's message ("cannot
+/// parse float from empty string", "expected number at 0").
 #[test]
 fn size_and_duration_errors_say_what_is_expected_not_the_library_message() {
     let msg = errors(&format!("{ORIGIN}[cache]\nmemory_capacity = \"lots\"\n"));
@@ -390,7 +390,7 @@ fn size_and_duration_errors_say_what_is_expected_not_the_library_message() {
     assert!(errors(&format!("{ORIGIN}[cache]\nmemory_capacity = \"MiB\"\n")).contains("64MiB"));
 }
 
-/// Issue 16: route errors named `route[3].tagz`; the route's name is what a user can find.
+/// Route errors name the route as a user wrote it, not only its position.
 #[test]
 fn route_errors_name_the_route_and_its_index() {
     let routes = "[[route]]\nname = \"a\"\npath = \"/a/\"\n".to_string()
@@ -416,8 +416,7 @@ fn check(text: &str) -> std::process::Output {
         .unwrap()
 }
 
-/// Issue 16: `check` said ok for configs `run` refuses. It now builds everything `run` builds
-/// short of binding: secrets, identity sources, TLS files, the origin client.
+/// `check` refuses what `run` refuses: it builds everything `run` builds short of binding: secrets, identity sources, TLS files, the origin client.
 #[test]
 fn check_verb_refuses_what_run_refuses() {
     let jwt =

@@ -435,7 +435,7 @@ fn public_route_with_vary_is_a_config_error() {
     let text =
         format!("{ORIGIN}\n[[route]]\nname = \"shared\"\npath = \"/shared/\"\npublic = true\nvary = [\"role\"]\n");
     let e = config_error(&text);
-    let at = format!("test.toml:{}: route[0].vary", line_of(&text, "vary ="));
+    let at = format!("test.toml:{}: route \"shared\" (route[0]).vary", line_of(&text, "vary ="));
     assert!(e.contains(&at), "expected {at:?} in:\n{e}");
     // `vary = []` is what a public route means.
     let ok = text.replace("vary = [\"role\"]", "vary = []");
@@ -451,8 +451,8 @@ fn check_refuses_routes_varying_on_unmapped_parts() {
     let route_lines = line_of(&jwt, "[[route]]\nname = \"courses\"")..=line_of(&jwt, "ttl = \"10m\"");
     let named = e
         .lines()
-        .find(|l| l.contains("route[1].vary"))
-        .unwrap_or_else(|| panic!("route[1].vary not named in:\n{e}"));
+        .find(|l| l.contains("route \"courses\" (route[1]).vary"))
+        .unwrap_or_else(|| panic!("route \"courses\" (route[1]).vary not named in:\n{e}"));
     let line: usize = named
         .strip_prefix("test.toml:")
         .and_then(|r| r.split(':').next())

@@ -121,8 +121,7 @@ async fn admin_reload_needs_the_token() {
     assert!(r.text().contains("invalid TOML"), "{}", r.text());
 }
 
-/// Issue 16: a refused reload answered 422 with the whole restart-only list; it names the
-/// keys that changed, each with file:line, and nothing else.
+/// A refused reload (422) names the restart-only keys that changed, each with file:line, and nothing else.
 #[tokio::test]
 async fn refused_reload_names_only_the_changed_restart_only_keys_with_their_lines() {
     let origin = Origin::echo().await;

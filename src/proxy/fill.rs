@@ -83,15 +83,15 @@ impl Proxy {
         // An expired entry with a validator is asked for conditionally: a `304` refreshes it.
         let expired = permit.fallback().filter(|e| policy::has_validator(&e.headers));
         let mut up = self.upstream_request(parts, ProxyBody::Empty, &ctx, true);
-        // The fill as sent, without validators: asked again when a `304` does not fit, or
-        // with the client's range when the whole answer turns out not storable.
-        let plain = plain_get(&up);
+        // The fill as sent, without validators, when it may be needed again: when a `304` does
+        // not fit, or with the client's range when the whole answer turns out not storable.
+        let plain = (expired.is_some() || req_headers.contains_key(header::RANGE)).then(|| plain_get(&up));
         if let Some(e) = &expired {
             headers::add_validators(up.headers_mut(), &e.headers);
         }
         let mut resp = self.send(up, out).await?;
         if resp.status() == StatusCode::NOT_MODIFIED {
-            if let Some(entry) = expired {
+            if let (Some(entry), Some(plain)) = (expired, &plain) {
                 // Purged since it was found: the origin's `304` must not bring it back.
                 if headers::selects(&entry.headers, resp.headers()) && entry.stamps.valid() {
                     let asked = Asked {
@@ -102,7 +102,7 @@ impl Proxy {
                 }
                 // The `304` is about another representation than the one held (or the held one
                 // was purged meanwhile): ask again, unconditionally.
-                resp = self.send(plain_get(&plain), out).await?;
+                resp = self.send(plain_get(plain), out).await?;
             }
         }
         let (mut parts, body) = resp.into_parts();
@@ -126,7 +126,7 @@ impl Proxy {
         let storage = match decided {
             Ok(s) => s,
             Err(reason) => {
-                if let Some(ranged) = self.ranged_again(&plain, &req_headers, head, out).await {
+                if let Some(ranged) = self.ranged_again(plain.as_ref(), &req_headers, head, out).await {
                     let (mut rparts, rbody) = ranged?.into_parts();
                     headers::strip_hop_by_hop(&mut rparts.headers);
                     headers::take_surrogate_tags(&mut rparts.headers);
@@ -294,12 +294,13 @@ impl Proxy {
     /// `None` when the client asked for no range (or for a HEAD).
     async fn ranged_again(
         &self,
-        plain: &Request<ProxyBody>,
+        plain: Option<&Request<ProxyBody>>,
         asked: &http::HeaderMap,
         head: bool,
         out: &Outcome,
     ) -> Option<Result<Response<Incoming>, ProxyError>> {
         let range = asked.get(header::RANGE).filter(|_| !head)?;
+        let plain = plain?;
         let mut again = plain_get(plain);
         again.headers_mut().insert(header::RANGE, range.clone());
         if let Some(v) = asked.get(header::IF_RANGE) {
