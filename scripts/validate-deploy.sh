@@ -6,11 +6,13 @@
 #                         (a hand-written subset, see its $comment); names, selectors, ports
 #                         and timings across the manifests with scripts/check-k8s-refs.py; the
 #                         ConfigMap's proxy.toml with `cachegate check`
-#   deploy/Dockerfile     hadolint
+#   deploy/Dockerfile, deploy/compose/origin.Dockerfile
+#                         hadolint
 #   deploy/docker-compose.yml
 #                         check-jsonschema --builtin-schema vendor.compose-spec, and
 #                         `docker compose config` when docker has compose; its proxy.toml
-#                         with `cachegate check`, its Prometheus config with promtool
+#                         with `cachegate check`, its Prometheus config with promtool, and
+#                         that Prometheus sends the token cachegate is given
 #   deploy/cachegate.service
 #                         systemd-analyze verify (skipped when systemd-analyze is missing)
 # Installs missing Python tools with pip when run as root; otherwise says how.
@@ -79,7 +81,7 @@ run "ServiceMonitor against its vendored schema" \
 run "manifests cross-checked" python3 scripts/check-k8s-refs.py deploy/k8s --toml-out "$work/k8s-proxy.toml"
 run "cachegate check: the ConfigMap's proxy.toml" "$cachegate" check --config "$work/k8s-proxy.toml"
 
-run "hadolint deploy/Dockerfile" hadolint deploy/Dockerfile
+run "hadolint deploy/Dockerfile deploy/compose/origin.Dockerfile" hadolint deploy/Dockerfile deploy/compose/origin.Dockerfile
 
 run "compose file against the compose spec" \
   check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml
@@ -89,8 +91,16 @@ else
   echo "== docker compose config: skipped (docker compose is not installed)"
 fi
 run "cachegate check deploy/compose/proxy.toml" "$cachegate" check --config deploy/compose/proxy.toml
-# The token file the compose file writes exists only in the container, hence --syntax-only.
-run "promtool check config" promtool check config --syntax-only deploy/prometheus.yml deploy/prometheus-compose.yml
+run "promtool check config" promtool check config deploy/prometheus.yml deploy/prometheus-compose.yml
+# Prometheus' scrapes authenticate with the token the compose file gives cachegate.
+same_token() {
+  local given sent
+  given="$(sed -n 's/^ *CACHEGATE_PURGE_TOKEN: *//p' deploy/docker-compose.yml)"
+  sent="$(sed -n 's/^ *credentials: *//p' deploy/prometheus-compose.yml)"
+  echo "cachegate's token: ${given:-none}; Prometheus sends: ${sent:-none}"
+  [ -n "$given" ] && [ "$given" = "$sent" ]
+}
+run "compose: Prometheus sends cachegate's token" same_token
 run "demo origin compiles" python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' deploy/compose/origin.py
 
 if command -v systemd-analyze >/dev/null 2>&1; then
