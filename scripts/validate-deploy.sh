@@ -78,10 +78,13 @@ run "kubernetes-validate (Kubernetes 1.25)" kubevalidate --kubernetes-version 1.
 run "kubernetes-validate (latest schemas)" kubevalidate "${k8s[@]}"
 run "ServiceMonitor against its vendored schema" \
   check-jsonschema --schemafile deploy/k8s/schemas/servicemonitor-v1.json deploy/k8s/servicemonitor.yaml
-run "manifests cross-checked" python3 scripts/check-k8s-refs.py deploy/k8s --toml-out "$work/k8s-proxy.toml"
-run "cachegate check: the ConfigMap's proxy.toml" "$cachegate" check --config "$work/k8s-proxy.toml"
+run "manifests cross-checked" python3 scripts/check-k8s-refs.py deploy/k8s --toml-out "$work/configmap-proxy.toml"
+run "cachegate check: the ConfigMap's proxy.toml" "$cachegate" check --config "$work/configmap-proxy.toml"
 
-run "hadolint deploy/Dockerfile deploy/compose/origin.Dockerfile" hadolint deploy/Dockerfile deploy/compose/origin.Dockerfile
+lint_dockerfiles() {
+  hadolint deploy/Dockerfile deploy/compose/origin.Dockerfile && echo "no findings"
+}
+run "hadolint deploy/Dockerfile deploy/compose/origin.Dockerfile" lint_dockerfiles
 
 run "compose file against the compose spec" \
   check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml
@@ -109,7 +112,7 @@ if command -v systemd-analyze >/dev/null 2>&1; then
   root="$work/root"
   mkdir -p "$root/usr/local/bin" "$root/bin" "$root/etc/systemd/system" "$root/usr/lib/systemd"
   cp "$cachegate" "$root/usr/local/bin/cachegate"
-  cp "$(command -v kill)" "$root/bin/kill"
+  cp "$(type -P kill)" "$root/bin/kill"
   cp -r /usr/lib/systemd/system "$root/usr/lib/systemd/"
   cp deploy/cachegate.service "$root/etc/systemd/system/"
   # verify only warns (exit 0) about unknown keys; any output at all is a finding.
