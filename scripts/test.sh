@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test. Installs what the tests need that Cargo does not (redis-server, redis-cli,
-# prometheus, wrk, curl, chromium) when it is missing and we are root; otherwise says how to install it.
+# prometheus, wrk, curl, chromium; the deployment checks' Python tools in
+# scripts/validate-deploy.sh) when it is missing and we are root; otherwise says how to install it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,5 +32,7 @@ cargo build --examples
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --lib --bins --tests "$@" 2>&1 | tee "$log"
+# The deployment files (Kubernetes, Dockerfile, compose, systemd), checked offline.
+bash scripts/validate-deploy.sh
 # One closing line over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
