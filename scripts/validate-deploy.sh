@@ -79,7 +79,10 @@ run "kubernetes-validate (latest schemas)" kubevalidate "${k8s[@]}"
 run "ServiceMonitor against its vendored schema" \
   check-jsonschema --schemafile deploy/k8s/schemas/servicemonitor-v1.json deploy/k8s/servicemonitor.yaml
 run "manifests cross-checked" python3 scripts/check-k8s-refs.py deploy/k8s --toml-out "$work/configmap-proxy.toml"
-run "cachegate check: the ConfigMap's proxy.toml" "$cachegate" check --config "$work/configmap-proxy.toml"
+# The tokens come from the Secret in a cluster (and from the compose file below): `check`
+# needs them set, as `run` does, to accept a non-loopback admin listener.
+run "cachegate check: the ConfigMap's proxy.toml" env CACHEGATE_ADMIN_TOKEN=validate CACHEGATE_PURGE_TOKEN=validate \
+  "$cachegate" check --config "$work/configmap-proxy.toml"
 
 lint_dockerfiles() {
   hadolint deploy/Dockerfile deploy/compose/origin.Dockerfile && echo "no findings"
@@ -93,7 +96,8 @@ if docker compose version >/dev/null 2>&1; then
 else
   echo "== docker compose config: skipped (docker compose is not installed)"
 fi
-run "cachegate check deploy/compose/proxy.toml" "$cachegate" check --config deploy/compose/proxy.toml
+run "cachegate check deploy/compose/proxy.toml" env CACHEGATE_PURGE_TOKEN=validate \
+  "$cachegate" check --config deploy/compose/proxy.toml
 run "promtool check config" promtool check config deploy/prometheus.yml deploy/prometheus-compose.yml
 # Prometheus' scrapes authenticate with the token the compose file gives cachegate.
 same_token() {
