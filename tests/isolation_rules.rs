@@ -435,7 +435,10 @@ fn public_route_with_vary_is_a_config_error() {
     let text =
         format!("{ORIGIN}\n[[route]]\nname = \"shared\"\npath = \"/shared/\"\npublic = true\nvary = [\"role\"]\n");
     let e = config_error(&text);
-    let at = format!("test.toml:{}: route \"shared\" (route[0]).vary", line_of(&text, "vary ="));
+    let at = format!(
+        "test.toml:{}: route \"shared\" (route[0]).vary",
+        line_of(&text, "vary =")
+    );
     assert!(e.contains(&at), "expected {at:?} in:\n{e}");
     // `vary = []` is what a public route means.
     let ok = text.replace("vary = [\"role\"]", "vary = []");
