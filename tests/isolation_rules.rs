@@ -480,7 +480,10 @@ fn check_refuses_routes_varying_on_unmapped_parts() {
         "{ORIGIN}[identity]\ntrust_headers_from = [\"10.0.0.0/8\"]\n\n[[route]]\nname = \"mine\"\npath = \"/me/\"\nvary = [\"user\"]\n"
     );
     let e = config_error(&headers);
-    let at = format!("test.toml:{}: route[0].vary", line_of(&headers, "vary ="));
+    let at = format!(
+        "test.toml:{}: route \"mine\" (route[0]).vary",
+        line_of(&headers, "vary =")
+    );
     assert!(
         e.contains(&at) && e.contains("user_header"),
         "expected {at:?} and user_header in:\n{e}"
