@@ -147,6 +147,34 @@ async fn shutdown_closes_upgraded_connections() {
     );
 }
 
+/// A tunnel on which nothing moves for `tunnel_idle_timeout` is closed (a client that vanished
+/// without closing would hold both connections for ever); traffic keeps it open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_is_closed() {
+    let (addr, _seen) = echo_origin().await;
+    let p = support::Proxy::from_text(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ntunnel_idle_timeout = \"2s\"\n\
+         [origin]\nurl = \"http://{addr}\"\n"
+    ))
+    .await;
+    let mut c = TcpStream::connect(p.addr).await.unwrap();
+    c.write_all(b"GET /ws HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut c).await.starts_with("http/1.1 101"));
+    let mut one = [0u8; 1];
+    // Echoes keep it alive past the idle time, counted from the last byte.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(3000) {
+        c.write_all(b"x").await.unwrap();
+        c.read_exact(&mut one).await.expect("open while bytes flow");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Then silence: closed by cachegate.
+    let closed = tokio::time::timeout(Duration::from_secs(20), c.read(&mut one)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "closed when idle: {closed:?}");
+}
+
 /// Only WebSocket is upgraded: an `h2c` offer (the request-smuggling route to a raw origin
 /// connection) is dropped with its `HTTP2-Settings`, and the GET is served as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

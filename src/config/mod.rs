@@ -199,6 +199,11 @@ section! {
         /// How long a client connection may go without progress: for its request head to arrive,
         /// idle between requests, or not reading an answer. Then it is closed.
         restart client_timeout: Duration = Duration::from_secs(30), read duration;
+        /// An upgraded connection (WebSocket) on which neither side sent a byte for this long
+        /// is closed, as nginx's `proxy_read_timeout` does: a client that vanished without
+        /// closing would otherwise hold both connections for ever. Keep it above the
+        /// application's ping interval.
+        reload tunnel_idle_timeout: Duration = Duration::from_secs(600), read duration;
     }
 }
 

@@ -1,7 +1,7 @@
 //! Protocol upgrades (WebSocket and any other `Upgrade` over HTTP/1.1): forwarded like any
 //! request after normalisation (identity headers included), never cached, and once the origin
-//! answers `101`, bytes are relayed both ways until either side closes or cachegate shuts
-//! down.
+//! answers `101`, bytes are relayed both ways until either side closes, neither sends anything
+//! for `[server] tunnel_idle_timeout`, or cachegate shuts down.
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -76,16 +76,23 @@ impl Proxy {
             parts.headers.insert(header::UPGRADE, p);
         }
         let mut stop = self.stop.clone();
+        let idle = self.config.server.tunnel_idle_timeout;
         tokio::spawn(async move {
             match tokio::try_join!(client_side, origin_side) {
                 Ok((client, origin)) => {
-                    let (mut client, mut origin) = (TokioIo::new(client), TokioIo::new(origin));
-                    // Both connections close when either side does, or at shutdown.
+                    let activity = Activity::default();
+                    let mut client = Watched::new(TokioIo::new(client), &activity);
+                    let mut origin = Watched::new(TokioIo::new(origin), &activity);
+                    // Both connections close when either side does, when neither sent anything
+                    // for `idle`, or at shutdown.
                     tokio::select! {
                         relayed = tokio::io::copy_bidirectional(&mut client, &mut origin) => {
                             if let Err(e) = relayed {
                                 tracing::debug!(error = %e, "upgraded connection ended with an error");
                             }
+                        }
+                        () = activity.idle_for(idle) => {
+                            tracing::debug!(idle = ?idle, "upgraded connection closed: idle");
                         }
                         _ = stop.wait_for(|s| *s) => {}
                     }
@@ -94,5 +101,96 @@ impl Proxy {
             }
         });
         Ok(Response::from_parts(parts, ProxyBody::Empty))
+    }
+}
+
+/// When a tunnel last carried a byte, either way.
+#[derive(Clone)]
+struct Activity {
+    since: std::time::Instant,
+    /// Milliseconds after `since`.
+    last: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            since: std::time::Instant::now(),
+            last: std::sync::Arc::default(),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Returns once nothing moved for `idle`: wakes at the earliest moment that can be true,
+    /// and sleeps again for the rest when something moved meanwhile.
+    async fn idle_for(&self, idle: std::time::Duration) {
+        loop {
+            let last = std::time::Duration::from_millis(self.last.load(std::sync::atomic::Ordering::Relaxed));
+            let quiet = self.since.elapsed().saturating_sub(last);
+            if quiet >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - quiet).await;
+        }
+    }
+}
+
+/// One side of a tunnel: every successful read of at least one byte marks the tunnel active.
+struct Watched<T> {
+    inner: T,
+    activity: Activity,
+}
+
+impl<T> Watched<T> {
+    fn new(inner: T, activity: &Activity) -> Self {
+        Watched {
+            inner,
+            activity: activity.clone(),
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
