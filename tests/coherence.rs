@@ -31,11 +31,16 @@ async fn paused_instance_serves_nothing_stale_after_resume(kind: Kind) {
     let cache = redis.cache_toml("pause:v1");
     let a = Proxy::start(&origin, &format!("{cache}{ROUTES}")).await;
     a.wait_shared().await;
+    // Strict memory tier on B: until its Redis tier is up (the cluster client is still
+    // connecting, say) B counts Redis as down and would trust its own memory fills for
+    // `degraded_memory_ttl`, unregistered, so A's purge waits for nobody: the documented
+    // degraded trade-off, not the lease this test is about. With "0s" a memory hit on B can
+    // only come from a held lease, which also means B is registered.
     let b = Binary::start(&format!(
-        "[server]\nlisten = \"127.0.0.1:{{port}}\"\nadmin_listen = \"127.0.0.1:{{admin_port}}\"\ndebug_headers = true\n[origin]\nurl = \"{}\"\n{cache}{ROUTES}",
+        "[server]\nlisten = \"127.0.0.1:{{port}}\"\nadmin_listen = \"127.0.0.1:{{admin_port}}\"\ndebug_headers = true\n[origin]\nurl = \"{}\"\n{cache}degraded_memory_ttl = \"0s\"\n{ROUTES}",
         origin.url()
     ));
-    // B warms its memory tier (once its lease is established, hits come from memory).
+    // B warms its memory tier: the first memory hit proves its lease is established.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let r = b.get("/courses/").await;

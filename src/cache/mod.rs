@@ -200,11 +200,15 @@ impl Cache {
         let entry = self.memory.get(key).await?;
         let now = self.clock.now();
         let state = entry.staleness(now);
+        // Trust before stamps: a lease is stored only after every purge it vouches for has
+        // bumped its counters, so stamps read after it see them. Read the other way round, a
+        // purge and a fresh lease heard between the two reads would pass a purged copy.
+        let trusted = self.memory_trusted(&entry, now);
         if state == Staleness::Dead || !entry.stamps.valid() {
             Box::pin(self.memory.remove(key)).await;
             return None;
         }
-        self.memory_trusted(&entry, now).then_some((entry, state))
+        trusted.then_some((entry, state))
     }
 
     /// Memory-only: always. With Redis: while this instance's lease says it has heard every
