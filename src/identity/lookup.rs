@@ -149,7 +149,9 @@ impl SessionLookup {
                     })
                 })
                 .await?;
-            if answer.stamps.valid() && (asked_now.load(Ordering::Relaxed) || self.heard_every_purge()) {
+            // The lease first, then the stamps: a lease is only stored after every purge it
+            // covers has bumped its counters, so stamps read after it cannot be older.
+            if (asked_now.load(Ordering::Relaxed) || self.heard_every_purge()) && answer.stamps.valid() {
                 return Ok((answer.claims.clone(), answer.stamps.clone()));
             }
             self.cache.invalidate(&hash).await;
@@ -160,7 +162,7 @@ impl SessionLookup {
     /// The identity of a session if already known; never asks the origin.
     pub(crate) async fn known(&self, value: &str) -> Option<(Arc<Claims>, Stamps)> {
         let answer = self.cache.get(&Self::hash(value)).await?;
-        (answer.stamps.valid() && self.heard_every_purge()).then(|| (answer.claims.clone(), answer.stamps.clone()))
+        (self.heard_every_purge() && answer.stamps.valid()).then(|| (answer.claims.clone(), answer.stamps.clone()))
     }
 
     /// Whether every login or logout purge published so far has been heard, as for memory hits:
