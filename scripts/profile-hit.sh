@@ -30,10 +30,11 @@ bin=target/release/cachegate
 server=target/release/examples/bench_server
 
 work="$(mktemp -d)"
-pids=()
+# Every process started here, by pid (a file: runs happen in subshells).
+pids="$work/pids"
+: >"$pids"
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    while read -r p; do kill "$p" 2>/dev/null || true; done <"$pids"
     [ -n "${PROFILE_KEEP:-}" ] && mkdir -p "$PROFILE_KEEP" && cp "$work"/cg.* "$PROFILE_KEEP"/ 2>/dev/null || true
     rm -rf "$work"
 }
@@ -53,7 +54,7 @@ wait_port() {
 
 origin_port="$(free_port)"
 "$server" --listen "127.0.0.1:$origin_port" >/dev/null 2>&1 &
-pids+=("$!")
+echo "$!" >>"$pids"
 wait_port "$origin_port"
 
 # Total instructions of one callgrind run answering $2 requests; $1 names the run.
@@ -86,15 +87,17 @@ EOF
             ;;
     esac
     pid="$!"
-    pids+=("$pid")
+    echo "$pid" >>"$pids"
     wait_port "$port"
     h2load --h1 -n "$n" -c 8 -t 1 "http://127.0.0.1:$port/2k/profile" >"$work/$name.$n.h2load" 2>&1
-    grep -q "succeeded, 0 errored" <(grep "^requests:" "$work/$name.$n.h2load") || {
+    grep -q "^requests: .* $n succeeded, 0 failed, 0 errored" "$work/$name.$n.h2load" || {
         echo "profile: h2load failed for $name:" >&2
         cat "$work/$name.$n.h2load" >&2
         exit 1
     }
-    kill -INT "$pid"
+    # TERM, not INT: a script's background jobs ignore SIGINT. Both servers exit on TERM
+    # (cachegate after draining, with nothing left to drain).
+    kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true
     grep -m1 "^summary:\|^totals:" "$out" | awk '{print $2}'
 }
