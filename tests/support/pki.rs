@@ -152,6 +152,9 @@ impl Sender {
                     .header("host", "127.0.0.1")
                     .body(Empty::new())
                     .unwrap();
+                // The connection task may not have finished the last exchange yet;
+                // sending before it is ready fails with "connection was not ready".
+                s.ready().await.unwrap();
                 s.send_request(req).await.unwrap()
             }
             Sender::H2(s) => {
@@ -159,6 +162,7 @@ impl Sender {
                     .version(http::Version::HTTP_2)
                     .body(Empty::new())
                     .unwrap();
+                s.ready().await.unwrap();
                 s.send_request(req).await.unwrap()
             }
         };
