@@ -325,7 +325,7 @@ impl FillPermit {
         let now = cache.clock.now();
         let entry = CachedResponse {
             status: filled.status,
-            headers: filled.headers,
+            headers: super::entry::compact_headers(filled.headers),
             body: filled.body,
             stored_at: now,
             initial_age: filled.initial_age,

@@ -139,7 +139,7 @@ impl Proxy {
             }
         };
         let timeout = self.config.origin.timeout;
-        let body = match tokio::time::timeout(timeout, read_limited(body, max)).await {
+        let body = match tokio::time::timeout(timeout, read_limited(body, max, content_length(&parts.headers))).await {
             Err(_) => return Err(self.body_failed(UpstreamError::Timeout(timeout))),
             Ok(Err(e)) => return Err(self.body_failed(UpstreamError::Request(crate::upstream::root_cause(&e)))),
             Ok(Ok(Limited::TooLarge(prefix, rest))) => {
@@ -352,9 +352,11 @@ enum Limited {
     TooLarge(Bytes, Incoming),
 }
 
-/// Reads a body into memory unless it grows past `max` bytes.
-async fn read_limited(mut body: Incoming, max: u64) -> Result<Limited, hyper::Error> {
-    let mut buf = BytesMut::new();
+/// Reads a body into memory unless it grows past `max` bytes. The buffer is the size the
+/// origin announced (within `max`), so a stored body holds no spare capacity: growing by
+/// doubling would leave up to half of every entry's allocation unused and uncounted.
+async fn read_limited(mut body: Incoming, max: u64, announced: Option<u64>) -> Result<Limited, hyper::Error> {
+    let mut buf = BytesMut::with_capacity(announced.map_or(0, |n| n.min(max)) as usize);
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else { continue };
         if (buf.len() + data.len()) as u64 > max {
