@@ -42,27 +42,54 @@ const VIA_VALUE: &str = "1.1 cachegate";
 /// Removes hop-by-hop headers, including those named in `Connection`, and `Upgrade`
 /// (protocol upgrades are not proxied).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in &named {
-        headers.remove(n);
-    }
-    remove_present(headers, &HOP_BY_HOP);
-    headers.remove(header::UPGRADE);
-    // Only meaningful with an h2c upgrade, which is never forwarded.
-    headers.remove(HeaderName::from_static("http2-settings"));
+    strip_hop_by_hop_and(headers, |_| false);
 }
 
-/// Removes `names` from `headers`. A message carries a handful of headers and almost never
-/// one of these, so one pass over what is there beats hashing every name for a `remove`.
+/// [`strip_hop_by_hop`], and every header `also` picks, in the same pass. A message carries a
+/// handful of headers and almost never one of these, so one pass over what is there beats
+/// hashing every name for a `remove`.
+pub fn strip_hop_by_hop_and(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| is_hop_by_hop(k) || also(k))
+        .cloned()
+        .collect();
+    if doomed.contains(&header::CONNECTION) {
+        // Read before `Connection` itself goes; removing a name that is not there is harmless.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        doomed.extend(named);
+    }
+    for n in &doomed {
+        headers.remove(n);
+    }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // `http2-settings` only means something with an h2c upgrade, which is never forwarded.
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE || name == "http2-settings"
+}
+
+/// Removes `names` from `headers` in one pass over what is there (see
+/// [`strip_hop_by_hop_and`]).
 fn remove_present(headers: &mut HeaderMap, names: &[HeaderName]) {
     while let Some(n) = headers.keys().find(|k| names.contains(k)).cloned() {
         headers.remove(&n);
+    }
+}
+
+/// Whether `headers` holds `name`. A request carries a handful of fields: comparing names
+/// (an integer for the standard ones) beats hashing one, and this runs several times a hit.
+pub fn has(headers: &HeaderMap, name: &HeaderName) -> bool {
+    if headers.keys_len() <= 12 {
+        headers.keys().any(|k| k == name)
+    } else {
+        headers.contains_key(name)
     }
 }
 
@@ -256,6 +283,9 @@ pub fn strip_conditionals(headers: &mut HeaderMap) {
 /// Whether a conditional request is satisfied by the stored validators (RFC 9110 §13.2.2):
 /// `If-None-Match` (weak comparison) takes precedence over `If-Modified-Since`.
 pub fn not_modified(req: &HeaderMap, stored: &HeaderMap) -> bool {
+    if !has(req, &header::IF_NONE_MATCH) && !has(req, &header::IF_MODIFIED_SINCE) {
+        return false;
+    }
     if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
         let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
             return false;
@@ -264,15 +294,19 @@ pub fn not_modified(req: &HeaderMap, stored: &HeaderMap) -> bool {
         let etag = bare(etag);
         return inm.split(',').any(|t| t.trim() == "*" || bare(t) == etag);
     }
-    let ims = req
+    // The stored date is parsed only when the client sent one: this runs on every hit.
+    let Some(ims) = req
         .get(header::IF_MODIFIED_SINCE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    else {
+        return false;
+    };
     let lm = stored
         .get(header::LAST_MODIFIED)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok());
-    matches!((ims, lm), (Some(ims), Some(lm)) if lm <= ims)
+    lm.is_some_and(|lm| lm <= ims)
 }
 
 /// Whether an `If-Range` value names the stored representation (RFC 9110 §13.1.5): an entity

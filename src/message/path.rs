@@ -38,16 +38,24 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
-    if raw.contains('\\') {
-        return Err(PathError::EncodedSlash);
+    // One pass over the bytes: this runs for every request, and the substring search for
+    // `/.` alone cost more than the rest of the check.
+    let bytes = raw.as_bytes();
+    let mut needs_work = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\\' => return Err(PathError::EncodedSlash),
+            b'%' => needs_work = true,
+            // `raw` starts with `/`, so a `.` is never first.
+            b'.' if bytes[i - 1] == b'/' => needs_work = true,
+            _ => {}
+        }
     }
-    let needs_work = raw.contains('%') || raw.contains("/.");
     if !needs_work {
         return Ok(Cow::Borrowed(raw));
     }
     // Work on bytes: only ASCII escapes are decoded, so multi-byte UTF-8 characters pass
     // through untouched and the result stays valid UTF-8.
-    let bytes = raw.as_bytes();
     let mut buf: Vec<u8> = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -108,6 +116,10 @@ mod tests {
         assert_eq!(normalize_path("/a/%2e%2e/b"), Err(PathError::DotDot));
         assert_eq!(normalize_path("/../etc"), Err(PathError::DotDot));
         assert_eq!(normalize_path("/a%zz"), Err(PathError::BadEscape));
+        assert_eq!(normalize_path("/.well-known/a.b").unwrap(), "/.well-known/a.b");
+        // A raw backslash anywhere, also after an escape that already asked for the slow path.
+        assert_eq!(normalize_path("/%41/b\\c"), Err(PathError::EncodedSlash));
+        assert_eq!(normalize_path("/a\\"), Err(PathError::EncodedSlash));
     }
 
     /// Found by fuzzing: multi-byte characters were re-encoded byte by byte.

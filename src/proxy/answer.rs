@@ -56,7 +56,8 @@ impl Proxy {
         out.tier = Some(tier);
         let now = self.cache.now();
         let age = headers::age_value(entry.age_secs(now));
-        let plain = !asked.headers.contains_key(header::RANGE) && !headers::not_modified(asked.headers, &entry.headers);
+        let plain =
+            !headers::has(asked.headers, &header::RANGE) && !headers::not_modified(asked.headers, &entry.headers);
         if how == Serve::Hit && plain && !self.config.server.debug_headers {
             // The common case: a clone of the prepared map, with its `Age` slot filled in.
             let private = self.config.cache.targeted_cache_control.as_ref();

@@ -54,27 +54,18 @@ impl Proxy {
         let trusted = self.identity.trusts(peer);
         let client_host = client_host(req)?;
         let h = req.headers_mut();
-        headers::strip_hop_by_hop(h);
+        headers::strip_hop_by_hop_and(h, |n| {
+            n.as_str().contains('_')
+                || (!trusted && self.identity.header_names().any(|i| i == n))
+                || is_dropped_forwarding(n, trusted)
+        });
         // The connection's own scheme, unless a trusted proxy in front says what the client used.
         let proto = trusted.then(|| forwarded_proto(h)).flatten().unwrap_or(if secure {
             HeaderValue::from_static("https")
         } else {
             HeaderValue::from_static("http")
         });
-        let doomed: Vec<HeaderName> = h
-            .keys()
-            .filter(|n| {
-                let name = n.as_str();
-                name.contains('_')
-                    || (!trusted && self.identity.header_names().any(|i| i == *n))
-                    || is_dropped_forwarding(n, trusted)
-            })
-            .cloned()
-            .collect();
-        for n in &doomed {
-            h.remove(n);
-        }
-        let keyed_cookies = if h.contains_key(header::COOKIE) {
+        let keyed_cookies = if headers::has(h, &header::COOKIE) {
             self.reserialise_cookies(h)
         } else {
             String::new()

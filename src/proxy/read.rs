@@ -253,9 +253,10 @@ fn key_identity<'a>(
 /// answer (fetched whole on a miss); several go to the origin, which knows how to make a
 /// `multipart/byteranges` answer.
 fn several_ranges(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(header::RANGE)
-        .iter()
-        .enumerate()
-        .any(|(i, v)| i > 0 || v.as_bytes().contains(&b','))
+    crate::message::headers::has(headers, &header::RANGE)
+        && headers
+            .get_all(header::RANGE)
+            .iter()
+            .enumerate()
+            .any(|(i, v)| i > 0 || v.as_bytes().contains(&b','))
 }

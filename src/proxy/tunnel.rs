@@ -21,7 +21,10 @@ use crate::message::headers;
 /// purges. Other offers are dropped with the hop-by-hop headers and the request goes the usual
 /// way.
 pub(super) fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 || req.method() != Method::GET {
+    if req.version() != Version::HTTP_11
+        || req.method() != Method::GET
+        || !crate::message::headers::has(req.headers(), &header::UPGRADE)
+    {
         return None;
     }
     let asks = req

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moka::future::Cache;
+use moka::sync::Cache;
 use moka::Expiry;
 
 /// What the memory tier needs to know of what it stores: nothing about HTTP.
@@ -122,8 +122,14 @@ impl<V: Stored> MemoryTier<V> {
     }
 
     /// The entry under `key`, if any (fresh or not).
+    ///
+    /// The tier is moka's synchronous cache: its reads never wait (maintenance on a read
+    /// only ever `try_lock`s), and the async one put an 800-byte future, moved several times,
+    /// into every request's. Writes may wait microseconds when moka's write log is full (a
+    /// burst of misses), as the async cache's would. The methods stay `async` so that callers
+    /// do not depend on which it is.
     pub async fn get(&self, key: &str) -> Option<Arc<V>> {
-        self.cache.get(key).await.map(|s| s.value)
+        self.cache.get(key).map(|s| s.value)
     }
 
     /// Stores an entry counted for `owner`; false when the owner is at its quota (nothing is
@@ -146,21 +152,21 @@ impl<V: Stored> MemoryTier<V> {
             }
             _ => None,
         };
-        self.cache.insert(key, Slot { value: entry, owner }).await;
+        self.cache.insert(key, Slot { value: entry, owner });
         true
     }
 
     /// Bytes held per owner, with a quota (after applying pending maintenance).
     pub async fn by_owner(&self) -> Option<(u64, Vec<(String, u64)>)> {
         let q = self.quota.as_ref()?;
-        self.cache.run_pending_tasks().await;
+        self.cache.run_pending_tasks();
         let used = q.used.lock().unwrap_or_else(|e| e.into_inner());
         Some((q.max, used.iter().map(|(o, n)| (o.to_string(), *n)).collect()))
     }
 
     /// Removes an entry (found stale or purged on read).
     pub async fn remove(&self, key: &str) {
-        self.cache.invalidate(key).await;
+        self.cache.invalidate(key);
     }
 
     /// Entry count (approximate, as moka reports it).
@@ -175,6 +181,6 @@ impl<V: Stored> MemoryTier<V> {
 
     /// Applies pending evictions now (tests and stats).
     pub async fn sync(&self) {
-        self.cache.run_pending_tasks().await;
+        self.cache.run_pending_tasks();
     }
 }
