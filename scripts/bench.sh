@@ -6,6 +6,8 @@
 #                      bytes from memory, with the headers a cachegate hit adds (2 KiB, 32 KiB)
 #   origin direct      the same bench_server without --limit: the 0 ms origin of every proxy
 #   memory hit         cachegate, memory tier, one URL repeatedly (2 KiB, 32 KiB)
+#   1 worker thread    the limit and the 2 KiB memory hit again, each server on one tokio worker
+#                      thread (TOKIO_WORKER_THREADS=1): how a hit scales from 1 to 2 cores
 #   Redis hit          cachegate with the memory tier off (0B, 0s) and a real redis-server; wrk
 #                      cycles through 1000 pre-filled URLs (scripts/bench/cycle.lua) so coalescing
 #                      never merges lookups: one plain GET per request, checked by counting the
@@ -362,8 +364,8 @@ fi
 
 # --- ports ----------------------------------------------------------------------------------
 # Distinct free loopback ports, all held open together so they differ.
-PORT_NAMES=(LIMIT_PORT ORIGIN_PORT REDIS_PORT
-    CGMEM_PORT CGMEM_ADMIN CGMISS_PORT CGMISS_ADMIN CGRED_PORT CGRED_ADMIN CGMIX_PORT CGMIX_ADMIN
+PORT_NAMES=(LIMIT_PORT LIMIT1_PORT ORIGIN_PORT REDIS_PORT
+    CGMEM_PORT CGMEM_ADMIN CGMEM1_PORT CGMEM1_ADMIN CGMISS_PORT CGMISS_ADMIN CGRED_PORT CGRED_ADMIN CGMIX_PORT CGMIX_ADMIN
     CGBOUND_PORT CGBOUND_ADMIN NGINX_PORT VARNISH_PORT VARNISH_ADMIN)
 # The Redis Cluster: six nodes, each with a client port and a cluster bus port (set with
 # --cluster-port, never the default client port + 10000, which may be taken), and the two
@@ -393,6 +395,8 @@ for i in "${!PORT_NAMES[@]}"; do
     printf -v "${PORT_NAMES[$i]}" '%s' "${PORTS[$i]}"
 done
 LIMIT="http://127.0.0.1:$LIMIT_PORT"
+LIMIT1="http://127.0.0.1:$LIMIT1_PORT"
+CGMEM1="http://127.0.0.1:$CGMEM1_PORT"
 ORIGIN="http://127.0.0.1:$ORIGIN_PORT"
 CGMEM="http://127.0.0.1:$CGMEM_PORT"
 CGMISS="http://127.0.0.1:$CGMISS_PORT"
@@ -489,6 +493,11 @@ write_config "$WORKDIR/cg-mem.toml" "$CGMEM_PORT" "$CGMEM_ADMIN" false <<'EOF'
 memory_capacity = "512MiB"
 memory_ttl = "10m"
 EOF
+write_config "$WORKDIR/cg-mem1.toml" "$CGMEM1_PORT" "$CGMEM1_ADMIN" false <<'EOF'
+[cache]
+memory_capacity = "512MiB"
+memory_ttl = "10m"
+EOF
 write_config "$WORKDIR/cg-miss.toml" "$CGMISS_PORT" "$CGMISS_ADMIN" false <<'EOF'
 [cache]
 memory_capacity = "512MiB"
@@ -566,6 +575,9 @@ wait_ready() { # name url log
 
 start limit "$BENCH_SERVER_BIN" --listen "127.0.0.1:$LIMIT_PORT" --limit
 LIMIT_PID=$LAST_PID
+# The same two servers on one worker thread (tokio reads TOKIO_WORKER_THREADS), for scaling.
+TOKIO_WORKER_THREADS=1 start limit1 "$BENCH_SERVER_BIN" --listen "127.0.0.1:$LIMIT1_PORT" --limit
+LIMIT1_PID=$LAST_PID
 start origin "$BENCH_SERVER_BIN" --listen "127.0.0.1:$ORIGIN_PORT"
 ORIGIN_PID=$LAST_PID
 start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORKDIR"
@@ -631,6 +643,8 @@ fi
 
 RUST_LOG=warn start cg-mem "$CACHEGATE_BIN" run --config "$WORKDIR/cg-mem.toml"
 CGMEM_PID=$LAST_PID
+RUST_LOG=warn TOKIO_WORKER_THREADS=1 start cg-mem1 "$CACHEGATE_BIN" run --config "$WORKDIR/cg-mem1.toml"
+CGMEM1_PID=$LAST_PID
 RUST_LOG=warn start cg-miss "$CACHEGATE_BIN" run --config "$WORKDIR/cg-miss.toml"
 CGMISS_PID=$LAST_PID
 RUST_LOG=warn start cg-redis "$CACHEGATE_BIN" run --config "$WORKDIR/cg-redis.toml"
@@ -638,6 +652,7 @@ CGRED_PID=$LAST_PID
 RUST_LOG=warn start cg-mixed "$CACHEGATE_BIN" run --config "$WORKDIR/cg-mixed.toml"
 CGMIX_PID=$LAST_PID
 wait_ready "cachegate (memory hit)" "http://127.0.0.1:$CGMEM_ADMIN/healthz" "$WORKDIR/cg-mem.log"
+wait_ready "cachegate (memory hit, 1 worker)" "http://127.0.0.1:$CGMEM1_ADMIN/healthz" "$WORKDIR/cg-mem1.log"
 wait_ready "cachegate (memory miss)" "http://127.0.0.1:$CGMISS_ADMIN/healthz" "$WORKDIR/cg-miss.log"
 wait_ready "cachegate (redis hit)" "http://127.0.0.1:$CGRED_ADMIN/healthz" "$WORKDIR/cg-redis.log"
 wait_ready "cachegate (memory + redis)" "http://127.0.0.1:$CGMIX_ADMIN/healthz" "$WORKDIR/cg-mixed.log"
@@ -860,6 +875,8 @@ ROWS=(
     "origin_2k|origin direct, 2 KiB|2k|origin"
     "cg_mem_hit_2k|cachegate memory hit, 2 KiB|2k|hit"
     "cg_mem_hit_32k|cachegate memory hit, 32 KiB|32k|hit"
+    "limit_2k_1w|limit: bare hyper, 2 KiB, 1 worker thread|2k|limit"
+    "cg_mem_hit_2k_1w|cachegate memory hit, 2 KiB, 1 worker thread|2k|hit"
     "cg_redis_hit_2k|cachegate Redis hit (memory off), 2 KiB|2k|redis_hit"
 )
 if [[ "$CLUSTER" != 0 ]]; then
@@ -971,8 +988,10 @@ measure() {
     IFS='|' read -r name label size kind <<<"$1"
     base="$RAW/$name.run$run"
     case "$name" in
+        limit_*_1w) url="$LIMIT1/$size/x"; proxy_pids="$LIMIT1_PID" ;;
         limit_*) url="$LIMIT/$size/x"; proxy_pids="$LIMIT_PID" ;;
         origin_*) url="$ORIGIN/$size/x"; proxy_pids="$ORIGIN_PID" ;;
+        cg_mem_hit_*_1w) url="$CGMEM1/$size/x"; proxy_pids="$CGMEM1_PID"; header=x-cache ;;
         cg_mem_hit_*) url="$CGMEM/$size/x"; proxy_pids="$CGMEM_PID"; header=x-cache ;;
         cg_redis_hit_*) url="$CGRED/$size/r"; proxy_pids="$CGRED_PID"; redis_pids="$REDIS_PID"
             redis_ports=("$REDIS_PORT"); args=(-s "$BENCH_DIR/cycle.lua") ;;

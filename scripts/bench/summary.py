@@ -73,7 +73,8 @@ print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for name, label, size, kind in rows:
     if not res[name]:
         continue
-    limit = f"limit_{size}"
+    # A one-worker row compares with the one-worker limit.
+    limit = f"limit_{size}" + ("_1w" if name.endswith("_1w") else "")
     has_redis = kind.startswith("redis")
     print(f"| {label} | {med(name, 'rps'):,.0f} | {med(name, 'p50'):.3f} | {med(name, 'p99'):.3f} "
           f"| {med(name, 'cpu'):.1f} | {fmt(med(name, 'redis_cpu') if has_redis else None, '.1f', '')} "
@@ -96,6 +97,16 @@ for size in ("2k", "32k"):
     hit, lim = res.get(f"cg_mem_hit_{size}", []), res.get(f"limit_{size}", [])
     vals = [f"{h['rps'] / l['rps']:.2f}" for h, l in zip(hit, lim) if l["rps"]]
     print(f"- {size}: {' / '.join(vals) if vals else 'n/a'}")
+
+# Scaling: the same hit on one tokio worker thread and on two.
+if res.get("cg_mem_hit_2k_1w") and res.get("limit_2k_1w"):
+    print()
+    print("Scaling, 2 KiB, 2 worker threads ÷ 1 (medians; the client shares the same cores):")
+    for who, two, one in (("limit", "limit_2k", "limit_2k_1w"), ("cachegate memory hit", "cg_mem_hit_2k", "cg_mem_hit_2k_1w")):
+        print(f"- {who}: req/s {fmt(ratio(med(two, 'rps'), med(one, 'rps')), '.2f')}×, "
+              f"CPU/req {fmt(ratio(med(two, 'cpu'), med(one, 'cpu')), '.2f')}×")
+    print(f"- cachegate ÷ limit on 1 worker: req/s {fmt(ratio(med('cg_mem_hit_2k_1w', 'rps'), med('limit_2k_1w', 'rps')), '.2f')}×, "
+          f"CPU/req {fmt(ratio(med('cg_mem_hit_2k_1w', 'cpu'), med('limit_2k_1w', 'cpu')), '.2f')}×")
 
 # Redis lookups (one GET each) per request in the pure Redis-hit rows (single node, cluster: the
 # cluster's count is summed over its six nodes).
@@ -235,6 +246,17 @@ if os.path.exists(mem):
         ok = max_tier / bound <= 1.10
         print(f"- {'PASS' if ok else 'MISS'}: max memory-tier bytes ÷ bound = {max_tier:,} ÷ {bound:,} = "
               f"{max_tier / bound:.3f} (goal ≤ 1.10)")
+        max_rss = max(s[1] for s in samples) * 1024
+        goal = 1.5 * bound + 30 * 1048576
+        print(f"- {'PASS' if max_rss <= goal else 'MISS'}: max RSS {max_rss / 1048576:.1f} MiB ≤ 1.5 × bound + 30 MiB "
+              f"= {goal / 1048576:.1f} MiB")
+        base_rss = samples[0][1] * 1024
+        full = max(samples, key=lambda s: s[3])
+        if full[3]:
+            per = (full[1] * 1024 - base_rss - full[2]) / full[3]
+            print(f"- beyond the tier's counted bytes: ({full[1] / 1024:.1f} MiB RSS at {full[0]:.0f} s − "
+                  f"{base_rss / 1048576:.1f} MiB before the load − {full[2] / 1048576:.1f} MiB counted) ÷ "
+                  f"{full[3]:,} entries = {per / 1024:.1f} KiB per entry")
         print(f"- RSS at {fifth[0]:.0f} s (first fifth): {fifth[1] / 1024:.1f} MiB; at the end ({end[0]:.0f} s): "
               f"{end[1] / 1024:.1f} MiB; growth {growth:+.1f} MiB ({pct:+.1f}%)")
         print()
