@@ -323,8 +323,7 @@ pub async fn start_with(config: Config, secrets: Secrets) -> Result<Running, Sta
             stop_rx.clone(),
             move |req, peer, secure| {
                 // Loaded per request: a reload swaps it, in-flight requests keep the one they have.
-                let proxy = proxy.load_full();
-                async move { proxy.handle(req, peer, secure).await }
+                proxy.load_full().handle(req, peer, secure)
             },
         )),
         tokio::spawn(serve(

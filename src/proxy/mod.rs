@@ -110,21 +110,70 @@ impl Proxy {
 
     /// Handles one request; every error becomes its answer here, and every answer is counted.
     /// `secure`: the request came over TLS.
-    pub async fn handle(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
+    ///
+    /// One async layer from the listener to the flows: every layer of `async fn` holds its own
+    /// copy of the request and is moved, whole, into its caller's future before it runs, which
+    /// on a memory hit cost more than the lookup. So the Arc is owned here (the listener needs
+    /// no wrapping future) and the dispatch is written out in this body. It is an `async`
+    /// block rather than an `async fn`, whose arguments would be copied into it once more.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
         peer: SocketAddr,
         secure: bool,
-    ) -> Response<ProxyBody> {
-        let start = std::time::Instant::now();
-        let method = req.method().clone();
-        let mut out = Outcome::default();
-        let resp = match self.dispatch(req, peer, secure, &mut out).await {
-            Ok(resp) => resp,
-            Err(e) => e.into_response(),
-        };
-        self.record(&method, &resp, &out, start, start.elapsed());
-        resp
+    ) -> impl std::future::Future<Output = Response<ProxyBody>> + Send {
+        async move {
+            let start = std::time::Instant::now();
+            let method = req.method().clone();
+            let mut out = Outcome::default();
+            if self.config.server.access_log {
+                out.access = Some(Box::new(Access {
+                    client: peer.ip(),
+                    ..Access::default()
+                }));
+            }
+            let uri = req.uri().clone();
+            // A `let`: the awaited `Result` is a temporary of this statement only. Matched in
+            // place instead, it would stay in the future next to `d` for the whole request.
+            let d = match self.decide(&mut req, &uri, peer, secure, None).await {
+                Ok(d) => d,
+                Err(e) => {
+                    let resp = e.into_response();
+                    self.record(&method, &resp, &out, start, start.elapsed());
+                    return resp;
+                }
+            };
+            let resp = {
+                out.route = d.route;
+                if self.tenants.is_some() {
+                    out.tenant = Some(d.id.tenant.known().cloned());
+                }
+                if let Some(a) = out.access.as_deref_mut() {
+                    a.path = d.path.to_string();
+                    a.query = logged_query(uri.query(), d.route.map(|i| &self.config.routes[i]));
+                }
+                let ctx = Ctx {
+                    path: &d.path,
+                    query: uri.query(),
+                    peer,
+                    inbound: &d.inbound,
+                };
+                let answered = match d.flow {
+                    Flow::Tunnel(protocol) => Box::pin(self.tunnel(req, ctx, protocol, &mut out)).await,
+                    Flow::Read(idx) => {
+                        out.cached_route = true;
+                        self.read(req, idx, ctx, d.id, &mut out).await
+                    }
+                    Flow::Unrouted => Box::pin(self.pass(req, ctx, Some(BypassReason::NoRoute), &mut out)).await,
+                    Flow::Write => Box::pin(self.write(req, ctx, d.id, &mut out)).await,
+                    Flow::Pass => Box::pin(self.pass(req, ctx, None, &mut out)).await,
+                };
+                answered.unwrap_or_else(ProxyError::into_response)
+            };
+            self.record(&method, &resp, &out, start, start.elapsed());
+            resp
+        }
     }
 
     /// Metrics and the decision log line for one answered request.
@@ -230,47 +279,6 @@ impl Proxy {
     ) -> Result<Response<Incoming>, UpstreamError> {
         let route = route.map_or(NO_ROUTE, |i| self.config.routes[i].name.as_str());
         self.origin.send(req, route).await
-    }
-
-    async fn dispatch(
-        self: &Arc<Self>,
-        mut req: Request<Incoming>,
-        peer: SocketAddr,
-        secure: bool,
-        out: &mut Outcome,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        if self.config.server.access_log {
-            out.access = Some(Box::new(Access {
-                client: peer.ip(),
-                ..Access::default()
-            }));
-        }
-        let uri = req.uri().clone();
-        let d = self.decide(&mut req, &uri, peer, secure, None).await?;
-        out.route = d.route;
-        if self.tenants.is_some() {
-            out.tenant = Some(d.id.tenant.known().cloned());
-        }
-        if let Some(a) = out.access.as_deref_mut() {
-            a.path = d.path.to_string();
-            a.query = logged_query(uri.query(), d.route.map(|i| &self.config.routes[i]));
-        }
-        let ctx = Ctx {
-            path: &d.path,
-            query: uri.query(),
-            peer,
-            inbound: &d.inbound,
-        };
-        match d.flow {
-            Flow::Tunnel(protocol) => Box::pin(self.tunnel(req, ctx, protocol, out)).await,
-            Flow::Read(idx) => {
-                out.cached_route = true;
-                self.read(req, idx, ctx, d.id, out).await
-            }
-            Flow::Unrouted => Box::pin(self.pass(req, ctx, Some(BypassReason::NoRoute), out)).await,
-            Flow::Write => Box::pin(self.write(req, ctx, d.id, out)).await,
-            Flow::Pass => Box::pin(self.pass(req, ctx, None, out)).await,
-        }
     }
 
     /// Everything decided about a request before the cache or the origin is asked: the request

@@ -27,53 +27,59 @@ use crate::message::body::ProxyBody;
 use crate::scope;
 
 impl Proxy {
-    pub(super) async fn read(
-        self: &Arc<Self>,
+    /// A read on the cached route at `idx`. An `async` block rather than an `async fn`: the
+    /// arguments (the request, the identity) are then held once in the future, not twice,
+    /// and the future is moved into the caller's on every hit.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub(super) fn read<'a>(
+        self: &'a Arc<Self>,
         req: Request<Incoming>,
         idx: usize,
-        ctx: Ctx<'_>,
+        ctx: Ctx<'a>,
         id: Identity,
-        out: &mut Outcome,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let route = &self.config.routes[idx];
-        let ReadKey { who, query, base } = match self.read_key(route, &id, req.headers(), &ctx) {
-            Ok(k) => k,
-            Err(reason) => return Box::pin(self.pass(req, ctx, Some(reason), out)).await,
-        };
-        let key = self
-            .cache
-            .request_key(&base, ctx.vary_input(req.headers(), route))
-            .await;
-        let asked = Asked {
-            headers: req.headers(),
-            head: req.method() == Method::HEAD,
-        };
-        let found = self
-            .cache
-            .lookup(&key, self.waits(route), || {
-                entry_scopes(route, ctx.path, &query, who, &id)
-            })
-            .await;
-        let permit = match found {
-            Lookup::Fresh(hit) => {
-                let stored_as = hit.stored_as.as_deref().unwrap_or(key.full());
-                return Ok(self.serve(&asked, &hit.entry, hit.tier, stored_as, Serve::Hit, out));
-            }
-            Lookup::Stale(hit) => {
-                self.refresh_in_background(&req, idx, ctx, &id, hit.entry.clone());
-                return Ok(self.serve(&asked, &hit.entry, hit.tier, key.full(), Serve::Stale, out));
-            }
-            Lookup::Miss(permit) => permit,
-        };
-        let head = asked.head;
-        drop(key);
-        let (parts, _body) = req.into_parts();
-        let miss = Miss {
-            idx,
-            tenant: who.tenant,
-            head,
-        };
-        Box::pin(self.fill(parts, ctx, miss, permit, out)).await
+        out: &'a mut Outcome,
+    ) -> impl std::future::Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + 'a {
+        async move {
+            let route = &self.config.routes[idx];
+            let ReadKey { who, query, base } = match self.read_key(route, &id, req.headers(), &ctx) {
+                Ok(k) => k,
+                Err(reason) => return Box::pin(self.pass(req, ctx, Some(reason), out)).await,
+            };
+            let key = self
+                .cache
+                .request_key(&base, ctx.vary_input(req.headers(), route))
+                .await;
+            let asked = Asked {
+                headers: req.headers(),
+                head: req.method() == Method::HEAD,
+            };
+            let found = self
+                .cache
+                .lookup(&key, self.waits(route), || {
+                    entry_scopes(route, ctx.path, &query, who, &id)
+                })
+                .await;
+            let permit = match found {
+                Lookup::Fresh(hit) => {
+                    let stored_as = hit.stored_as.as_deref().unwrap_or(key.full());
+                    return Ok(self.serve(&asked, &hit.entry, hit.tier, stored_as, Serve::Hit, out));
+                }
+                Lookup::Stale(hit) => {
+                    self.refresh_in_background(&req, idx, ctx, &id, hit.entry.clone());
+                    return Ok(self.serve(&asked, &hit.entry, hit.tier, key.full(), Serve::Stale, out));
+                }
+                Lookup::Miss(permit) => permit,
+            };
+            let head = asked.head;
+            drop(key);
+            let (parts, _body) = req.into_parts();
+            let miss = Miss {
+                idx,
+                tenant: who.tenant,
+                head,
+            };
+            Box::pin(self.fill(parts, ctx, miss, permit, out)).await
+        }
     }
 
     /// The key a read on `route` is looked up under (before the origin's `Vary`), or why the
