@@ -170,7 +170,9 @@ pub fn compact_headers(headers: HeaderMap) -> HeaderMap {
         buf.extend_from_slice(v.as_bytes());
     }
     let buf = buf.freeze();
-    let mut out = HeaderMap::with_capacity(headers.len());
+    // Sized by names, as the map counts its capacity: a count of values (any number of one
+    // name) can pass the most `with_capacity` accepts and panic.
+    let mut out = HeaderMap::with_capacity(headers.keys_len());
     let mut at = 0;
     for (name, value) in &headers {
         let end = at + value.len();
@@ -384,6 +386,20 @@ mod tests {
             }
             assert_eq!(WireEntry::decode(&Bytes::from(buf)).unwrap(), e);
         }
+    }
+
+    /// Found in review: the compacted map was sized by its value count, which `HeaderMap`
+    /// refuses past 24,576, so an entry read back from Redis with an lz4 body and that many
+    /// values of one field panicked instead of decoding.
+    #[test]
+    fn entries_with_many_repeated_values_round_trip() {
+        let mut e = sample(vec![b'a'; 64 * 1024]);
+        for _ in 0..30_000 {
+            e.headers.append("x-multi", HeaderValue::from_static("v"));
+        }
+        let mut buf = Vec::new();
+        e.encode(&mut buf);
+        assert_eq!(WireEntry::decode(&Bytes::from(buf)).unwrap(), e);
     }
 
     /// Values sliced out of a large buffer (as hyper's parser makes them) come out in one
