@@ -352,11 +352,13 @@ enum Limited {
     TooLarge(Bytes, Incoming),
 }
 
-/// Reads a body into memory unless it grows past `max` bytes. The buffer is the size the
-/// origin announced (within `max`), so a stored body holds no spare capacity: growing by
-/// doubling would leave up to half of every entry's allocation unused and uncounted.
+/// Reads a body into memory unless it grows past `max` bytes. The buffer starts at the size
+/// the origin announced, so the usual body is read without regrowing or a final copy; at most
+/// `PREALLOCATE` of it, so that many slow fills announcing large bodies do not each hold
+/// their whole size before any byte has arrived.
 async fn read_limited(mut body: Incoming, max: u64, announced: Option<u64>) -> Result<Limited, hyper::Error> {
-    let mut buf = BytesMut::with_capacity(announced.map_or(0, |n| n.min(max)) as usize);
+    const PREALLOCATE: u64 = 1 << 20;
+    let mut buf = BytesMut::with_capacity(announced.map_or(0, |n| n.min(max).min(PREALLOCATE)) as usize);
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else { continue };
         if (buf.len() + data.len()) as u64 > max {
